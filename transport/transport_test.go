@@ -1,0 +1,389 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestNewNodeRejectsBadOptions(t *testing.T) {
+	tests := []struct {
+		name  string
+		local raft.ServerAddress
+		opts  Options
+		field string
+	}{
+		{"empty address", "", Options{}, "local address"},
+		{"negative timeout", "127.0.0.1:1", Options{Timeout: -time.Second}, "Timeout"},
+		{"negative in-flight", "127.0.0.1:1", Options{MaxInFlight: -1}, "MaxInFlight"},
+		{"negative chunk", "127.0.0.1:1", Options{SnapshotChunkSize: -1}, "SnapshotChunkSize"},
+		{"chunk over limit", "127.0.0.1:1", Options{SnapshotChunkSize: MaxSnapshotChunkSize + 1}, "SnapshotChunkSize"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := NewNode(tt.local, tt.opts)
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Field != tt.field {
+				t.Fatalf("NewNode = %v, %v; want *OptionError for %s", n, err, tt.field)
+			}
+			if !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("error %q does not name %s", err, tt.field)
+			}
+		})
+	}
+}
+
+func TestTransportRegistration(t *testing.T) {
+	tn := startNode(t, "a", Options{})
+	g, err := tn.node.Transport(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.node.Transport(1); !errors.Is(err, ErrPartitionRegistered) {
+		t.Fatalf("second Transport(1) = %v, want ErrPartitionRegistered", err)
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := tn.node.Transport(1)
+	if err != nil {
+		t.Fatalf("Transport(1) after Close = %v", err)
+	}
+	// A stale Group's Close must not unregister its successor.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.node.Transport(1); !errors.Is(err, ErrPartitionRegistered) {
+		t.Fatalf("Transport(1) after stale Close = %v, want ErrPartitionRegistered", err)
+	}
+	if err := tn.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.node.Transport(2); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("Transport after node Close = %v, want raft.ErrTransportShutdown", err)
+	}
+	if err := g2.AppendEntries("b", tn.addr, heartbeat(1, tn.addr), new(raft.AppendEntriesResponse)); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("RPC after node Close = %v, want raft.ErrTransportShutdown", err)
+	}
+}
+
+// rpcCall invokes one of a Group's outgoing RPCs the way raft does.
+type rpcCall struct {
+	name string
+	call func(g *Group, target raft.ServerAddress) error
+}
+
+func rpcCalls(snapshotSize int) []rpcCall {
+	return []rpcCall{
+		{"AppendEntries", func(g *Group, target raft.ServerAddress) error {
+			req := &raft.AppendEntriesRequest{Term: 1, PrevLogEntry: 1, Entries: []*raft.Log{{Index: 2, Term: 1}}}
+			return g.AppendEntries("peer", target, req, new(raft.AppendEntriesResponse))
+		}},
+		{"Heartbeat", func(g *Group, target raft.ServerAddress) error {
+			return g.AppendEntries("peer", target, heartbeat(1, g.LocalAddr()), new(raft.AppendEntriesResponse))
+		}},
+		{"RequestVote", func(g *Group, target raft.ServerAddress) error {
+			return g.RequestVote("peer", target, &raft.RequestVoteRequest{Term: 1}, new(raft.RequestVoteResponse))
+		}},
+		{"RequestPreVote", func(g *Group, target raft.ServerAddress) error {
+			return g.RequestPreVote("peer", target, &raft.RequestPreVoteRequest{Term: 1}, new(raft.RequestPreVoteResponse))
+		}},
+		{"TimeoutNow", func(g *Group, target raft.ServerAddress) error {
+			return g.TimeoutNow("peer", target, &raft.TimeoutNowRequest{}, new(raft.TimeoutNowResponse))
+		}},
+		{"InstallSnapshot", func(g *Group, target raft.ServerAddress) error {
+			req := &raft.InstallSnapshotRequest{Term: 1, Size: int64(snapshotSize)}
+			return g.InstallSnapshot("peer", target, req, new(raft.InstallSnapshotResponse), bytes.NewReader(make([]byte, snapshotSize)))
+		}},
+		{"AppendEntriesPipeline", func(g *Group, target raft.ServerAddress) error {
+			p, err := g.AppendEntriesPipeline("peer", target)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			f, err := p.AppendEntries(&raft.AppendEntriesRequest{Term: 1}, new(raft.AppendEntriesResponse))
+			if err != nil {
+				return err
+			}
+			return f.Error()
+		}},
+	}
+}
+
+// TestUnknownPartitionFailsFast checks that an RPC for a partition the peer
+// does not host, or no longer hosts, fails with ErrUnknownPartition instead
+// of waiting for a consumer that does not exist.
+func TestUnknownPartitionFailsFast(t *testing.T) {
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{})
+	closed := b.group(t, 8)
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, partition := range []uint32{7, 8} {
+		g := a.group(t, partition)
+		// A snapshot over a few chunks: the peer ends the stream while the
+		// sender is still sending.
+		for _, rc := range rpcCalls(3 * DefaultSnapshotChunkSize) {
+			t.Run(fmt.Sprintf("partition %d/%s", partition, rc.name), func(t *testing.T) {
+				err := within(t, rc.name, func() error { return rc.call(g, b.addr) })
+				if !errors.Is(err, ErrUnknownPartition) {
+					t.Fatalf("%s = %v, want ErrUnknownPartition", rc.name, err)
+				}
+				if want := fmt.Sprintf("partition %d", partition); !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not name %q", err, want)
+				}
+			})
+		}
+	}
+}
+
+// TestRPCDeadline checks that every RPC gives up after Options.Timeout when
+// the peer's raft never answers.
+func TestRPCDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	a := startNode(t, "a", Options{Timeout: timeout})
+	b := startNode(t, "b", Options{})
+	g := a.group(t, 1)
+	// Nobody reads b's consumer and no heartbeat handler is set.
+	b.group(t, 1)
+	// One chunk, so the stream's send side completes and only the answer is
+	// waited for.
+	for _, rc := range rpcCalls(1024) {
+		t.Run(rc.name, func(t *testing.T) {
+			err := within(t, rc.name, func() error { return rc.call(g, b.addr) })
+			if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded {
+				t.Fatalf("%s = %v, want a deadline error", rc.name, err)
+			}
+		})
+	}
+}
+
+// TestGroupCloseCancelsOwnRPCs checks that closing a Group ends its blocked
+// outgoing RPCs with raft.ErrTransportShutdown while another Group's RPCs
+// over the same connection keep working.
+func TestGroupCloseCancelsOwnRPCs(t *testing.T) {
+	a := startNode(t, "a", Options{Timeout: time.Hour})
+	b := startNode(t, "b", Options{})
+	closing, staying := a.group(t, 1), a.group(t, 2)
+	held := make(chan struct{}, 1)
+	serve(t, b.group(t, 1), func(raft.RPC) { held <- struct{}{} }) // takes the RPC, never answers
+	serve(t, b.group(t, 2), func(rpc raft.RPC) { rpc.Respond(&raft.RequestVoteResponse{Granted: true}, nil) })
+
+	errc := make(chan error, 1)
+	go func() {
+		errc <- closing.RequestVote("b", b.addr, &raft.RequestVoteRequest{Term: 1}, new(raft.RequestVoteResponse))
+	}()
+	within(t, "RequestVote reaching the peer", func() struct{} { return <-held })
+	if err := closing.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err := within(t, "blocked RequestVote", func() error { return <-errc })
+	if !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("blocked RequestVote after Close = %v, want raft.ErrTransportShutdown", err)
+	}
+	var resp raft.RequestVoteResponse
+	if err := staying.RequestVote("b", b.addr, &raft.RequestVoteRequest{Term: 1}, &resp); err != nil || !resp.Granted {
+		t.Fatalf("RequestVote on partition 2 after closing partition 1 = %v, %+v", err, resp)
+	}
+}
+
+// TestHeartbeatFastPath checks that heartbeats reach raft's heartbeat handler
+// even while the consumer channel is blocked, and that other AppendEntries do
+// not take that path.
+func TestHeartbeatFastPath(t *testing.T) {
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{})
+	g := a.group(t, 1)
+	remote := b.group(t, 1)
+	remote.SetHeartbeatHandler(func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, LastLog: 42, Success: true}, nil)
+	})
+
+	var resp raft.AppendEntriesResponse
+	err := within(t, "heartbeat", func() error { return g.AppendEntries("b", b.addr, heartbeat(1, a.addr), &resp) })
+	if err != nil || resp.LastLog != 42 {
+		t.Fatalf("heartbeat = %v, %+v; want the heartbeat handler's answer", err, resp)
+	}
+
+	serve(t, remote, func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, LastLog: 7, Success: true}, nil)
+	})
+	req := heartbeat(1, a.addr)
+	req.LeaderCommitIndex = 3
+	resp = raft.AppendEntriesResponse{}
+	if err := g.AppendEntries("b", b.addr, req, &resp); err != nil || resp.LastLog != 7 {
+		t.Fatalf("AppendEntries = %v, %+v; want the consumer's answer", err, resp)
+	}
+}
+
+// TestRaftErrorReachesSender checks that an error raft answers with is the
+// sender's error, as with raft.NetworkTransport; raft relies on the text
+// "unexpected command" to detect peers without pre-vote.
+func TestRaftErrorReachesSender(t *testing.T) {
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{})
+	serve(t, b.group(t, 1), func(rpc raft.RPC) { rpc.Respond(nil, errors.New("unexpected command")) })
+	err := a.group(t, 1).RequestPreVote("b", b.addr, &raft.RequestPreVoteRequest{Term: 1}, new(raft.RequestPreVoteResponse))
+	if err == nil || !strings.Contains(err.Error(), "unexpected command") {
+		t.Fatalf("RequestPreVote = %v, want raft's error", err)
+	}
+}
+
+// TestPipelineInOrder sends many pipelined requests and checks that each
+// future carries its own response, in order, and that the observer hook sees
+// every response.
+func TestPipelineInOrder(t *testing.T) {
+	const n = 200
+	var observed []AppendResponse
+	var mu sync.Mutex
+	a := startNode(t, "a", Options{MaxInFlight: 16, OnAppendResponse: func(r AppendResponse) {
+		mu.Lock()
+		defer mu.Unlock()
+		observed = append(observed, r)
+	}})
+	b := startNode(t, "b", Options{})
+	serve(t, b.group(t, 3), func(rpc raft.RPC) {
+		req := rpc.Command.(*raft.AppendEntriesRequest)
+		rpc.Respond(&raft.AppendEntriesResponse{
+			Term:    req.Term,
+			LastLog: req.PrevLogEntry + uint64(len(req.Entries)),
+			Success: true,
+		}, nil)
+	})
+	p, err := a.group(t, 3).AppendEntriesPipeline("b", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	sendErr := make(chan error, 1)
+	go func() {
+		for i := range uint64(n) {
+			req := &raft.AppendEntriesRequest{Term: 1, PrevLogEntry: i, Entries: []*raft.Log{{Index: i + 1, Term: 1}}}
+			if _, err := p.AppendEntries(req, new(raft.AppendEntriesResponse)); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	for i := range uint64(n) {
+		f := within(t, "pipeline future", func() raft.AppendFuture { return <-p.Consumer() })
+		if err := f.Error(); err != nil {
+			t.Fatalf("future %d: %v", i, err)
+		}
+		if f.Request().PrevLogEntry != i || f.Response().LastLog != i+1 {
+			t.Fatalf("future %d: request PrevLogEntry %d, response LastLog %d", i, f.Request().PrevLogEntry, f.Response().LastLog)
+		}
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(observed) != n {
+		t.Fatalf("observer saw %d responses, want %d", len(observed), n)
+	}
+	last := observed[n-1]
+	if last.Partition != 3 || last.ID != "b" || last.Addr != b.addr || last.LastLog != n || !last.Success {
+		t.Errorf("last observation %+v", last)
+	}
+}
+
+func TestPipelineDisabledWithOneInFlight(t *testing.T) {
+	a := startNode(t, "a", Options{MaxInFlight: 1})
+	if _, err := a.group(t, 1).AppendEntriesPipeline("b", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Fatalf("AppendEntriesPipeline = %v, want raft.ErrPipelineReplicationNotSupported", err)
+	}
+}
+
+// TestInstallSnapshotChunks streams snapshots of sizes around the chunk size
+// and above gRPC's 4 MiB message limit, and checks raft's reader gets exactly
+// the bytes sent.
+func TestInstallSnapshotChunks(t *testing.T) {
+	const chunk = 64 << 10
+	a := startNode(t, "a", Options{SnapshotChunkSize: chunk})
+	b := startNode(t, "b", Options{})
+	var received atomic.Value
+	serve(t, b.group(t, 1), func(rpc raft.RPC) {
+		req := rpc.Command.(*raft.InstallSnapshotRequest)
+		data, err := io.ReadAll(rpc.Reader)
+		received.Store(sha256.Sum256(data))
+		rpc.Respond(&raft.InstallSnapshotResponse{Term: req.Term, Success: err == nil && int64(len(data)) == req.Size}, err)
+	})
+	g := a.group(t, 1)
+	for _, size := range []int{0, 1, chunk - 1, chunk, chunk + 1, 5<<20 + 3} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			data := make([]byte, size)
+			for i := range data {
+				data[i] = byte(i ^ i>>8 ^ i>>16)
+			}
+			var resp raft.InstallSnapshotResponse
+			req := &raft.InstallSnapshotRequest{Term: 4, LastLogIndex: 9, Size: int64(size)}
+			if err := g.InstallSnapshot("b", b.addr, req, &resp, bytes.NewReader(data)); err != nil {
+				t.Fatal(err)
+			}
+			if !resp.Success || resp.Term != 4 {
+				t.Fatalf("response %+v", resp)
+			}
+			if got := received.Load().([sha256.Size]byte); got != sha256.Sum256(data) {
+				t.Fatal("received snapshot differs from the one sent")
+			}
+		})
+	}
+}
+
+// TestInstallSnapshotShortStream checks that a stream carrying fewer bytes
+// than announced is reported to raft as io.ErrUnexpectedEOF, not as a
+// complete snapshot.
+func TestInstallSnapshotShortStream(t *testing.T) {
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{})
+	readErr := make(chan error, 1)
+	serve(t, b.group(t, 1), func(rpc raft.RPC) {
+		_, err := io.ReadAll(rpc.Reader)
+		readErr <- err
+		rpc.Respond(&raft.InstallSnapshotResponse{}, err)
+	})
+	req := &raft.InstallSnapshotRequest{Term: 1, Size: 1000}
+	err := a.group(t, 1).InstallSnapshot("b", b.addr, req, new(raft.InstallSnapshotResponse), bytes.NewReader(make([]byte, 10)))
+	if err == nil {
+		t.Fatal("InstallSnapshot of a short stream succeeded")
+	}
+	if rerr := <-readErr; !errors.Is(rerr, io.ErrUnexpectedEOF) {
+		t.Fatalf("raft read %v, want io.ErrUnexpectedEOF", rerr)
+	}
+}
+
+// TestDialOptionsApplied checks that injected dial options (interceptors,
+// here) are used for the peer connections.
+func TestDialOptionsApplied(t *testing.T) {
+	var calls atomic.Int64
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		calls.Add(1)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := startNode(t, "a", Options{DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(count)}})
+	b := startNode(t, "b", Options{})
+	serve(t, b.group(t, 1), func(rpc raft.RPC) { rpc.Respond(&raft.TimeoutNowResponse{}, nil) })
+	if err := a.group(t, 1).TimeoutNow("b", b.addr, &raft.TimeoutNowRequest{}, new(raft.TimeoutNowResponse)); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("interceptor saw %d calls, want 1", calls.Load())
+	}
+}
