@@ -1,0 +1,100 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+)
+
+// compaction copies the live records of one segment, the oldest, to the
+// head of the log, a chunk per batch.
+type compaction struct {
+	seg  *segment
+	data []byte // the segment's written bytes
+	off  int    // next record to examine
+}
+
+// reclaim runs after every batch: it deletes the oldest segments while they
+// hold nothing live, then starts a compaction if the policy asks for one.
+func (w *WAL) reclaim() error {
+	x := w.idx
+	if c := w.compact; c != nil && c.off >= len(c.data) {
+		w.compact = nil
+		w.compactions.Add(1)
+	}
+	for len(x.segs) > 1 && x.segs[0] != w.active && x.segs[0].live == 0 {
+		if w.compact != nil && w.compact.seg == x.segs[0] {
+			w.compact = nil // everything in it died before it was copied
+		}
+		if err := w.removeOldest(); err != nil {
+			return err
+		}
+	}
+	if w.compact != nil || len(x.segs) <= w.opts.CompactSegments || x.segs[0] == w.active ||
+		float64(x.live) >= w.opts.CompactLiveRatio*float64(x.written) {
+		return nil
+	}
+	seg := x.segs[0]
+	data := make([]byte, seg.size)
+	if _, err := seg.f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("compaction read %s: %w", seg.name, err)
+	}
+	w.compact = &compaction{seg: seg, data: data, off: segmentHeaderSize}
+	return nil
+}
+
+// removeOldest deletes the oldest segment and syncs the directory before
+// anything else is deleted, so the durable segments stay contiguous.
+func (w *WAL) removeOldest() error {
+	seg := w.idx.segs[0]
+	w.mu.Lock()
+	w.idx.segs = w.idx.segs[1:]
+	w.idx.written -= seg.size
+	w.mu.Unlock()
+	if err := w.fs.Remove(filepath.Join(w.dir, seg.name)); err != nil {
+		return err
+	}
+	if err := w.fs.SyncDir(w.dir); err != nil {
+		return err
+	}
+	seg.release()
+	w.deleted.Add(1)
+	return nil
+}
+
+// fill appends copies of the next live records of the segment, about
+// budget bytes of them, to buf. A record is copied byte for byte: it names
+// its stream and index and not its position, so the copy means the same.
+func (c *compaction) fill(buf []byte, x *index, budget int) ([]byte, error) {
+	for c.off < len(c.data) && budget > 0 {
+		r, n, err := decodeRecord(c.data[c.off:])
+		if err != nil {
+			return buf, &CorruptionError{Segment: c.seg.name, Offset: int64(c.off), Reason: "compaction: " + err.Error()}
+		}
+		if x.isLive(r, loc{seq: c.seg.seq, off: uint32(c.off), n: uint32(n)}) {
+			buf = append(buf, c.data[c.off:c.off+n]...)
+			budget -= n
+		}
+		c.off += n
+	}
+	return buf, nil
+}
+
+// isLive reports whether the record at at is the current location of an
+// entry or of a stream's latest state for its key.
+func (x *index) isLive(r record, at loc) bool {
+	st := x.streams[r.stream]
+	if st == nil {
+		return false
+	}
+	switch r.typ {
+	case recEntry:
+		return st.has(r.index) && st.loc(r.index) == at
+	case recState:
+		key, _, _ := parseState(r.payload)
+		sv, ok := st.states[key]
+		return ok && sv.at == at
+	}
+	return false
+}
