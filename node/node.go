@@ -1,0 +1,337 @@
+// Package node assembles one ringkv server process: the shared WAL, a replica
+// per hosted partition, and one gRPC server carrying the KV, Raft and Admin
+// services (plus health and reflection).
+//
+// Invariants:
+//   - One WAL per node; every hosted replica keeps its Raft log in its own
+//     stream of it.
+//   - One gRPC listener per node; every partition's Raft traffic shares it.
+//   - The cluster's shape (partitions, nodes, placement) is fixed at first
+//     start and recorded in DataDir/cluster.json; a node whose data dir holds
+//     one ignores Config.Peers and rejoins with what it recorded.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
+	"github.com/ringkv/ringkv/router"
+	"github.com/ringkv/ringkv/shard"
+	"github.com/ringkv/ringkv/transport"
+	"github.com/ringkv/ringkv/wal"
+)
+
+// Peer is a member of the initial cluster.
+type Peer struct {
+	ID   string
+	Addr string
+}
+
+// Config describes a node. Zero values take the defaults of shard.Config.
+type Config struct {
+	ID      string
+	Listen  string // gRPC address, host:port; the address peers reach this node at
+	DataDir string
+	// Peers creates the cluster on first start (every initial node gets the
+	// same list, itself included). Ignored once DataDir is initialized.
+	Peers      []Peer
+	Partitions int // default ring.DefaultPartitions
+	RaftLog    shard.LogBackend
+	Limits     fsm.Options
+	Logger     hclog.Logger
+	// Listener, if set, is used instead of listening on Listen (tests pass
+	// a :0 listener and its address as Listen).
+	Listener net.Listener
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+	OpTimeout          time.Duration
+	// MaxSnapshotTransfers caps concurrent snapshot sends and receives on
+	// the node (default 2).
+	MaxSnapshotTransfers int
+	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
+	WALSegmentSize int64
+}
+
+// Node is a running ringkv server.
+type Node struct {
+	cfg     Config
+	log     hclog.Logger
+	state   *clusterState
+	ring    *ring.Ring
+	wal     *wal.WAL
+	trans   *transport.Node
+	grpc    *grpc.Server
+	lis     net.Listener
+	pool    *router.ConnPool
+	health  *health.Server
+	clock   *hlc.Clock
+	served  chan struct{}
+	closeMu sync.Mutex
+	closed  bool
+
+	replicas map[ring.PartitionID]*shard.Replica
+}
+
+// Start opens the node's data, starts its replicas and serves gRPC.
+func Start(cfg Config) (n *Node, err error) {
+	if cfg.ID == "" {
+		return nil, errors.New("node: --id is required")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("node: listen address %q: %w", cfg.Listen, err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.MaxSnapshotTransfers == 0 {
+		cfg.MaxSnapshotTransfers = 2
+	}
+	n = &Node{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		clock:    hlc.New(nil),
+		replicas: map[ring.PartitionID]*shard.Replica{},
+		served:   make(chan struct{}),
+	}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, err
+	}
+	if n.state, err = loadOrCreateState(cfg); err != nil {
+		return nil, err
+	}
+	if n.ring, err = ring.New(n.state.Partitions); err != nil {
+		return nil, err
+	}
+	if n.wal, err = wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentSize: cfg.WALSegmentSize}); err != nil {
+		return nil, err
+	}
+	if rec := n.wal.Recovery(); rec.DroppedBytes > 0 {
+		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
+	}
+	if n.trans, err = transport.NewNode(raft.ServerAddress(n.state.addrOf(cfg.ID)), transport.Options{}); err != nil {
+		return nil, err
+	}
+	n.pool = router.NewConnPool(grpc.WithTransportCredentials(insecure.NewCredentials()))
+	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))
+	n.trans.Register(n.grpc)
+	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, cfg.Limits))
+	pb.RegisterAdminServer(n.grpc, &admin{n: n})
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
+
+	n.lis = cfg.Listener
+	if n.lis == nil {
+		if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+	}
+	go func() {
+		defer close(n.served)
+		if err := n.grpc.Serve(n.lis); err != nil {
+			n.log.Error("grpc server stopped", "error", err)
+		}
+	}()
+	if err := n.startReplicas(); err != nil {
+		return nil, err
+	}
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	n.log.Info("node started", "addr", cfg.Listen, "partitions", n.state.Partitions, "hosted", len(n.replicas))
+	return n, nil
+}
+
+func (n *Node) startReplicas() error {
+	asg := n.state.assignment
+	gate := make(chan struct{}, n.cfg.MaxSnapshotTransfers)
+	for _, p := range asg.PartitionsOf(ring.NodeID(n.cfg.ID)) {
+		tr, err := n.trans.Transport(uint32(p))
+		if err != nil {
+			return err
+		}
+		r, err := shard.Open(shard.Config{
+			Partition:          uint32(p),
+			NodeID:             raft.ServerID(n.cfg.ID),
+			Dir:                filepath.Join(n.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p)),
+			Backend:            n.cfg.RaftLog,
+			WAL:                n.wal,
+			Transport:          tr,
+			Clock:              n.clock,
+			Logger:             n.log,
+			Limits:             n.cfg.Limits,
+			HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
+			ElectionTimeout:    n.cfg.ElectionTimeout,
+			LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
+			CommitTimeout:      n.cfg.CommitTimeout,
+			SnapshotThreshold:  n.cfg.SnapshotThreshold,
+			SnapshotInterval:   n.cfg.SnapshotInterval,
+			TrailingLogs:       n.cfg.TrailingLogs,
+			OpTimeout:          n.cfg.OpTimeout,
+			Snapshots:          gate,
+			Reoffer:            n.reoffer,
+		})
+		if err != nil {
+			tr.Close()
+			return err
+		}
+		n.replicas[p] = r
+		var servers []raft.Server
+		for _, id := range asg.Replicas(p) {
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(n.state.addrOf(string(id)))})
+		}
+		if err := r.Bootstrap(servers); err != nil {
+			return fmt.Errorf("partition %d: bootstrap: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// reoffer hands a fast write cut from a local log to the partition's primary.
+func (n *Node) reoffer(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error {
+	conn, err := n.pool.Dial(string(primary))
+	if err != nil {
+		return err
+	}
+	_, err = pb.NewAdminClient(conn).Reoffer(ctx, &pb.ReofferRequest{Partition: partition, Entry: entry})
+	return err
+}
+
+// Addr is the node's gRPC address.
+func (n *Node) Addr() string { return n.lis.Addr().String() }
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Lookup implements router.Directory.
+func (n *Node) Lookup(key []byte) ring.PartitionID { return n.ring.Lookup(key) }
+
+// Replica implements router.Directory: this node's replica of p, or nil.
+func (n *Node) Replica(p ring.PartitionID) *shard.Replica { return n.replicas[p] }
+
+// Addrs implements router.Directory.
+func (n *Node) Addrs(p ring.PartitionID) []string {
+	asg := n.state.assignment
+	out := []string{n.state.addrOf(string(asg.Primary(p)))}
+	for _, id := range asg.Replicas(p) {
+		if id != asg.Primary(p) {
+			out = append(out, n.state.addrOf(string(id)))
+		}
+	}
+	return out
+}
+
+// Partitions lists the partitions this node hosts, in order.
+func (n *Node) Partitions() []ring.PartitionID {
+	ps := make([]ring.PartitionID, 0, len(n.replicas))
+	for p := range n.replicas {
+		ps = append(ps, p)
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i] < ps[j] })
+	return ps
+}
+
+// Close shuts the node down gracefully: it hands leadership of the
+// partitions it leads to other replicas, then stops the replicas (their logs
+// are synced on every append), the WAL and the gRPC server.
+func (n *Node) Close() error {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	if n.health != nil {
+		n.health.Shutdown()
+	}
+	var wg sync.WaitGroup
+	for _, r := range n.replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.TransferLeadership(); err != nil {
+				n.log.Warn("leadership transfer on shutdown", "partition", r.Partition(), "error", err)
+			}
+		}()
+	}
+	wg.Wait()
+	var errs []error
+	for _, r := range n.replicas {
+		errs = append(errs, r.Close())
+	}
+	if n.trans != nil {
+		errs = append(errs, n.trans.Close())
+	}
+	if n.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { n.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			n.grpc.Stop()
+		}
+		<-n.served
+	} else if n.lis != nil {
+		n.lis.Close()
+	}
+	if n.pool != nil {
+		errs = append(errs, n.pool.Close())
+	}
+	if n.wal != nil {
+		errs = append(errs, n.wal.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ParsePeers parses "n1=host:port,n2=host:port,...".
+func ParsePeers(s string) ([]Peer, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var peers []Peer
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("--peers: %q is not ID=HOST:PORT", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--peers: %s: address %q: %w", id, addr, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("--peers: node id %q appears twice", id)
+		}
+		seen[id] = true
+		peers = append(peers, Peer{ID: id, Addr: addr})
+	}
+	return peers, nil
+}

@@ -1,0 +1,119 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/node"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+)
+
+func TestEveryModeThroughEveryNode(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	ctx := context.Background()
+	writes := []pb.WriteConsistency{pb.WriteConsistency_WRITE_CONSISTENCY_STRONG, pb.WriteConsistency_WRITE_CONSISTENCY_FAST, pb.WriteConsistency_WRITE_CONSISTENCY_UNSPECIFIED}
+	reads := []pb.ReadConsistency{pb.ReadConsistency_READ_CONSISTENCY_QUORUM, pb.ReadConsistency_READ_CONSISTENCY_LOCAL}
+	for i := range c.Nodes {
+		kv := pb.NewKVClient(c.Conn(i))
+		for _, w := range writes {
+			for k := range 8 {
+				key := []byte(fmt.Sprintf("n%d/%v/%d\x00\xff", i, w, k))
+				val := append([]byte{0, 0xff}, key...)
+				put, err := kv.Put(ctx, &pb.PutRequest{Key: key, Value: val, Consistency: w})
+				if err != nil {
+					t.Fatalf("node %d put %v: %v", i, w, err)
+				}
+				for _, r := range reads {
+					// Read through another node: the request is forwarded.
+					other := pb.NewKVClient(c.Conn((i + 1) % len(c.Nodes)))
+					got, err := other.Get(ctx, &pb.GetRequest{Key: key, Consistency: r})
+					if w == pb.WriteConsistency_WRITE_CONSISTENCY_FAST && r == pb.ReadConsistency_READ_CONSISTENCY_QUORUM && status.Code(err) == codes.NotFound {
+						continue // not yet committed: a quorum read need not see an uncommitted fast write
+					}
+					if err != nil || !bytes.Equal(got.Value, val) || got.Version != put.Version {
+						t.Fatalf("node %d get %v after %v put: %v %v", i, r, w, got, err)
+					}
+				}
+				del, err := kv.Delete(ctx, &pb.DeleteRequest{Key: key, Consistency: w})
+				if err != nil || del.Version != put.Version+1 {
+					t.Fatalf("delete: %v %v", del, err)
+				}
+			}
+		}
+	}
+}
+
+func TestBadInputIsInvalidArgument(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	kv := pb.NewKVClient(c.Conn(0))
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"empty key", func() error { _, err := kv.Put(ctx, &pb.PutRequest{Value: []byte("v")}); return err }, "key"},
+		{"oversize key", func() error {
+			_, err := kv.Put(ctx, &pb.PutRequest{Key: bytes.Repeat([]byte("k"), 4097)})
+			return err
+		}, "4096"},
+		{"oversize value", func() error {
+			_, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: make([]byte, 1<<20+1)})
+			return err
+		}, "value"},
+		{"unknown write consistency", func() error {
+			_, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("k"), Consistency: 7})
+			return err
+		}, "consistency"},
+		{"unknown read consistency", func() error {
+			_, err := kv.Get(ctx, &pb.GetRequest{Key: []byte("k"), Consistency: 9})
+			return err
+		}, "consistency"},
+		{"empty key get", func() error { _, err := kv.Get(ctx, &pb.GetRequest{}); return err }, "key"},
+		{"empty key delete", func() error { _, err := kv.Delete(ctx, &pb.DeleteRequest{}); return err }, "key"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.want) {
+				t.Fatalf("got %v, want InvalidArgument mentioning %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := kv.Get(ctx, &pb.GetRequest{Key: []byte("k"), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM}); status.Code(err) != codes.NotFound {
+		t.Fatalf("bad input wrote something: %v", err)
+	}
+}
+
+func TestParsePeers(t *testing.T) {
+	tests := []struct {
+		in      string
+		n       int
+		wantErr string
+	}{
+		{"n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003", 3, ""},
+		{"", 0, ""},
+		{"n1", 0, "ID=HOST:PORT"},
+		{"n1=nohost", 0, "address"},
+		{"n1=a:1,n1=b:2", 0, "twice"},
+	}
+	for _, tc := range tests {
+		got, err := node.ParsePeers(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%q: %v, want error with %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || len(got) != tc.n {
+			t.Errorf("%q: %v %v", tc.in, got, err)
+		}
+	}
+}

@@ -1,0 +1,277 @@
+// Package router is the coordinator: it serves the KV gRPC service on every
+// node and sends each request to its partition's primary.
+//
+// Path of a request: Client → Coordinator (any node) → Primary → Replicas.
+// A coordinator that hosts the primary serves the request itself; otherwise
+// it forwards it once, with hops+1, to the primary its local replica knows of
+// or, for a partition it does not host, to the partition's replicas in
+// placement order. A node receiving a forwarded request (hops > 0) that is not
+// the primary answers NotPrimary instead of forwarding again, so a stale view
+// can never make a request loop.
+//
+// Errors leave as gRPC statuses a person can act on: InvalidArgument names
+// the field and the limit, NotFound, Unavailable names the partition and the
+// bound, and FailedPrecondition carries a NotPrimary detail with the primary.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/fsm"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
+	"github.com/ringkv/ringkv/shard"
+)
+
+// Directory tells the router where partitions live.
+type Directory interface {
+	// Lookup maps a key to its partition.
+	Lookup(key []byte) ring.PartitionID
+	// Replica is this node's replica of p, or nil.
+	Replica(p ring.PartitionID) *shard.Replica
+	// Addrs lists the addresses of p's replicas, preferred primary first.
+	Addrs(p ring.PartitionID) []string
+}
+
+// Dialer returns a shared client connection to a node.
+type Dialer func(addr string) (grpc.ClientConnInterface, error)
+
+// Router implements pb.KVServer.
+type Router struct {
+	pb.UnimplementedKVServer
+	dir    Directory
+	dial   Dialer
+	limits fsm.Options
+}
+
+// New returns a router over dir; limits must match the replicas'.
+func New(dir Directory, dial Dialer, limits fsm.Options) *Router {
+	return &Router{dir: dir, dial: dial, limits: limits}
+}
+
+var _ pb.KVServer = (*Router)(nil)
+
+// ConnPool is a Dialer that keeps one connection per address.
+type ConnPool struct {
+	mu    sync.Mutex
+	opts  []grpc.DialOption
+	conns map[string]*grpc.ClientConn
+}
+
+// NewConnPool dials with opts (credentials, interceptors).
+func NewConnPool(opts ...grpc.DialOption) *ConnPool {
+	return &ConnPool{opts: opts, conns: map[string]*grpc.ClientConn{}}
+}
+
+// Dial returns the pooled connection to addr, creating it lazily.
+func (p *ConnPool) Dial(addr string) (grpc.ClientConnInterface, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conns[addr]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, p.opts...)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "address %q: %v", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+// Close closes every pooled connection.
+func (p *ConnPool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for addr, c := range p.conns {
+		errs = append(errs, c.Close())
+		delete(p.conns, addr)
+	}
+	return errors.Join(errs...)
+}
+
+func (rt *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	mode, err := writeMode(req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
+		return nil, Status(err)
+	}
+	if err := rt.limits.ValidateValue(req.GetValue()); err != nil {
+		return nil, Status(err)
+	}
+	return route(ctx, rt, req.GetKey(), req.GetHops(),
+		func(r *shard.Replica) (*pb.PutResponse, error) {
+			st, err := r.Put(ctx, req.GetKey(), req.GetValue(), mode)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.PutResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
+		},
+		func(c pb.KVClient) (*pb.PutResponse, error) {
+			return c.Put(ctx, &pb.PutRequest{Key: req.Key, Value: req.Value, Consistency: req.Consistency, Hops: req.Hops + 1})
+		})
+}
+
+func (rt *Router) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
+	mode, err := writeMode(req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
+		return nil, Status(err)
+	}
+	return route(ctx, rt, req.GetKey(), req.GetHops(),
+		func(r *shard.Replica) (*pb.DeleteResponse, error) {
+			st, err := r.Delete(ctx, req.GetKey(), mode)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.DeleteResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
+		},
+		func(c pb.KVClient) (*pb.DeleteResponse, error) {
+			return c.Delete(ctx, &pb.DeleteRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
+		})
+}
+
+func (rt *Router) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	var mode shard.ReadMode
+	switch req.GetConsistency() {
+	case pb.ReadConsistency_READ_CONSISTENCY_UNSPECIFIED, pb.ReadConsistency_READ_CONSISTENCY_LOCAL:
+		mode = shard.Local
+	case pb.ReadConsistency_READ_CONSISTENCY_QUORUM:
+		mode = shard.Quorum
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "consistency: unknown read consistency %d (want LOCAL or QUORUM)", req.GetConsistency())
+	}
+	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
+		return nil, Status(err)
+	}
+	return route(ctx, rt, req.GetKey(), req.GetHops(),
+		func(r *shard.Replica) (*pb.GetResponse, error) {
+			it, err := r.Get(ctx, req.GetKey(), mode)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.GetResponse{Value: it.Value, Version: it.Version, Timestamp: Timestamp(it.Stamp)}, nil
+		},
+		func(c pb.KVClient) (*pb.GetResponse, error) {
+			return c.Get(ctx, &pb.GetRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
+		})
+}
+
+func writeMode(c pb.WriteConsistency) (shard.WriteMode, error) {
+	switch c {
+	case pb.WriteConsistency_WRITE_CONSISTENCY_UNSPECIFIED, pb.WriteConsistency_WRITE_CONSISTENCY_STRONG:
+		return shard.Strong, nil
+	case pb.WriteConsistency_WRITE_CONSISTENCY_FAST:
+		return shard.Fast, nil
+	}
+	return 0, status.Errorf(codes.InvalidArgument, "consistency: unknown write consistency %d (want STRONG or FAST)", c)
+}
+
+// route serves a request locally when this node hosts the primary and
+// forwards it once otherwise.
+func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
+	local func(*shard.Replica) (T, error), remote func(pb.KVClient) (T, error)) (T, error) {
+	var zero T
+	p := rt.dir.Lookup(key)
+	var targets []string
+	if r := rt.dir.Replica(p); r != nil {
+		resp, err := local(r)
+		var np *shard.NotPrimaryError
+		if !errors.As(err, &np) || hops > 0 || np.LeaderAddr == "" {
+			return resp, Status(err)
+		}
+		targets = []string{np.LeaderAddr}
+	} else if hops > 0 {
+		return zero, Status(&shard.NotPrimaryError{Partition: uint32(p)})
+	} else {
+		targets = rt.dir.Addrs(p)
+	}
+	// A replica that is not the primary may name it: try that next, once.
+	var last error
+	tried := map[string]bool{}
+	for i := 0; i < len(targets) && ctx.Err() == nil; i++ {
+		addr := targets[i]
+		if tried[addr] {
+			continue
+		}
+		tried[addr] = true
+		conn, err := rt.dial(addr)
+		if err != nil {
+			return zero, err
+		}
+		resp, err := remote(pb.NewKVClient(conn))
+		// Only a NotPrimary answer is safe to pass on: after Unavailable a
+		// write's outcome is unknown, and retrying it elsewhere could apply
+		// it twice.
+		if status.Code(err) != codes.FailedPrecondition {
+			return resp, err
+		}
+		last = err
+		if np := NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" {
+			targets = append(targets, np.GetPrimaryAddr())
+		}
+	}
+	if last == nil {
+		last = Status(&shard.NotPrimaryError{Partition: uint32(p)})
+	}
+	return zero, last
+}
+
+// Timestamp converts a stamp's timestamp to its wire form.
+func Timestamp(st fsm.Stamp) *pb.Timestamp {
+	return &pb.Timestamp{WallTime: st.Timestamp.WallTime, Logical: st.Timestamp.Logical}
+}
+
+// NotPrimaryOf extracts the NotPrimary detail of a status error, or nil.
+func NotPrimaryOf(err error) *pb.NotPrimary {
+	for _, d := range status.Convert(err).Details() {
+		if np, ok := d.(*pb.NotPrimary); ok {
+			return np
+		}
+	}
+	return nil
+}
+
+// Status converts a replica's error into the gRPC status the client sees.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var np *shard.NotPrimaryError
+	var lim *fsm.LimitError
+	switch {
+	case errors.As(err, &lim):
+		return status.Error(codes.InvalidArgument, lim.Error())
+	case errors.As(err, &np):
+		st, derr := status.New(codes.FailedPrecondition, np.Error()).WithDetails(&pb.NotPrimary{
+			Partition: np.Partition, PrimaryId: np.LeaderID, PrimaryAddr: np.LeaderAddr,
+		})
+		if derr != nil {
+			return status.Error(codes.FailedPrecondition, np.Error())
+		}
+		return st.Err()
+	case errors.Is(err, shard.ErrNotFound):
+		return status.Error(codes.NotFound, "key not found")
+	case errors.Is(err, shard.ErrNoQuorum), errors.Is(err, shard.ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.Internal, fmt.Sprint(err))
+}

@@ -1,0 +1,78 @@
+package shard
+
+import (
+	"io"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+)
+
+// fsmAdapter is the Replica seen by raft as its state machine. Every entry
+// raft hands it advances the store's applied index — commands, term markers
+// and configuration changes alike — so that "applied ≥ commit index" is a
+// condition a quorum read can wait for.
+type fsmAdapter Replica
+
+var (
+	_ raft.FSM                = (*fsmAdapter)(nil)
+	_ raft.ConfigurationStore = (*fsmAdapter)(nil)
+)
+
+// applyResult is what a command's future carries back to the proposer.
+type applyResult struct {
+	res fsm.Result
+	err error
+}
+
+func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
+	r := (*Replica)(a)
+	defer r.notifyApplied()
+	_, cmd, err := decodeEntry(l.Data)
+	if err != nil {
+		// Deterministic on every replica: the index is consumed, nothing changes.
+		r.log.Error("undecodable log entry", "index", l.Index, "error", err)
+		cmd = fsm.Batch{}
+	}
+	res, aerr := r.store.Apply(l.Index, cmd)
+	if aerr == nil && err != nil {
+		aerr = err
+	}
+	r.applied(cmd)
+	return applyResult{res: res, err: aerr}
+}
+
+// StoreConfiguration consumes a configuration entry's index.
+func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
+	r := (*Replica)(a)
+	if _, err := r.store.Apply(index, fsm.Batch{}); err != nil {
+		r.log.Debug("configuration entry at or below applied index", "index", index, "error", err)
+	}
+	r.notifyApplied()
+}
+
+func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
+	return fsmSnapshot{a.store.Snapshot()}, nil
+}
+
+func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	r := (*Replica)(a)
+	if err := r.store.Restore(rc); err != nil {
+		return err
+	}
+	r.notifyApplied()
+	return nil
+}
+
+type fsmSnapshot struct{ snap *fsm.Snapshot }
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.snap.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (fsmSnapshot) Release() {}

@@ -1,0 +1,182 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/ringkv/ringkv/fsm"
+)
+
+// Re-offering fast writes.
+//
+// A fast write is acknowledged once it is durable in the primary's log. If
+// that primary loses leadership before the entry commits, the next leader may
+// overwrite it. Before the entry is cut from any replica's log (a suffix
+// truncation, or the wipe after a snapshot install), it is saved under
+// reofferKey in the replica's stable store, in the same log-store call, and
+// handed to the current primary, which proposes it again with its original
+// (version, timestamp): the conflict rule decides whether it still wins, and
+// replaying it twice is harmless because an equal stamp is "already applied".
+
+var reofferKey = []byte("ringkv.reoffer")
+
+// onTruncated keeps the fast writes among logs about to be cut.
+func (r *Replica) onTruncated(logs []*raft.Log) error {
+	var keep [][]byte
+	for _, l := range logs {
+		if l.Type == raft.LogCommand && len(l.Data) > 0 && l.Data[0]&flagFast != 0 {
+			keep = append(keep, bytes.Clone(l.Data))
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	r.reofferMu.Lock()
+	defer r.reofferMu.Unlock()
+	all := append(append([][]byte(nil), r.reoffers...), keep...)
+	if err := r.stable.Set(reofferKey, encodeReoffers(all)); err != nil {
+		return fmt.Errorf("save %d fast writes before truncation: %w", len(keep), err)
+	}
+	r.reoffers = all
+	r.stats.Reoffered.Add(uint64(len(keep)))
+	r.log.Warn("fast writes cut from the log; re-offering them to the primary", "count", len(keep))
+	r.signalReoffers()
+	return nil
+}
+
+func (r *Replica) signalReoffers() {
+	select {
+	case r.reofferCh <- struct{}{}:
+	default:
+	}
+}
+
+// runReoffers delivers saved fast writes to the primary until none is left.
+func (r *Replica) runReoffers() {
+	defer r.wg.Done()
+	retry := time.NewTicker(r.cfg.ElectionTimeout)
+	defer retry.Stop()
+	for {
+		select {
+		case <-r.closeCh:
+			return
+		case <-r.reofferCh:
+		case <-retry.C:
+		}
+		for r.deliverReoffer() {
+		}
+	}
+}
+
+// deliverReoffer hands the oldest saved write to the primary and reports
+// whether it should be called again at once.
+func (r *Replica) deliverReoffer() bool {
+	r.reofferMu.Lock()
+	if len(r.reoffers) == 0 {
+		r.reofferMu.Unlock()
+		return false
+	}
+	entry := r.reoffers[0]
+	r.reofferMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+	defer cancel()
+	var err error
+	if r.IsPrimary() {
+		err = r.Reoffer(ctx, entry)
+	} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
+		err = r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
+	} else {
+		return false
+	}
+	if err != nil {
+		r.log.Debug("re-offer not delivered yet", "error", err)
+		return false
+	}
+	r.reofferMu.Lock()
+	defer r.reofferMu.Unlock()
+	rest := r.reoffers[1:]
+	if err := r.stable.Set(reofferKey, encodeReoffers(rest)); err != nil {
+		r.log.Error("saving re-offer queue", "error", err)
+		return false
+	}
+	r.reoffers = rest
+	return true
+}
+
+// Reoffer proposes a fast write cut from some replica's log again, with its
+// original stamp, and waits until it is applied. Only the primary accepts it.
+func (r *Replica) Reoffer(ctx context.Context, entry []byte) error {
+	if _, _, err := decodeEntry(entry); err != nil {
+		return err
+	}
+	if !r.IsPrimary() {
+		return r.notPrimary()
+	}
+	ctx, cancel := r.opContext(ctx)
+	defer cancel()
+	future := r.raft.Apply(entry, r.cfg.OpTimeout)
+	done := make(chan struct{})
+	go func() {
+		future.Error()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return r.noQuorum("re-offer", ctx.Err())
+	}
+	if err := future.Error(); err != nil {
+		return r.proposeError(Fast, err)
+	}
+	if res, ok := future.Response().(applyResult); ok {
+		for _, w := range res.res.Writes {
+			if w.Outcome == fsm.Lost {
+				r.stats.ReofferLost.Add(1)
+			}
+		}
+	}
+	return nil
+}
+
+func encodeReoffers(entries [][]byte) []byte {
+	var b []byte
+	b = binary.AppendUvarint(b, uint64(len(entries)))
+	for _, e := range entries {
+		b = binary.AppendUvarint(b, uint64(len(e)))
+		b = append(b, e...)
+	}
+	return b
+}
+
+func loadReoffers(s raft.StableStore) ([][]byte, error) {
+	b, err := s.Get(reofferKey)
+	if errors.Is(err, raftboltdb.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil || len(b) == 0 {
+		return nil, err
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 {
+		return nil, fmt.Errorf("re-offer queue: bad count")
+	}
+	b = b[k:]
+	out := make([][]byte, 0, min(n, uint64(len(b))))
+	for range n {
+		e, rest, ok := cutBytes(b)
+		if !ok {
+			return nil, fmt.Errorf("re-offer queue: truncated after %d of %d entries", len(out), n)
+		}
+		out = append(out, e)
+		b = rest
+	}
+	return out, nil
+}

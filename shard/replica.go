@@ -1,0 +1,392 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/wal"
+)
+
+// LogBackend names where a replica keeps its Raft log.
+type LogBackend string
+
+const (
+	// LogWAL keeps the log in the node's shared WAL (the default).
+	LogWAL LogBackend = "wal"
+	// LogBoltDB keeps it in a raft-boltdb file of its own, the conventional
+	// choice, kept as a baseline for benchmarks.
+	LogBoltDB LogBackend = "boltdb"
+)
+
+// Config describes one replica. Zero durations take the defaults below.
+type Config struct {
+	Partition uint32
+	NodeID    raft.ServerID
+	// Dir holds the replica's snapshots (and its bolt file with LogBoltDB).
+	Dir       string
+	Backend   LogBackend
+	WAL       *wal.WAL // required with LogWAL
+	Transport raft.Transport
+	Clock     *hlc.Clock
+	Logger    hclog.Logger
+	Limits    fsm.Options
+
+	HeartbeatTimeout   time.Duration // default 500ms
+	ElectionTimeout    time.Duration // default 500ms
+	LeaderLeaseTimeout time.Duration // default 500ms
+	CommitTimeout      time.Duration // default 50ms
+	SnapshotThreshold  uint64        // default 8192 entries
+	SnapshotInterval   time.Duration // default 30s
+	TrailingLogs       uint64        // default 10240 entries
+	// OpTimeout bounds a strong write or quorum read that cannot reach a
+	// majority (default 3s).
+	OpTimeout time.Duration
+	// Snapshots, if set, caps snapshot transfers on the node: it is shared
+	// by all replicas and holds one token per transfer in flight.
+	Snapshots chan struct{}
+	// Reoffer delivers a re-offered fast write to a remote primary (see
+	// Replica.Reoffer). Without it re-offers wait until this replica leads.
+	Reoffer func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.HeartbeatTimeout, 500*time.Millisecond)
+	def(&c.ElectionTimeout, 500*time.Millisecond)
+	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
+	def(&c.CommitTimeout, 50*time.Millisecond)
+	def(&c.SnapshotInterval, 30*time.Second)
+	def(&c.OpTimeout, 3*time.Second)
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
+	}
+	if c.Backend == "" {
+		c.Backend = LogWAL
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	if c.Clock == nil {
+		c.Clock = hlc.New(nil)
+	}
+}
+
+// StreamOf is the WAL stream holding a partition's Raft log. Stream 0 is
+// left for cluster metadata.
+func StreamOf(partition uint32) uint64 { return uint64(partition) + 1 }
+
+// Replica is one member of a partition's Raft group: the Raft instance, its
+// log, the fsm store it applies to, and — while it leads — the bookkeeping of
+// writes proposed but not yet applied.
+type Replica struct {
+	cfg    Config
+	log    hclog.Logger
+	store  *fsm.Store
+	raft   *raft.Raft
+	stable raft.StableStore
+	closer io.Closer // the bolt store, if any
+
+	// applied is closed and replaced whenever the store applies an entry,
+	// waking readers that wait for an index.
+	appliedMu sync.Mutex
+	appliedCh chan struct{}
+
+	// proposeMu serializes version assignment on the primary.
+	proposeMu sync.Mutex
+	nextReqID atomic.Uint64
+
+	pendingMu sync.Mutex
+	pending   map[uint64]*proposal // fast writes awaiting their WAL sync, by request id
+	overlay   map[string]*pendingKey
+
+	// readyTerm is the term whose start marker this replica, as leader, has
+	// applied; quorum reads wait for it (see Get).
+	readyTerm atomic.Uint64
+	verify    verifier
+
+	reofferMu sync.Mutex
+	reoffers  [][]byte // acknowledged fast writes cut from the log, to hand to the primary
+	reofferCh chan struct{}
+
+	stats Stats
+
+	leaderCh chan bool
+	closeCh  chan struct{}
+	wg       sync.WaitGroup
+}
+
+// Stats counts events a metrics layer exports.
+type Stats struct {
+	FastUncommitted atomic.Int64  // keys whose acknowledged fast write is not yet applied
+	Reoffered       atomic.Uint64 // fast writes cut from the log and re-offered
+	ReofferLost     atomic.Uint64 // re-offered writes that lost to a newer write
+}
+
+type proposal struct {
+	durable chan struct{}
+}
+
+// pendingKey is the primary's view of a key with writes in flight.
+type pendingKey struct {
+	version uint64 // highest version proposed
+	// visible is the newest acknowledged fast write, served by local reads
+	// until the store catches up with it.
+	visible *fsm.Item
+}
+
+// Open starts the replica. A new replica must then be bootstrapped (by every
+// initial member, with the same servers) or added by the group's leader.
+func Open(cfg Config) (*Replica, error) {
+	cfg.setDefaults()
+	store, err := fsm.New(cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{
+		cfg:       cfg,
+		log:       cfg.Logger.With("partition", cfg.Partition),
+		store:     store,
+		appliedCh: make(chan struct{}),
+		pending:   make(map[uint64]*proposal),
+		overlay:   make(map[string]*pendingKey),
+		reofferCh: make(chan struct{}, 1),
+		leaderCh:  make(chan bool, 8),
+		closeCh:   make(chan struct{}),
+	}
+	r.nextReqID.Store(rand.Uint64())
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	logs, err := r.openLog()
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, r.log.Named("snapshots"))
+	if err != nil {
+		r.closeLog()
+		return nil, err
+	}
+	if r.reoffers, err = loadReoffers(r.stable); err != nil {
+		r.closeLog()
+		return nil, err
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = cfg.NodeID
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.Logger = r.log.Named("raft")
+	rc.NotifyCh = r.leaderCh
+	rc.NoLegacyTelemetry = true
+	var snapStore raft.SnapshotStore = snaps
+	if cfg.Snapshots != nil {
+		snapStore = &gatedSnapshots{SnapshotStore: snaps, gate: cfg.Snapshots}
+	}
+	r.raft, err = raft.NewRaft(rc, (*fsmAdapter)(r), logs, r.stable, snapStore, cfg.Transport)
+	if err != nil {
+		r.closeLog()
+		return nil, fmt.Errorf("partition %d: start raft: %w", cfg.Partition, err)
+	}
+	r.wg.Add(3)
+	go r.watchLeadership()
+	go r.runReoffers()
+	go func() {
+		defer r.wg.Done()
+		r.verify.run(r.raft, r.closeCh)
+	}()
+	return r, nil
+}
+
+func (r *Replica) openLog() (raft.LogStore, error) {
+	var base raft.LogStore
+	switch r.cfg.Backend {
+	case LogWAL:
+		if r.cfg.WAL == nil {
+			return nil, errors.New("shard: LogWAL needs Config.WAL")
+		}
+		ls := &logStore{w: r.cfg.WAL, stream: StreamOf(r.cfg.Partition), timeout: 30 * time.Second}
+		base, r.stable = ls, ls
+	case LogBoltDB:
+		b, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(r.cfg.Dir, "raft.db")})
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: open bolt log: %w", r.cfg.Partition, err)
+		}
+		base, r.stable, r.closer = b, b, b
+	default:
+		return nil, fmt.Errorf("shard: unknown log backend %q (want %q or %q)", r.cfg.Backend, LogWAL, LogBoltDB)
+	}
+	return &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}, nil
+}
+
+func (r *Replica) closeLog() {
+	if r.closer != nil {
+		r.closer.Close()
+	}
+}
+
+// Bootstrap makes servers the group's initial configuration. It is a no-op
+// for a replica that already has Raft state.
+func (r *Replica) Bootstrap(servers []raft.Server) error {
+	err := r.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	if errors.Is(err, raft.ErrCantBootstrap) {
+		return nil
+	}
+	return err
+}
+
+// Partition is the partition this replica serves.
+func (r *Replica) Partition() uint32 { return r.cfg.Partition }
+
+// Raft exposes the Raft instance for membership changes and status.
+func (r *Replica) Raft() *raft.Raft { return r.raft }
+
+// Stats returns the replica's counters.
+func (r *Replica) Stats() *Stats { return &r.stats }
+
+// IsPrimary reports whether this replica is its group's leader.
+func (r *Replica) IsPrimary() bool { return r.raft.State() == raft.Leader }
+
+// Leader returns the group's leader as this replica knows it (empty if none).
+func (r *Replica) Leader() (raft.ServerID, raft.ServerAddress) {
+	addr, id := r.raft.LeaderWithID()
+	return id, addr
+}
+
+// AppliedIndex is the last log index applied to the store.
+func (r *Replica) AppliedIndex() uint64 { return r.store.AppliedIndex() }
+
+// Store is the replica's state machine, for status and for comparing
+// replicas in tests; writes go through Put and Delete.
+func (r *Replica) Store() *fsm.Store { return r.store }
+
+// TransferLeadership hands leadership to another voter if this replica leads.
+func (r *Replica) TransferLeadership() error {
+	if !r.IsPrimary() {
+		return nil
+	}
+	return r.raft.LeadershipTransfer().Error()
+}
+
+// Close shuts the replica down; its log stays on disk.
+func (r *Replica) Close() error {
+	select {
+	case <-r.closeCh:
+		return nil
+	default:
+	}
+	close(r.closeCh)
+	err := r.raft.Shutdown().Error()
+	r.wg.Wait()
+	r.closeLog()
+	return err
+}
+
+func (r *Replica) notPrimary() error {
+	id, addr := r.Leader()
+	return &NotPrimaryError{Partition: r.cfg.Partition, LeaderID: string(id), LeaderAddr: string(addr)}
+}
+
+func (r *Replica) noQuorum(what string, cause error) error {
+	return &NoQuorumError{Partition: r.cfg.Partition, Op: what, Timeout: r.cfg.OpTimeout, Cause: cause}
+}
+
+// opContext bounds ctx by OpTimeout.
+func (r *Replica) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.OpTimeout)
+}
+
+func (r *Replica) watchLeadership() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.closeCh:
+			return
+		case leader := <-r.leaderCh:
+			if leader {
+				r.wg.Add(1)
+				go r.markTerm()
+			} else {
+				r.dropOverlay()
+			}
+		}
+	}
+}
+
+// markTerm commits and applies an empty entry in the new term. Until it is
+// applied, the leader's commit index may trail entries a previous leader
+// committed, so quorum reads wait for it.
+func (r *Replica) markTerm() {
+	defer r.wg.Done()
+	term := r.raft.CurrentTerm()
+	data := encodeEntry(0, fsm.Batch{})
+	for r.IsPrimary() && r.raft.CurrentTerm() == term {
+		if err := r.raft.Apply(data, r.cfg.OpTimeout).Error(); err == nil {
+			r.readyTerm.Store(term)
+			r.signalReoffers()
+			return
+		} else if errors.Is(err, raft.ErrRaftShutdown) {
+			return
+		}
+	}
+}
+
+// dropOverlay forgets the in-flight bookkeeping when leadership is lost: the
+// next primary numbers versions from its own store, and this replica's
+// unacknowledged proposals fail through their futures.
+func (r *Replica) dropOverlay() {
+	r.pendingMu.Lock()
+	defer r.pendingMu.Unlock()
+	r.overlay = make(map[string]*pendingKey)
+	r.stats.FastUncommitted.Store(0)
+}
+
+// waitApplied blocks until the store has applied index.
+func (r *Replica) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		r.appliedMu.Lock()
+		ch := r.appliedCh
+		r.appliedMu.Unlock()
+		if r.store.AppliedIndex() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.closeCh:
+			return ErrClosed
+		}
+	}
+}
+
+func (r *Replica) notifyApplied() {
+	r.appliedMu.Lock()
+	close(r.appliedCh)
+	r.appliedCh = make(chan struct{})
+	r.appliedMu.Unlock()
+}

@@ -1,0 +1,474 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/wal"
+)
+
+// group is a 3-replica partition in one process over raft's in-memory
+// transport, whose Disconnect cuts links for partition tests.
+type group struct {
+	t      *testing.T
+	dir    string
+	ids    []raft.ServerID
+	trans  map[raft.ServerID]*raft.InmemTransport
+	wals   map[raft.ServerID]*wal.WAL
+	reps   map[raft.ServerID]*Replica
+	tweak  func(*Config)
+	closed map[raft.ServerID]bool
+}
+
+const waitFor = 20 * time.Second // generous: a loaded 2-core CI machine
+
+func newGroup(t *testing.T, tweak func(*Config)) *group {
+	t.Helper()
+	g := &group{
+		t: t, dir: t.TempDir(), tweak: tweak,
+		ids:    []raft.ServerID{"n1", "n2", "n3"},
+		trans:  map[raft.ServerID]*raft.InmemTransport{},
+		wals:   map[raft.ServerID]*wal.WAL{},
+		reps:   map[raft.ServerID]*Replica{},
+		closed: map[raft.ServerID]bool{},
+	}
+	for _, id := range g.ids {
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
+		g.trans[id] = tr
+	}
+	g.connectAll()
+	var servers []raft.Server
+	for _, id := range g.ids {
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: id, Address: raft.ServerAddress(id)})
+	}
+	for _, id := range g.ids {
+		g.start(id)
+		if err := g.reps[id].Bootstrap(servers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, id := range g.ids {
+			g.stop(id)
+		}
+	})
+	return g
+}
+
+func (g *group) connectAll() {
+	for _, a := range g.ids {
+		for _, b := range g.ids {
+			if a != b {
+				g.trans[a].Connect(raft.ServerAddress(b), g.trans[b])
+			}
+		}
+	}
+}
+
+// isolate cuts id off from the others in both directions.
+func (g *group) isolate(id raft.ServerID) {
+	g.trans[id].DisconnectAll()
+	for _, o := range g.ids {
+		if o != id {
+			g.trans[o].Disconnect(raft.ServerAddress(id))
+		}
+	}
+}
+
+func (g *group) start(id raft.ServerID) {
+	g.t.Helper()
+	w, err := wal.Open(filepath.Join(g.dir, string(id), "wal"), wal.Options{SegmentSize: 1 << 20})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	cfg := Config{
+		Partition:          7,
+		NodeID:             id,
+		Dir:                filepath.Join(g.dir, string(id), "p7"),
+		WAL:                w,
+		Transport:          g.trans[id],
+		Logger:             hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Name: string(id)}),
+		HeartbeatTimeout:   200 * time.Millisecond,
+		ElectionTimeout:    200 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
+		CommitTimeout:      10 * time.Millisecond,
+		OpTimeout:          2 * time.Second,
+		Snapshots:          make(chan struct{}, 2),
+	}
+	if g.tweak != nil {
+		g.tweak(&cfg)
+	}
+	r, err := Open(cfg)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.wals[id], g.reps[id], g.closed[id] = w, r, false
+}
+
+func (g *group) stop(id raft.ServerID) {
+	if g.closed[id] {
+		return
+	}
+	g.closed[id] = true
+	g.reps[id].Close()
+	g.wals[id].Close()
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", waitFor, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// leader waits until one running replica leads and has applied its term's
+// marker, and returns it.
+func (g *group) leader(except ...raft.ServerID) *Replica {
+	g.t.Helper()
+	var l *Replica
+	eventually(g.t, "a ready primary", func() bool {
+		for _, id := range g.ids {
+			r := g.reps[id]
+			if g.closed[id] || contains(except, id) || !r.IsPrimary() {
+				continue
+			}
+			if r.readyTerm.Load() == r.raft.CurrentTerm() {
+				l = r
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+func contains(ids []raft.ServerID, id raft.ServerID) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *group) followers(l *Replica) []*Replica {
+	var out []*Replica
+	for _, id := range g.ids {
+		if r := g.reps[id]; r != l && !g.closed[id] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// converged waits until every running replica's store holds the same data.
+func (g *group) converged() {
+	g.t.Helper()
+	eventually(g.t, "replicas to converge", func() bool {
+		var first []byte
+		for _, id := range g.ids {
+			if g.closed[id] {
+				continue
+			}
+			var buf bytes.Buffer
+			if _, err := g.reps[id].Store().Snapshot().WriteTo(&buf); err != nil {
+				g.t.Fatal(err)
+			}
+			// The applied index is part of the snapshot header; compare data only.
+			data := dumpItems(g.reps[id].Store())
+			if first == nil {
+				first = data
+			} else if !bytes.Equal(first, data) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func dumpItems(s *fsm.Store) []byte {
+	var b bytes.Buffer
+	s.Snapshot().Range(nil, nil, func(it fsm.Item) bool {
+		fmt.Fprintf(&b, "%q=%q@%v\n", it.Key, it.Value, it.Stamp)
+		return true
+	})
+	fmt.Fprintf(&b, "tombstones=%d", s.Tombstones())
+	return b.Bytes()
+}
+
+func TestWriteAndReadEveryMode(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	tests := []struct {
+		name  string
+		key   []byte
+		value []byte
+		wmode WriteMode
+		rmode ReadMode
+	}{
+		{"strong/local", []byte("a"), []byte("1"), Strong, Local},
+		{"strong/quorum", []byte("b"), []byte("2"), Strong, Quorum},
+		{"fast/local", []byte("c"), []byte("3"), Fast, Local},
+		{"fast/quorum", []byte("d"), []byte("4"), Fast, Quorum},
+		{"binary", []byte{0, 0xff, 0, 1}, []byte{0xff, 0, 0xfe}, Strong, Quorum},
+		{"empty value", []byte("e"), []byte{}, Strong, Local},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := l.Put(ctx, tc.key, tc.value, tc.wmode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Version != 1 || st.Timestamp.IsZero() {
+				t.Fatalf("stamp %v, want version 1 and a timestamp", st)
+			}
+			// A fast write may still be in flight for a quorum read: it is
+			// visible once committed, which the read waits for only if it
+			// was committed before the read began. Retry until it is.
+			var it fsm.Item
+			eventually(t, "the write to be readable", func() bool {
+				it, err = l.Get(ctx, tc.key, tc.rmode)
+				return err == nil
+			})
+			if !bytes.Equal(it.Value, tc.value) || it.Stamp != st {
+				t.Fatalf("read %q %v, want %q %v", it.Value, it.Stamp, tc.value, st)
+			}
+		})
+	}
+	st, err := l.Delete(ctx, []byte("a"), Strong)
+	if err != nil || st.Version != 2 {
+		t.Fatalf("delete: %v %v", st, err)
+	}
+	for _, m := range []ReadMode{Local, Quorum} {
+		if _, err := l.Get(ctx, []byte("a"), m); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%v read after delete: %v, want ErrNotFound", m, err)
+		}
+	}
+	g.converged()
+}
+
+func TestFastWriteVisibleLocallyAtAck(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	for i := range 200 {
+		key := []byte(fmt.Sprintf("k%d", i%7))
+		st, err := l.Put(ctx, key, []byte(fmt.Sprint(i)), Fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it, err := l.Get(ctx, key, Local)
+		if err != nil || it.Stamp.Compare(st) < 0 {
+			t.Fatalf("write %d: local read %v %v right after ack of %v", i, it.Stamp, err, st)
+		}
+	}
+	g.converged()
+}
+
+func TestFollowerAnswersNotPrimary(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	f := g.followers(l)[0]
+	ctx := context.Background()
+	eventually(t, "the follower to know the leader", func() bool {
+		id, _ := f.Leader()
+		return id == l.cfg.NodeID
+	})
+	checks := map[string]func() error{
+		"put":         func() error { _, err := f.Put(ctx, []byte("k"), []byte("v"), Strong); return err },
+		"fast put":    func() error { _, err := f.Put(ctx, []byte("k"), []byte("v"), Fast); return err },
+		"delete":      func() error { _, err := f.Delete(ctx, []byte("k"), Strong); return err },
+		"local read":  func() error { _, err := f.Get(ctx, []byte("k"), Local); return err },
+		"quorum read": func() error { _, err := f.Get(ctx, []byte("k"), Quorum); return err },
+		"reoffer":     func() error { return f.Reoffer(ctx, encodeEntry(flagFast, fsm.Put{Key: []byte("k")})) },
+	}
+	for name, fn := range checks {
+		var np *NotPrimaryError
+		if err := fn(); !errors.As(err, &np) || np.LeaderID != string(l.cfg.NodeID) || !errors.Is(err, ErrNotPrimary) {
+			t.Errorf("%s on follower: %v, want NotPrimaryError naming %s", name, err, l.cfg.NodeID)
+		}
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	before := l.AppliedIndex()
+	tests := []struct {
+		name  string
+		key   []byte
+		value []byte
+		want  error
+	}{
+		{"empty key", nil, []byte("v"), fsm.ErrEmptyKey},
+		{"key too large", bytes.Repeat([]byte("k"), 4097), []byte("v"), fsm.ErrKeyTooLarge},
+		{"value too large", []byte("k"), make([]byte, 1<<20+1), fsm.ErrValueTooLarge},
+	}
+	for _, tc := range tests {
+		for _, m := range []WriteMode{Strong, Fast} {
+			if _, err := l.Put(ctx, tc.key, tc.value, m); !errors.Is(err, tc.want) {
+				t.Errorf("%s (%v): %v, want %v", tc.name, m, err, tc.want)
+			}
+		}
+	}
+	if _, err := l.Get(ctx, nil, Quorum); !errors.Is(err, fsm.ErrEmptyKey) {
+		t.Errorf("get of empty key: %v", err)
+	}
+	if got := l.AppliedIndex(); got != before {
+		t.Fatalf("bad input reached the log: applied index %d → %d", before, got)
+	}
+}
+
+func TestConcurrentWritesGetDistinctVersions(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	const writers, each = 8, 25
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				mode := Strong
+				if i%2 == 1 {
+					mode = Fast
+				}
+				st, err := l.Put(context.Background(), []byte("hot"), []byte(fmt.Sprint(w, i)), mode)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if seen[st.Version] {
+					t.Errorf("version %d assigned twice", st.Version)
+				}
+				seen[st.Version] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	it, err := l.Get(context.Background(), []byte("hot"), Quorum)
+	if err != nil || it.Version != writers*each {
+		t.Fatalf("final version %d (%v), want %d", it.Version, err, writers*each)
+	}
+}
+
+func TestIsolatedPrimary(t *testing.T) {
+	g := newGroup(t, nil)
+	old := g.leader()
+	ctx := context.Background()
+	if _, err := old.Put(ctx, []byte("base"), []byte("0"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	g.isolate(old.cfg.NodeID)
+
+	start := time.Now()
+	_, err := old.Put(ctx, []byte("s"), []byte("x"), Strong)
+	if !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("strong write on isolated primary: %v, want ErrNoQuorum or ErrNotPrimary", err)
+	}
+	if took := time.Since(start); took > old.cfg.OpTimeout+time.Second {
+		t.Fatalf("strong write failed after %v, bound is %v", took, old.cfg.OpTimeout)
+	}
+	if _, err := old.Get(ctx, []byte("base"), Quorum); !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("quorum read on isolated primary: %v", err)
+	}
+
+	// Fast writes keep being acknowledged until the primary steps down.
+	acked := map[string]fsm.Stamp{}
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("fast%d", i)
+		st, err := old.Put(ctx, []byte(key), []byte("v"), Fast)
+		if err != nil {
+			if !errors.Is(err, ErrNotPrimary) && !errors.Is(err, ErrNoQuorum) {
+				t.Fatalf("fast write after step-down: %v", err)
+			}
+			break
+		}
+		acked[key] = st
+	}
+	t.Logf("isolated primary acknowledged %d fast writes before stepping down", len(acked))
+
+	nl := g.leader(old.cfg.NodeID)
+	if _, err := nl.Put(ctx, []byte("fast0"), []byte("newer"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	g.connectAll()
+	g.converged()
+	nl = g.leader()
+	for key, st := range acked {
+		var it fsm.Item
+		eventually(t, "re-offered fast write "+key, func() bool {
+			var err error
+			it, err = nl.Get(ctx, []byte(key), Quorum)
+			return err == nil
+		})
+		if key == "fast0" {
+			if string(it.Value) != "newer" {
+				t.Errorf("fast0: %q %v, want the newer strong write", it.Value, it.Stamp)
+			}
+			continue
+		}
+		if it.Stamp != st {
+			t.Errorf("%s: stamp %v, want acknowledged %v", key, it.Stamp, st)
+		}
+	}
+	g.converged()
+}
+
+func TestRestartedReplicaCatchesUpBySnapshot(t *testing.T) {
+	g := newGroup(t, func(c *Config) {
+		c.SnapshotThreshold = 64
+		c.TrailingLogs = 32
+		c.SnapshotInterval = 50 * time.Millisecond
+	})
+	l := g.leader()
+	down := g.followers(l)[0]
+	downID := down.cfg.NodeID
+	g.stop(downID)
+	ctx := context.Background()
+	for i := range 1000 {
+		if _, err := l.Put(ctx, []byte(fmt.Sprintf("key%04d", i)), []byte(fmt.Sprint(i)), Strong); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the leader to compact its log", func() bool {
+		first, _ := l.raft.Stats()["last_snapshot_index"], 0
+		return first != "0" && g.wals[l.cfg.NodeID].FirstIndex(StreamOf(7)) > 1
+	})
+	g.start(downID)
+	g.converged()
+	if n := g.reps[downID].Store().Len(); n != 1000 {
+		t.Fatalf("restarted replica holds %d keys, want 1000", n)
+	}
+}
+
+func TestBoltBackend(t *testing.T) {
+	g := newGroup(t, func(c *Config) { c.Backend = LogBoltDB })
+	l := g.leader()
+	for _, m := range []WriteMode{Strong, Fast} {
+		if _, err := l.Put(context.Background(), []byte("k"+m.String()), []byte("v"), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.converged()
+}

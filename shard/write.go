@@ -1,0 +1,252 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+)
+
+// WriteMode says when a write is acknowledged.
+type WriteMode uint8
+
+const (
+	// Strong: after a majority committed the entry and the primary applied it.
+	Strong WriteMode = iota
+	// Fast: after the entry is durable in the primary's own WAL.
+	Fast
+)
+
+func (m WriteMode) String() string {
+	if m == Fast {
+		return "fast"
+	}
+	return "strong"
+}
+
+// A log entry's data: a flags byte, then the fsm command.
+const flagFast byte = 1
+
+func encodeEntry(flags byte, cmd fsm.Command) []byte {
+	b, err := cmd.MarshalBinary()
+	if err != nil {
+		// Only a Batch holding a nil write fails, and no caller builds one.
+		panic(fmt.Sprintf("shard: encode command: %v", err))
+	}
+	return append([]byte{flags}, b...)
+}
+
+func decodeEntry(data []byte) (flags byte, cmd fsm.Command, err error) {
+	if len(data) == 0 {
+		return 0, nil, fmt.Errorf("empty log entry: %w", fsm.ErrMalformedCommand)
+	}
+	cmd, err = fsm.DecodeCommand(data[1:])
+	return data[0], cmd, err
+}
+
+// Put writes key=value with the next version of key and returns the write's
+// (version, timestamp).
+func (r *Replica) Put(ctx context.Context, key, value []byte, mode WriteMode) (fsm.Stamp, error) {
+	if err := r.cfg.Limits.ValidateKey(key); err != nil {
+		return fsm.Stamp{}, err
+	}
+	if err := r.cfg.Limits.ValidateValue(value); err != nil {
+		return fsm.Stamp{}, err
+	}
+	return r.write(ctx, key, value, false, mode)
+}
+
+// Delete writes a tombstone for key with its next version.
+func (r *Replica) Delete(ctx context.Context, key []byte, mode WriteMode) (fsm.Stamp, error) {
+	if err := r.cfg.Limits.ValidateKey(key); err != nil {
+		return fsm.Stamp{}, err
+	}
+	return r.write(ctx, key, nil, true, mode)
+}
+
+func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode WriteMode) (fsm.Stamp, error) {
+	if !r.IsPrimary() {
+		return fsm.Stamp{}, r.notPrimary()
+	}
+	ctx, cancel := r.opContext(ctx)
+	defer cancel()
+
+	reqID := r.nextReqID.Add(1)
+	var flags byte
+	var prop *proposal
+	if mode == Fast {
+		flags = flagFast
+		prop = &proposal{durable: make(chan struct{})}
+	}
+
+	// Versions are assigned and proposed in one critical section so that two
+	// writes to a key get consecutive versions in log order.
+	r.proposeMu.Lock()
+	stamp := fsm.Stamp{Version: r.currentVersion(key) + 1, Timestamp: r.cfg.Clock.Now()}
+	var cmd fsm.Command
+	if del {
+		cmd = fsm.Delete{RequestID: reqID, Key: key, Stamp: stamp}
+	} else {
+		cmd = fsm.Put{RequestID: reqID, Key: key, Value: value, Stamp: stamp}
+	}
+	r.pendingMu.Lock()
+	pk := r.overlay[string(key)]
+	if pk == nil {
+		pk = &pendingKey{}
+		r.overlay[string(key)] = pk
+	}
+	pk.version = stamp.Version
+	if prop != nil {
+		r.pending[reqID] = prop
+	}
+	r.pendingMu.Unlock()
+	future := r.raft.Apply(encodeEntry(flags, cmd), r.cfg.OpTimeout)
+	r.proposeMu.Unlock()
+
+	if prop != nil {
+		defer r.forget(reqID)
+	}
+	done := make(chan struct{})
+	go func() {
+		future.Error()
+		close(done)
+	}()
+	if prop != nil {
+		select {
+		case <-prop.durable:
+			return stamp, nil
+		case <-done:
+		case <-ctx.Done():
+		}
+	} else {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-done:
+	default:
+		return fsm.Stamp{}, r.noQuorum(mode.String()+" write", ctx.Err())
+	}
+	if err := future.Error(); err != nil {
+		return fsm.Stamp{}, r.proposeError(mode, err)
+	}
+	res, ok := future.Response().(applyResult)
+	if !ok {
+		return fsm.Stamp{}, fmt.Errorf("partition %d: unexpected apply response %T", r.cfg.Partition, future.Response())
+	}
+	if res.err != nil {
+		return fsm.Stamp{}, res.err
+	}
+	return stamp, nil
+}
+
+// proposeError maps raft's answer to a proposal that did not commit.
+func (r *Replica) proposeError(mode WriteMode, err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Refused before it reached the log: nothing was written.
+		return r.notPrimary()
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrClosed
+	default:
+		// Leadership lost or the enqueue timed out after dispatch: the entry
+		// may still commit under the next leader.
+		return r.noQuorum(mode.String()+" write", err)
+	}
+}
+
+func (r *Replica) forget(reqID uint64) {
+	r.pendingMu.Lock()
+	delete(r.pending, reqID)
+	r.pendingMu.Unlock()
+}
+
+// currentVersion is the key's newest version: proposed on this primary, or
+// applied (a tombstone counts).
+func (r *Replica) currentVersion(key []byte) uint64 {
+	var v uint64
+	if it, ok := r.store.Lookup(key); ok {
+		v = it.Version
+	}
+	r.pendingMu.Lock()
+	if pk := r.overlay[string(key)]; pk != nil && pk.version > v {
+		v = pk.version
+	}
+	r.pendingMu.Unlock()
+	return v
+}
+
+// onStored acknowledges the fast writes among logs now durable, making each
+// visible to local reads from that moment.
+func (r *Replica) onStored(logs []*raft.Log) {
+	for _, l := range logs {
+		if l.Type != raft.LogCommand || len(l.Data) == 0 || l.Data[0]&flagFast == 0 {
+			continue
+		}
+		_, cmd, err := decodeEntry(l.Data)
+		if err != nil {
+			continue
+		}
+		r.pendingMu.Lock()
+		r.ackFast(cmd)
+		r.pendingMu.Unlock()
+	}
+}
+
+// ackFast runs with pendingMu held.
+func (r *Replica) ackFast(cmd fsm.Command) {
+	var it fsm.Item
+	var reqID uint64
+	switch c := cmd.(type) {
+	case fsm.Put:
+		it, reqID = fsm.Item{Key: c.Key, Value: c.Value, Stamp: c.Stamp}, c.RequestID
+	case fsm.Delete:
+		it, reqID = fsm.Item{Key: c.Key, Tombstone: true, Stamp: c.Stamp}, c.RequestID
+	default:
+		return
+	}
+	prop := r.pending[reqID]
+	if prop == nil {
+		return
+	}
+	delete(r.pending, reqID)
+	if pk := r.overlay[string(it.Key)]; pk != nil && (pk.visible == nil || pk.visible.Stamp.Compare(it.Stamp) < 0) {
+		if pk.visible == nil {
+			r.stats.FastUncommitted.Add(1)
+		}
+		pk.visible = &it
+	}
+	close(prop.durable)
+}
+
+// applied retires overlay entries the store has caught up with.
+func (r *Replica) applied(cmd fsm.Command) {
+	var key []byte
+	var stamp fsm.Stamp
+	switch c := cmd.(type) {
+	case fsm.Put:
+		key, stamp = c.Key, c.Stamp
+	case fsm.Delete:
+		key, stamp = c.Key, c.Stamp
+	default:
+		return
+	}
+	r.pendingMu.Lock()
+	defer r.pendingMu.Unlock()
+	pk := r.overlay[string(key)]
+	if pk == nil {
+		return
+	}
+	if pk.visible != nil && pk.visible.Stamp.Compare(stamp) <= 0 {
+		pk.visible = nil
+		r.stats.FastUncommitted.Add(-1)
+	}
+	if pk.version <= stamp.Version && pk.visible == nil {
+		delete(r.overlay, string(key))
+	}
+}
