@@ -143,7 +143,9 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.pool = router.NewConnPool(grpc.WithTransportCredentials(insecure.NewCredentials()))
-	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))
+	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
+	// to a 1 MiB value each.
+	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(72 << 20))
 	n.trans.Register(n.grpc)
 	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, cfg.Limits))
 	pb.RegisterAdminServer(n.grpc, &admin{n: n})

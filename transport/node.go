@@ -172,6 +172,10 @@ func NewNode(local raft.ServerAddress, opts Options) (*Node, error) {
 }
 
 // Register adds the Raft service to s. Call it once, before s.Serve.
+//
+// An AppendEntries message carries up to raft's Config.MaxAppendEntries log
+// entries, so s must accept messages that large (grpc.MaxRecvMsgSize; gRPC's
+// default is 4 MiB). Snapshots are chunked and need no such allowance.
 func (n *Node) Register(s grpc.ServiceRegistrar) {
 	pb.RegisterRaftServer(s, &server{node: n})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 )
 
@@ -69,8 +70,17 @@ func TestTransportRegistration(t *testing.T) {
 	if _, err := tn.node.Transport(1); !errors.Is(err, ErrPartitionRegistered) {
 		t.Fatalf("Transport(1) after stale Close = %v, want ErrPartitionRegistered", err)
 	}
+	// Make the node open a connection (to itself), which Close must close.
+	serve(t, g2, func(rpc raft.RPC) { rpc.Respond(&raft.TimeoutNowResponse{}, nil) })
+	if err := g2.TimeoutNow("a", tn.addr, &raft.TimeoutNowRequest{}, new(raft.TimeoutNowResponse)); err != nil {
+		t.Fatal(err)
+	}
+	conn := tn.node.peers[tn.addr].conn
 	if err := tn.node.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if s := conn.GetState(); s != connectivity.Shutdown {
+		t.Errorf("connection state after node Close = %v, want Shutdown", s)
 	}
 	if _, err := tn.node.Transport(2); !errors.Is(err, raft.ErrTransportShutdown) {
 		t.Fatalf("Transport after node Close = %v, want raft.ErrTransportShutdown", err)
@@ -172,32 +182,37 @@ func TestRPCDeadline(t *testing.T) {
 	}
 }
 
-// TestGroupCloseCancelsOwnRPCs checks that closing a Group ends its blocked
-// outgoing RPCs with raft.ErrTransportShutdown while another Group's RPCs
-// over the same connection keep working.
+// TestGroupCloseCancelsOwnRPCs checks that closing a Group ends each kind of
+// blocked outgoing RPC with raft.ErrTransportShutdown, while another Group's
+// RPCs over the same connection keep working.
 func TestGroupCloseCancelsOwnRPCs(t *testing.T) {
 	a := startNode(t, "a", Options{Timeout: time.Hour})
 	b := startNode(t, "b", Options{})
-	closing, staying := a.group(t, 1), a.group(t, 2)
-	held := make(chan struct{}, 1)
-	serve(t, b.group(t, 1), func(raft.RPC) { held <- struct{}{} }) // takes the RPC, never answers
-	serve(t, b.group(t, 2), func(rpc raft.RPC) { rpc.Respond(&raft.RequestVoteResponse{Granted: true}, nil) })
+	staying := a.group(t, 0)
+	serve(t, b.group(t, 0), func(rpc raft.RPC) { rpc.Respond(&raft.RequestVoteResponse{Granted: true}, nil) })
 
-	errc := make(chan error, 1)
-	go func() {
-		errc <- closing.RequestVote("b", b.addr, &raft.RequestVoteRequest{Term: 1}, new(raft.RequestVoteResponse))
-	}()
-	within(t, "RequestVote reaching the peer", func() struct{} { return <-held })
-	if err := closing.Close(); err != nil {
-		t.Fatal(err)
-	}
-	err := within(t, "blocked RequestVote", func() error { return <-errc })
-	if !errors.Is(err, raft.ErrTransportShutdown) {
-		t.Fatalf("blocked RequestVote after Close = %v, want raft.ErrTransportShutdown", err)
-	}
-	var resp raft.RequestVoteResponse
-	if err := staying.RequestVote("b", b.addr, &raft.RequestVoteRequest{Term: 1}, &resp); err != nil || !resp.Granted {
-		t.Fatalf("RequestVote on partition 2 after closing partition 1 = %v, %+v", err, resp)
+	for i, rc := range rpcCalls(1024) {
+		t.Run(rc.name, func(t *testing.T) {
+			partition := uint32(i + 1)
+			closing := a.group(t, partition)
+			held := make(chan struct{}, 1)
+			serve(t, b.group(t, partition), func(raft.RPC) { held <- struct{}{} }) // takes the RPC, never answers
+
+			errc := make(chan error, 1)
+			go func() { errc <- rc.call(closing, b.addr) }()
+			within(t, rc.name+" reaching the peer", func() struct{} { return <-held })
+			if err := closing.Close(); err != nil {
+				t.Fatal(err)
+			}
+			err := within(t, "blocked "+rc.name, func() error { return <-errc })
+			if !errors.Is(err, raft.ErrTransportShutdown) {
+				t.Fatalf("blocked %s after Close = %v, want raft.ErrTransportShutdown", rc.name, err)
+			}
+			var resp raft.RequestVoteResponse
+			if err := staying.RequestVote("b", b.addr, &raft.RequestVoteRequest{Term: 1}, &resp); err != nil || !resp.Granted {
+				t.Fatalf("RequestVote on partition 0 after closing partition %d = %v, %+v", partition, err, resp)
+			}
+		})
 	}
 }
 
@@ -366,6 +381,39 @@ func TestInstallSnapshotShortStream(t *testing.T) {
 	}
 	if rerr := <-readErr; !errors.Is(rerr, io.ErrUnexpectedEOF) {
 		t.Fatalf("raft read %v, want io.ErrUnexpectedEOF", rerr)
+	}
+}
+
+// TestInstallSnapshotReaderOutlivesRPC checks that raft reading a snapshot
+// after its RPC gave up gets an error instead of touching the finished
+// stream.
+func TestInstallSnapshotReaderOutlivesRPC(t *testing.T) {
+	a := startNode(t, "a", Options{Timeout: 300 * time.Millisecond})
+	handlerDone := make(chan struct{})
+	b := startNode(t, "b", Options{}, grpc.ChainStreamInterceptor(
+		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			defer close(handlerDone)
+			return handler(srv, ss)
+		}))
+	release := make(chan struct{})
+	lateRead := make(chan error, 1)
+	serve(t, b.group(t, 1), func(rpc raft.RPC) {
+		// Take the RPC and stall, as a slow raft would; read once the
+		// sender has given up.
+		<-release
+		_, err := io.ReadAll(rpc.Reader)
+		lateRead <- err
+		rpc.Respond(&raft.InstallSnapshotResponse{}, err)
+	})
+	req := &raft.InstallSnapshotRequest{Term: 1, Size: 1024}
+	err := a.group(t, 1).InstallSnapshot("b", b.addr, req, new(raft.InstallSnapshotResponse), bytes.NewReader(make([]byte, 1024)))
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("InstallSnapshot = %v, want DeadlineExceeded", err)
+	}
+	within(t, "the InstallSnapshot handler to return", func() struct{} { return <-handlerDone })
+	close(release)
+	if err := within(t, "late read", func() error { return <-lateRead }); !errors.Is(err, errSnapshotDetached) {
+		t.Fatalf("late read = %v, want errSnapshotDetached", err)
 	}
 }
 
