@@ -53,11 +53,7 @@ func BenchmarkWALAppend(b *testing.B) {
 			wg.Wait()
 			elapsed := time.Since(start)
 			b.StopTimer()
-			all := slices.Concat(lat...)
-			slices.Sort(all)
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
-			b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+			reportRate(b, elapsed, slices.Concat(lat...))
 			b.ReportMetric(float64(w.Stats().Records)/float64(w.Stats().Syncs), "records/sync")
 		})
 	}
@@ -151,17 +147,28 @@ func BenchmarkRawSync(b *testing.B) {
 				b.Fatal(err)
 			}
 			data := make([]byte, 100)
+			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			start := time.Now()
 			for i := range b.N {
+				t0 := time.Now()
 				if _, err := f.WriteAt(data, int64(i)*100); err != nil {
 					b.Fatal(err)
 				}
 				if err := f.Sync(); err != nil {
 					b.Fatal(err)
 				}
+				lat = append(lat, time.Since(t0))
 			}
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+			reportRate(b, time.Since(start), lat)
 		})
 	}
+}
+
+// reportRate reports records per second and latency percentiles.
+func reportRate(b *testing.B, elapsed time.Duration, lat []time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }

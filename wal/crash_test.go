@@ -131,7 +131,7 @@ func TestCrashProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	killAt := 600 + rand.IntN(900)
-	acked := map[uint64]uint64{}    // stream → highest acknowledged index
+	acked := map[uint64]uint64{}     // stream → highest acknowledged index
 	truncated := map[uint64]uint64{} // stream → highest acknowledged prefix truncation
 	intended := map[uint64]uint64{}  // stream → highest prefix truncation attempted
 	terms := map[uint64]int{}        // stream → highest acknowledged term

@@ -134,3 +134,14 @@ func writeFile(t testing.TB, fs FS, name string, data []byte) {
 }
 
 func segPath(dir string, seq uint64) string { return filepath.Join(dir, segmentName(seq)) }
+
+// checkAcrossReopen runs check on w, then closes w and runs check again on
+// the WAL reopened from the same files.
+func checkAcrossReopen(t *testing.T, w *WAL, opts Options, check func(w *WAL)) {
+	t.Helper()
+	check(w)
+	mustClose(t, w)
+	w = mustOpen(t, testDir, opts)
+	defer mustClose(t, w)
+	check(w)
+}

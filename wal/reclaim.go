@@ -1,25 +1,29 @@
 package wal
 
 import (
-	"errors"
+	"encoding/binary"
 	"fmt"
-	"io"
 	"path/filepath"
 )
 
 // compaction copies the live records of one segment, the oldest, to the
-// head of the log, a chunk per batch.
+// head of the log, a chunk per batch. It reads the segment through a window
+// so that the writer never stalls on reading a whole segment.
 type compaction struct {
-	seg  *segment
-	data []byte // the segment's written bytes
-	off  int    // next record to examine
+	seg    *segment
+	end    int    // end of the segment's written data
+	off    int    // next record to examine
+	win    []byte // segment bytes from winOff on
+	winOff int
 }
+
+const compactWindow = 1 << 20
 
 // reclaim runs after every batch: it deletes the oldest segments while they
 // hold nothing live, then starts a compaction if the policy asks for one.
 func (w *WAL) reclaim() error {
 	x := w.idx
-	if c := w.compact; c != nil && c.off >= len(c.data) {
+	if c := w.compact; c != nil && c.off >= c.end {
 		w.compact = nil
 		w.compactions.Add(1)
 	}
@@ -35,12 +39,7 @@ func (w *WAL) reclaim() error {
 		float64(x.live) >= w.opts.CompactLiveRatio*float64(x.written) {
 		return nil
 	}
-	seg := x.segs[0]
-	data := make([]byte, seg.size)
-	if _, err := seg.f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("compaction read %s: %w", seg.name, err)
-	}
-	w.compact = &compaction{seg: seg, data: data, off: segmentHeaderSize}
+	w.compact = &compaction{seg: x.segs[0], end: int(x.segs[0].size), off: segmentHeaderSize}
 	return nil
 }
 
@@ -67,18 +66,44 @@ func (w *WAL) removeOldest() error {
 // budget bytes of them, to buf. A record is copied byte for byte: it names
 // its stream and index and not its position, so the copy means the same.
 func (c *compaction) fill(buf []byte, x *index, budget int) ([]byte, error) {
-	for c.off < len(c.data) && budget > 0 {
-		r, n, err := decodeRecord(c.data[c.off:])
+	for c.off < c.end && budget > 0 {
+		h, err := c.read(4)
+		if err != nil {
+			return buf, err
+		}
+		b, err := c.read(recordHeaderSize + int(binary.LittleEndian.Uint32(h)))
+		if err != nil {
+			return buf, err
+		}
+		r, n, err := decodeRecord(b)
 		if err != nil {
 			return buf, &CorruptionError{Segment: c.seg.name, Offset: int64(c.off), Reason: "compaction: " + err.Error()}
 		}
 		if x.isLive(r, loc{seq: c.seg.seq, off: uint32(c.off), n: uint32(n)}) {
-			buf = append(buf, c.data[c.off:c.off+n]...)
+			buf = append(buf, b...)
 			budget -= n
 		}
 		c.off += n
 	}
 	return buf, nil
+}
+
+// read returns the n bytes at c.off, moving the window if they are not in it.
+func (c *compaction) read(n int) ([]byte, error) {
+	if c.off+n > c.end {
+		return nil, &CorruptionError{Segment: c.seg.name, Offset: int64(c.off), Reason: "compaction: record extends past the end of data"}
+	}
+	if c.off < c.winOff || c.off+n > c.winOff+len(c.win) {
+		size := min(max(n, compactWindow), c.end-c.off)
+		if cap(c.win) < size {
+			c.win = make([]byte, size)
+		}
+		c.win, c.winOff = c.win[:size], c.off
+		if _, err := c.seg.f.ReadAt(c.win, int64(c.off)); err != nil {
+			return nil, fmt.Errorf("compaction read %s: %w", c.seg.name, err)
+		}
+	}
+	return c.win[c.off-c.winOff:][:n], nil
 }
 
 // isLive reports whether the record at at is the current location of an

@@ -43,11 +43,7 @@ func TestSegmentsDeletedOnceDead(t *testing.T) {
 	if files := segmentFiles(t, fs); len(files) != after.Segments {
 		t.Fatalf("segment files %v, Stats says %d", files, after.Segments)
 	}
-	checkStream(t, w, 1, 291, 300)
-	mustClose(t, w)
-	w = mustOpen(t, testDir, opts)
-	defer mustClose(t, w)
-	checkStream(t, w, 1, 291, 300)
+	checkAcrossReopen(t, w, opts, func(w *WAL) { checkStream(t, w, 1, 291, 300) })
 }
 
 // A segment holding one live entry of a slow stream is not deleted while
@@ -99,17 +95,44 @@ func TestSlowStreamIsCompactedForward(t *testing.T) {
 	if maxSegs > opts.CompactSegments+3 {
 		t.Fatalf("log grew to %d segments with a compaction threshold of %d", maxSegs, opts.CompactSegments)
 	}
-	check := func() {
-		t.Helper()
+	checkAcrossReopen(t, w, opts, func(w *WAL) {
 		checkStream(t, w, 7, 1, 3)
 		checkStream(t, w, 1, 596, 600)
 		if v, ok := w.State(7, "term"); !ok || string(v) != "4" {
 			t.Fatalf("state after compaction = %q, %v", v, ok)
 		}
+	})
+}
+
+// A segment larger than the compaction window is copied through several
+// windows, records straddling their edges included.
+func TestCompactionReadsThroughWindows(t *testing.T) {
+	fs := NewMemFS()
+	opts := Options{FS: fs, SegmentSize: 2 << 20, CacheEntries: -1, CompactSegments: 2}
+	w := mustOpen(t, testDir, opts)
+	ctx := context.Background()
+	big := func(i uint64) []byte { return payload(7, i, 3000+int(i)) }
+	for i := uint64(1); i <= 500; i++ { // ~1.6 MiB of live data in segment 1
+		if err := w.Append(ctx, Entry{Stream: 7, Index: i, Data: big(i)}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	check()
-	mustClose(t, w)
-	w = mustOpen(t, testDir, opts)
-	defer mustClose(t, w)
-	check()
+	for i := uint64(1); slices.Contains(segmentFiles(t, fs), 1); i++ {
+		if i > 5000 {
+			t.Fatal("segment 1 never compacted")
+		}
+		if err := w.Append(ctx, Entry{Stream: 1, Index: i, Data: make([]byte, 2000)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.TruncatePrefix(ctx, 1, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkAcrossReopen(t, w, opts, func(w *WAL) {
+		for i := uint64(1); i <= 500; i++ {
+			if got, err := w.Get(7, i); err != nil || string(got) != string(big(i)) {
+				t.Fatalf("entry %d after compaction: %v", i, err)
+			}
+		}
+	})
 }

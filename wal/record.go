@@ -19,8 +19,8 @@ const (
 )
 
 const (
-	recordHeaderSize = 8                              // length + CRC
-	recordFixedBody  = 17                             // stream + index + type
+	recordHeaderSize = 8  // length + CRC
+	recordFixedBody  = 17 // stream + index + type
 	minRecordSize    = recordHeaderSize + recordFixedBody
 	maxRecordBody    = recordFixedBody + maxEntryLimit // no valid record is longer
 	batchRecordSize  = minRecordSize + 4               // payload: length of the batch

@@ -54,15 +54,16 @@ func (s *segment) release() {
 	}
 }
 
-// readRecord reads and verifies the record at at, which must be of type typ
-// for stream. A mismatch means the file changed under the index: corruption.
-func (s *segment) readRecord(at loc, typ recordType, stream, index uint64) ([]byte, error) {
+// readEntry reads and verifies the entry record at at, which must be the
+// entry index of stream: anything else means the file changed under the
+// index, which is corruption.
+func (s *segment) readEntry(at loc, stream, index uint64) ([]byte, error) {
 	buf := make([]byte, at.n)
 	if _, err := s.f.ReadAt(buf, int64(at.off)); err != nil {
 		return nil, fmt.Errorf("wal: read %s at %d: %w", s.name, at.off, err)
 	}
 	r, n, err := decodeRecord(buf)
-	if err == nil && (n != len(buf) || r.typ != typ || r.stream != stream || r.index != index) {
+	if err == nil && (n != len(buf) || r.typ != recEntry || r.stream != stream || r.index != index) {
 		err = fmt.Errorf("record is not stream %d index %d", stream, index)
 	}
 	if err != nil {

@@ -137,6 +137,7 @@ type WAL struct {
 	qmu     sync.Mutex // guards the fields below
 	qcond   *sync.Cond
 	queue   []*request
+	wakeAt  int // queue length at which submit wakes the writer
 	closing bool
 	failed  error
 	exited  chan struct{}
@@ -167,6 +168,7 @@ func Open(dir string, opts Options) (*WAL, error) {
 		lock:   lock,
 		idx:    newIndex(opts.CacheEntries),
 		exited: make(chan struct{}),
+		wakeAt: 1,
 	}
 	w.qcond = sync.NewCond(&w.qmu)
 	w.writer.init(opts.SegmentSize)
@@ -368,7 +370,7 @@ func (r entryRef) read(stream, index uint64) ([]byte, error) {
 		return slices.Clone(r.data), nil
 	}
 	defer r.seg.release()
-	return r.seg.readRecord(r.at, recEntry, stream, index)
+	return r.seg.readEntry(r.at, stream, index)
 }
 
 func releaseRefs(refs []entryRef) {

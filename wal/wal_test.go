@@ -160,11 +160,7 @@ func TestResetStreamToArbitraryIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	appendN(t, w, 1, 1000, 1003)
-	checkStream(t, w, 1, 1000, 1003)
-	mustClose(t, w)
-	w = mustOpen(t, testDir, smallOpts(fs))
-	defer mustClose(t, w)
-	checkStream(t, w, 1, 1000, 1003)
+	checkAcrossReopen(t, w, smallOpts(fs), func(w *WAL) { checkStream(t, w, 1, 1000, 1003) })
 }
 
 func TestState(t *testing.T) {
@@ -188,8 +184,9 @@ func TestState(t *testing.T) {
 		}
 	}
 	want := map[[2]string]string{{"1", "term"}: "2", {"1", "vote"}: "n2", {"2", "term"}: "9", {"1", "empty"}: ""}
-	check := func() {
-		t.Helper()
+	got, _ := w.State(1, "term")
+	got[0] = 'X' // the caller owns the copy
+	checkAcrossReopen(t, w, smallOpts(fs), func(w *WAL) {
 		for k, v := range want {
 			stream := uint64(k[0][0] - '0')
 			got, ok := w.State(stream, k[1])
@@ -200,15 +197,7 @@ func TestState(t *testing.T) {
 		if _, ok := w.State(1, "missing"); ok {
 			t.Fatal("State of a missing key reported present")
 		}
-	}
-	check()
-	got, _ := w.State(1, "term")
-	got[0] = 'X' // the caller owns the copy
-	check()
-	mustClose(t, w)
-	w = mustOpen(t, testDir, smallOpts(fs))
-	defer mustClose(t, w)
-	check()
+	})
 }
 
 func TestStateRejectsBadInput(t *testing.T) {
@@ -460,9 +449,15 @@ func TestGroupCommitSharesOneSync(t *testing.T) {
 	if !errors.Is(errs[n], ErrOutOfOrder) {
 		t.Fatalf("invalid append: %v, want ErrOutOfOrder", errs[n])
 	}
+	// OnSync runs after the batch's callers are woken.
+	waitFor(t, "the second OnSync", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.batches) == 2
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.batches) != 2 || s.batches[1] != n {
+	if s.batches[1] != n {
 		t.Fatalf("records per sync = %v, want [1 %d]", s.batches, n)
 	}
 	if st := s.Stats(); st.Syncs != 2 || st.Records != n+1 {
@@ -551,6 +546,11 @@ func TestStatsAndOnSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := w.Stats()
+	waitFor(t, "OnSync of the last batch, which runs after its caller is woken", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls == 11
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if calls != 11 || records != 11 || st.Syncs != 11 || st.Records != 11 || uint64(bytes) != st.BytesWritten {

@@ -55,7 +55,9 @@ func (w *WAL) submit(ctx context.Context, r *request) error {
 		return ErrClosed
 	}
 	w.queue = append(w.queue, r)
-	w.qcond.Signal()
+	if len(w.queue) >= w.wakeAt {
+		w.qcond.Signal()
+	}
 	w.qmu.Unlock()
 	select {
 	case err := <-r.done:
@@ -88,6 +90,9 @@ type writer struct {
 	overlay    map[uint64]span // spans changed by the batch being encoded
 	undo       []undoRec       // overlay changes of the request being encoded
 	compact    *compaction
+	// The previous batch's request count and sync time, for gather.
+	lastRequests int
+	lastSync     time.Duration
 }
 
 func (wr *writer) init(segmentSize int64) {
@@ -103,6 +108,7 @@ func (w *WAL) run() {
 		for len(w.queue) == 0 && len(w.pending) == 0 && !w.closing && w.compact == nil {
 			w.qcond.Wait()
 		}
+		w.gather()
 		w.pending = append(w.pending, w.queue...)
 		clear(w.queue)
 		w.queue = w.queue[:0]
@@ -120,6 +126,32 @@ func (w *WAL) run() {
 			return
 		}
 	}
+}
+
+// gather waits, with qmu held, while fewer requests are queued than the
+// previous batch carried, for at most half a sync time. Callers
+// acknowledged together resubmit together; without the wait the first few
+// to come back would be written alone and the rest would wait for the next
+// sync, splitting a closed-loop load into two half-size batches forever.
+// One request has nobody to wait for, so a lone writer never waits.
+func (w *WAL) gather() {
+	want := w.lastRequests
+	if want <= 1 || len(w.queue) == 0 || len(w.queue) >= want || len(w.pending) > 0 || w.closing {
+		return
+	}
+	expired := false
+	t := time.AfterFunc(w.lastSync/2, func() {
+		w.qmu.Lock()
+		defer w.qmu.Unlock()
+		expired = true
+		w.qcond.Signal()
+	})
+	w.wakeAt = want
+	for len(w.queue) < want && !expired && !w.closing {
+		w.qcond.Wait()
+	}
+	w.wakeAt = 1
+	t.Stop()
 }
 
 // fail makes err sticky and fails every request not yet completed.
@@ -166,9 +198,11 @@ func (w *WAL) commit(reqs []*request) (int, error) {
 		w.batch = append(w.batch, r)
 	}
 	w.buf = buf
+	records := 0
 	if len(buf) > batchRecordSize {
-		err = w.write(buf, userStart)
+		records, err = w.write(buf, userStart)
 	}
+	w.lastRequests = len(w.batch)
 	for _, r := range w.batch {
 		if err != nil {
 			r.err = fmt.Errorf("%w after I/O error: %w", ErrClosed, err)
@@ -180,39 +214,40 @@ func (w *WAL) commit(reqs []*request) (int, error) {
 	if err != nil {
 		return n, err
 	}
+	if records > 0 && w.opts.OnSync != nil {
+		w.opts.OnSync(w.lastSync, records, len(buf))
+	}
 	return n, w.reclaim()
 }
 
-// write writes buf as one batch, syncs it and applies it to the index.
-func (w *WAL) write(buf []byte, userStart int) error {
+// write writes buf as one batch, syncs it and applies it to the index. It
+// returns how many records the batch held.
+func (w *WAL) write(buf []byte, userStart int) (int, error) {
 	seg := w.active
 	if seg.size+int64(len(buf)) > w.opts.SegmentSize && seg.size > segmentHeaderSize {
 		var err error
 		if seg, err = w.roll(); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	off := seg.size
 	putBatchRecord(buf, seg.seq, off)
 	start := time.Now()
 	if _, err := seg.f.WriteAt(buf, off); err != nil {
-		return fmt.Errorf("write %s: %w", seg.name, err)
+		return 0, fmt.Errorf("write %s: %w", seg.name, err)
 	}
 	if err := seg.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", seg.name, err)
+		return 0, fmt.Errorf("sync %s: %w", seg.name, err)
 	}
-	d := time.Since(start)
+	w.lastSync = time.Since(start)
 	records, err := w.apply(buf, seg, off, userStart)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	w.syncs.Add(1)
 	w.records.Add(uint64(records))
 	w.bytesWritten.Add(uint64(len(buf)))
-	if w.opts.OnSync != nil {
-		w.opts.OnSync(d, records, len(buf))
-	}
-	return nil
+	return records, nil
 }
 
 // apply applies the records of a batch written at off of seg and returns
