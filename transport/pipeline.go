@@ -49,10 +49,13 @@ func (g *Group) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddres
 		ctx:    ctx,
 		cancel: cancel,
 		// As in raft.NetworkTransport, one request is in flight on the
-		// wire and one waits in receive beyond the buffers, so buffers of
-		// maxInFlight-2 allow maxInFlight outstanding requests.
+		// wire and one waits in receive beyond the buffer, so a buffer of
+		// maxInFlight-2 allows maxInFlight outstanding requests. done holds
+		// all of them: raft's decoder stops reading on a failed response
+		// while its sender may still be inside AppendEntries, and receive
+		// must not block then (see receive).
 		inflight: make(chan *appendFuture, maxInFlight-2),
-		done:     make(chan raft.AppendFuture, maxInFlight-2),
+		done:     make(chan raft.AppendFuture, maxInFlight),
 		closed:   make(chan struct{}),
 	}
 	// Opening the stream waits for the connection, so it gets a deadline.
@@ -152,9 +155,17 @@ func (p *pipeline) receive() {
 		case p.done <- f:
 		case <-p.closed:
 			return
+		case <-time.After(p.g.node.opts.Timeout):
+			// Nobody consumes responses any more (raft's decoder quit after
+			// a failed response): end the stream so a sender blocked in
+			// AppendEntries gets an error and raft closes the pipeline.
+			p.cancel(errConsumerGone)
+			return
 		}
 	}
 }
+
+var errConsumerGone = errors.New("transport: pipeline responses are no longer consumed")
 
 // appendFuture is the raft.AppendFuture of one pipelined request.
 type appendFuture struct {

@@ -319,6 +319,34 @@ func TestPipelineInOrder(t *testing.T) {
 	}
 }
 
+// TestPipelineConsumerGone reproduces what raft does when a follower answers
+// Success=false: its decoder stops reading Consumer() while its sender keeps
+// calling AppendEntries. The sender must get an error, not hang.
+func TestPipelineConsumerGone(t *testing.T) {
+	a := startNode(t, "a", Options{Timeout: 500 * time.Millisecond})
+	b := startNode(t, "b", Options{})
+	serve(t, b.group(t, 3), func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1}, nil)
+	})
+	p, err := a.group(t, 3).AppendEntriesPipeline("b", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	err = within(t, "AppendEntries with no consumer", func() error {
+		for i := range uint64(1000) {
+			req := &raft.AppendEntriesRequest{Term: 1, PrevLogEntry: i}
+			if _, err := p.AppendEntries(req, new(raft.AppendEntriesResponse)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("1000 pipelined sends with nobody reading responses all succeeded")
+	}
+}
+
 func TestPipelineDisabledWithOneInFlight(t *testing.T) {
 	a := startNode(t, "a", Options{MaxInFlight: 1})
 	if _, err := a.group(t, 1).AppendEntriesPipeline("b", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
