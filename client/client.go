@@ -1,0 +1,516 @@
+// Package client is the Go client of a ringkv cluster.
+//
+// A Client keeps the cluster's partition map (the ring and the primary of
+// every partition, fetched with Admin.ClusterMap) and sends each request
+// straight to the primary of its key's partition, over one shared gRPC
+// connection per node address.
+//
+// Retries. Every call is bounded by its context and by a maximum number of
+// attempts (WithMaxAttempts):
+//
+//   - A NotPrimary answer means the request was not applied, so any call,
+//     write or read, is retried: at once against the primary the answer
+//     names, or, when it names none (an election is under way), after a
+//     backoff against a freshly fetched map.
+//   - A read is idempotent: it is also retried, after a backoff and a map
+//     refresh, on Unavailable (no quorum, node down, connection refused) and
+//     on a server-side DeadlineExceeded while the caller's context is live.
+//   - A write that failed with Unavailable or DeadlineExceeded is NOT
+//     retried: it may or may not have been applied, and applying it twice
+//     would assign it two versions. The error is returned with its gRPC
+//     status; the map is refreshed before the next call, so a caller that
+//     knows its write is safe to repeat can simply call again.
+//
+// Errors. A missing key is ErrNotFound (use errors.Is). Every other server
+// error keeps its gRPC status, so status.Code(err) tells InvalidArgument
+// (the message names the field and the limit), Unavailable and so on.
+//
+// A Client is safe for concurrent use.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/hlc"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
+	"github.com/ringkv/ringkv/router"
+)
+
+// Defaults for the options.
+const (
+	DefaultMaxAttempts = 10
+	DefaultMinBackoff  = 20 * time.Millisecond
+	DefaultMaxBackoff  = time.Second
+)
+
+var (
+	// ErrNotFound reports a key that is absent or deleted.
+	ErrNotFound = errors.New("ringkv: key not found")
+	// ErrInvalidOption reports an Option or an argument of New that cannot
+	// be used; the error names it and the accepted range.
+	ErrInvalidOption = errors.New("ringkv: invalid client option")
+	// ErrInvalidClusterMap reports a ClusterMap answer that cannot route
+	// requests (bad partition count, missing partitions, unknown primary).
+	ErrInvalidClusterMap = errors.New("ringkv: invalid cluster map")
+	// ErrClosed reports a call on a closed Client.
+	ErrClosed = errors.New("ringkv: client closed")
+)
+
+// Client sends requests to the primaries of a ringkv cluster.
+type Client struct {
+	cfg   config
+	seeds []string
+	pool  *router.ConnPool
+
+	m atomic.Pointer[clusterMap]
+	// stale asks the next call to refresh the map before it is used: set
+	// when a write failed in a way that suggests its primary is gone.
+	stale atomic.Bool
+	// mu serialises changes of m (refreshes and NotPrimary updates).
+	mu sync.Mutex
+	// refreshing admits one map fetch at a time; a waiter honours its ctx.
+	refreshing chan struct{}
+	closed     atomic.Bool
+}
+
+// clusterMap is an immutable view of the cluster; changes replace it.
+type clusterMap struct {
+	resp    *pb.ClusterMapResponse
+	ring    *ring.Ring
+	addrs   []string // every node's address, for refreshes
+	primary []string // primary address per partition
+}
+
+type config struct {
+	dialOpts    []grpc.DialOption
+	maxAttempts int
+	minBackoff  time.Duration
+	maxBackoff  time.Duration
+}
+
+// Option configures New.
+type Option func(*config)
+
+// WithDialOptions replaces the gRPC dial options (default: insecure
+// transport credentials), e.g. to add TLS or interceptors.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(c *config) { c.dialOpts = opts }
+}
+
+// WithMaxAttempts bounds the attempts of one call, the first included; it
+// must be at least 1.
+func WithMaxAttempts(n int) Option {
+	return func(c *config) { c.maxAttempts = n }
+}
+
+// WithBackoff sets the wait before the first retry that needs one, doubled
+// for each further retry up to max; jitter takes up to half of it off.
+func WithBackoff(min, max time.Duration) Option {
+	return func(c *config) { c.minBackoff, c.maxBackoff = min, max }
+}
+
+func (c config) check() error {
+	if c.maxAttempts < 1 {
+		return fmt.Errorf("%w: max attempts = %d, want at least 1", ErrInvalidOption, c.maxAttempts)
+	}
+	if c.minBackoff <= 0 || c.maxBackoff < c.minBackoff {
+		return fmt.Errorf("%w: backoff = [%v, %v], want 0 < min <= max", ErrInvalidOption, c.minBackoff, c.maxBackoff)
+	}
+	return nil
+}
+
+// New connects to the cluster through any of addrs (HOST:PORT of some of
+// its nodes): it fetches the partition map from the first that answers.
+func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
+	cfg := config{
+		dialOpts:    []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		maxAttempts: DefaultMaxAttempts,
+		minBackoff:  DefaultMinBackoff,
+		maxBackoff:  DefaultMaxBackoff,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%w: addrs is empty, want at least one node address", ErrInvalidOption)
+	}
+	c := &Client{
+		cfg:        cfg,
+		seeds:      append([]string(nil), addrs...),
+		pool:       router.NewConnPool(cfg.dialOpts...),
+		refreshing: make(chan struct{}, 1),
+	}
+	if _, err := c.refresh(ctx, nil); err != nil {
+		c.pool.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes every connection. Calls in flight fail; later calls return
+// ErrClosed.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	return c.pool.Close()
+}
+
+// WriteConsistency says when a write is acknowledged.
+type WriteConsistency int
+
+const (
+	// Strong acknowledges a write once a majority of its partition's Raft
+	// group committed it. It is the default.
+	Strong WriteConsistency = iota
+	// Fast acknowledges a write once the primary's WAL fsync completed; a
+	// primary that fails before replicating it can lose it.
+	Fast
+)
+
+// ReadConsistency says which state a read observes.
+type ReadConsistency int
+
+const (
+	// Local reads the primary's applied state without a round trip to the
+	// group; after a failover it can briefly miss the newest writes. It is
+	// the default.
+	Local ReadConsistency = iota
+	// Quorum is linearizable: the primary confirms its leadership with a
+	// quorum first.
+	Quorum
+)
+
+// WriteOption configures one Put or Delete; Strong and Fast are
+// WriteOptions.
+type WriteOption interface{ applyWrite(*pb.WriteConsistency) }
+
+// ReadOption configures one Get; Local and Quorum are ReadOptions.
+type ReadOption interface{ applyRead(*pb.ReadConsistency) }
+
+func (w WriteConsistency) applyWrite(c *pb.WriteConsistency) {
+	*c = pb.WriteConsistency_WRITE_CONSISTENCY_STRONG
+	if w == Fast {
+		*c = pb.WriteConsistency_WRITE_CONSISTENCY_FAST
+	}
+}
+
+func (r ReadConsistency) applyRead(c *pb.ReadConsistency) {
+	*c = pb.ReadConsistency_READ_CONSISTENCY_LOCAL
+	if r == Quorum {
+		*c = pb.ReadConsistency_READ_CONSISTENCY_QUORUM
+	}
+}
+
+func (w WriteConsistency) String() string {
+	if w == Fast {
+		return "fast"
+	}
+	return "strong"
+}
+
+func (r ReadConsistency) String() string {
+	if r == Quorum {
+		return "quorum"
+	}
+	return "local"
+}
+
+// Result is what a write reports.
+type Result struct {
+	// Version is the version the write was given; versions of a key
+	// strictly increase.
+	Version uint64
+	// Timestamp is the write's hybrid logical clock time.
+	Timestamp hlc.Timestamp
+}
+
+// Item is what a read returns.
+type Item struct {
+	Value []byte
+	// Version and Timestamp are those of the write that stored Value.
+	Version   uint64
+	Timestamp hlc.Timestamp
+}
+
+// Put stores value under key (default Strong).
+func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (Result, error) {
+	req := &pb.PutRequest{Key: key, Value: value, Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_STRONG}
+	for _, o := range opts {
+		o.applyWrite(&req.Consistency)
+	}
+	resp, err := do(ctx, c, "put", key, false, func(ctx context.Context, kv pb.KVClient) (*pb.PutResponse, error) {
+		return kv.Put(ctx, req)
+	})
+	return writeResult(resp, err)
+}
+
+// Delete removes key (default Strong). The delete is itself a new version
+// of the key; deleting an absent key succeeds.
+func (c *Client) Delete(ctx context.Context, key []byte, opts ...WriteOption) (Result, error) {
+	req := &pb.DeleteRequest{Key: key, Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_STRONG}
+	for _, o := range opts {
+		o.applyWrite(&req.Consistency)
+	}
+	resp, err := do(ctx, c, "delete", key, false, func(ctx context.Context, kv pb.KVClient) (*pb.DeleteResponse, error) {
+		return kv.Delete(ctx, req)
+	})
+	return writeResult(resp, err)
+}
+
+// Get returns the newest version of key (default Local), or ErrNotFound.
+func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (Item, error) {
+	req := &pb.GetRequest{Key: key, Consistency: pb.ReadConsistency_READ_CONSISTENCY_LOCAL}
+	for _, o := range opts {
+		o.applyRead(&req.Consistency)
+	}
+	resp, err := do(ctx, c, "get", key, true, func(ctx context.Context, kv pb.KVClient) (*pb.GetResponse, error) {
+		return kv.Get(ctx, req)
+	})
+	if err != nil {
+		return Item{}, err
+	}
+	return Item{Value: resp.GetValue(), Version: resp.GetVersion(), Timestamp: timestamp(resp.GetTimestamp())}, nil
+}
+
+// writeResult converts a PutResponse or DeleteResponse.
+func writeResult(resp interface {
+	GetVersion() uint64
+	GetTimestamp() *pb.Timestamp
+}, err error) (Result, error) {
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Version: resp.GetVersion(), Timestamp: timestamp(resp.GetTimestamp())}, nil
+}
+
+// Status asks the node at addr for its Admin.Status.
+func (c *Client) Status(ctx context.Context, addr string) (*pb.StatusResponse, error) {
+	conn, err := c.dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewAdminClient(conn).Status(ctx, &pb.StatusRequest{})
+}
+
+// ClusterMap fetches the partition map afresh from any reachable node,
+// updates the Client's cache with it and returns it.
+func (c *Client) ClusterMap(ctx context.Context) (*pb.ClusterMapResponse, error) {
+	m, err := c.refresh(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return m.resp, nil
+}
+
+func timestamp(ts *pb.Timestamp) hlc.Timestamp {
+	return hlc.Timestamp{WallTime: ts.GetWallTime(), Logical: ts.GetLogical()}
+}
+
+func (c *Client) dial(addr string) (grpc.ClientConnInterface, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	return c.pool.Dial(addr)
+}
+
+// do runs call against the primary of key's partition, retrying as the
+// package doc describes. idempotent says whether call may be repeated after
+// an unknown outcome.
+func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent bool,
+	call func(context.Context, pb.KVClient) (T, error)) (resp T, err error) {
+	m := c.m.Load()
+	if c.stale.Load() {
+		// Best effort: on failure the old map still routes via forwarding.
+		if fresh, err := c.refresh(ctx, m); err == nil {
+			m = fresh
+		}
+	}
+	backoff := c.cfg.minBackoff
+	for attempt := 1; ; attempt++ {
+		p := m.ring.Lookup(key)
+		addr := m.primary[p]
+		conn, err := c.dial(addr)
+		if err != nil {
+			return resp, err
+		}
+		resp, err = call(ctx, pb.NewKVClient(conn))
+		switch {
+		case err == nil:
+			return resp, nil
+		case status.Code(err) == codes.NotFound:
+			return resp, fmt.Errorf("%w (partition %d at %s)", ErrNotFound, p, addr)
+		}
+		np := router.NotPrimaryOf(err)
+		retry := np != nil || (idempotent && retryableRead(ctx, err))
+		if !retry {
+			if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
+				c.stale.Store(true)
+			}
+			return resp, fmt.Errorf("ringkv: %s partition %d at %s: %w", op, p, addr, err)
+		}
+		if attempt >= c.cfg.maxAttempts || ctx.Err() != nil {
+			return resp, fmt.Errorf("ringkv: %s partition %d at %s, gave up after %d attempts: %w", op, p, addr, attempt, err)
+		}
+		if np != nil && np.GetPrimaryAddr() != "" && np.GetPrimaryAddr() != addr {
+			m = c.setPrimary(m, p, np.GetPrimaryAddr())
+			continue
+		}
+		if serr := sleep(ctx, backoff); serr != nil {
+			return resp, fmt.Errorf("ringkv: %s partition %d at %s: %w (last error: %w)", op, p, addr, serr, err)
+		}
+		backoff = min(2*backoff, c.cfg.maxBackoff)
+		if fresh, rerr := c.refresh(ctx, m); rerr == nil {
+			m = fresh
+		}
+	}
+}
+
+// retryableRead reports whether a read that failed with err may be sent
+// again: the server could not serve it, and the caller still waits.
+func retryableRead(ctx context.Context, err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return true
+	case codes.DeadlineExceeded:
+		return ctx.Err() == nil
+	}
+	return false
+}
+
+// sleep waits d less up to half of it (jitter, so that clients that failed
+// together do not retry together), or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	d -= rand.N(d/2 + 1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// setPrimary records addr as p's primary, unless the map changed since the
+// caller read seen, and returns the map to use.
+func (c *Client) setPrimary(seen *clusterMap, p ring.PartitionID, addr string) *clusterMap {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := c.m.Load()
+	if cur != seen {
+		return cur
+	}
+	next := *cur
+	next.primary = append([]string(nil), cur.primary...)
+	next.primary[p] = addr
+	c.m.Store(&next)
+	return &next
+}
+
+// refresh fetches the map from the known nodes, then the seed addresses,
+// and installs it. If seen is not nil and another call already replaced it,
+// that newer map is returned without a fetch.
+func (c *Client) refresh(ctx context.Context, seen *clusterMap) (*clusterMap, error) {
+	select {
+	case c.refreshing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.refreshing }()
+	if cur := c.m.Load(); seen != nil && cur != seen {
+		return cur, nil
+	}
+	var candidates []string
+	if seen != nil {
+		candidates = append(candidates, seen.addrs...)
+	}
+	candidates = append(candidates, c.seeds...)
+	var errs []error
+	tried := map[string]bool{}
+	for _, addr := range candidates {
+		if tried[addr] || ctx.Err() != nil {
+			continue
+		}
+		tried[addr] = true
+		m, err := c.fetchMap(ctx, addr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		c.mu.Lock()
+		c.m.Store(m)
+		c.stale.Store(false)
+		c.mu.Unlock()
+		return m, nil
+	}
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("ringkv: no node answered ClusterMap: %w", errors.Join(errs...))
+}
+
+func (c *Client) fetchMap(ctx context.Context, addr string) (*clusterMap, error) {
+	conn, err := c.dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pb.NewAdminClient(conn).ClusterMap(ctx, &pb.ClusterMapRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return newClusterMap(resp)
+}
+
+// newClusterMap checks resp and indexes it. A partition whose primary has
+// no address is sent to its first replica with one, which forwards.
+func newClusterMap(resp *pb.ClusterMapResponse) (*clusterMap, error) {
+	r, err := ring.New(int(resp.GetPartitions()))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidClusterMap, err)
+	}
+	if got, want := len(resp.GetPartitionMap()), r.Partitions(); got != want {
+		return nil, fmt.Errorf("%w: partition_map has %d entries, want partitions = %d",
+			ErrInvalidClusterMap, got, want)
+	}
+	m := &clusterMap{resp: resp, ring: r}
+	addrOf := map[string]string{}
+	for _, n := range resp.GetNodes() {
+		addrOf[n.GetId()] = n.GetAddress()
+		m.addrs = append(m.addrs, n.GetAddress())
+	}
+	for i, pm := range resp.GetPartitionMap() {
+		if pm.GetPartition() != uint32(i) {
+			return nil, fmt.Errorf("%w: partition_map[%d].partition = %d, want %d",
+				ErrInvalidClusterMap, i, pm.GetPartition(), i)
+		}
+		addr := pm.GetPrimaryAddr()
+		for _, id := range pm.GetReplicas() {
+			if addr != "" {
+				break
+			}
+			addr = addrOf[id]
+		}
+		if addr == "" {
+			return nil, fmt.Errorf("%w: partition %d: no address for its primary or any replica",
+				ErrInvalidClusterMap, i)
+		}
+		m.primary = append(m.primary, addr)
+	}
+	return m, nil
+}

@@ -1,0 +1,405 @@
+// Command kvctl reads and writes keys of a ringkv cluster and shows its
+// state.
+//
+//	kvctl [--addr HOST:PORT] [--timeout D] put KEY VALUE [-c strong|fast]
+//	kvctl [--addr HOST:PORT] [--timeout D] get KEY [-c local|quorum] [--json]
+//	kvctl [--addr HOST:PORT] [--timeout D] del KEY [-c strong|fast]
+//	kvctl [--addr HOST:PORT] [--timeout D] status [--json]
+//
+// --addr is any node of the cluster; it defaults to $RINGKV_ADDR, then
+// 127.0.0.1:7001. Flags may also follow the command and its arguments; "--"
+// ends the flags, so "kvctl put -- -k- v" stores the key "-k-". A VALUE of
+// "-" is read from stdin, byte for byte.
+//
+// Output: put and del print the version they were given; get prints the
+// value and a newline. get --json prints one object:
+//
+//	{"key": "k", "key_base64": "aw==", "value": "v", "value_base64": "dg==",
+//	 "version": 3, "timestamp": {"wall_time": 1700000000000000042, "logical": 0}}
+//
+// key_base64 and value_base64 (standard encoding, padded) are always there
+// and exact; key and value are there only when the bytes are valid UTF-8.
+// wall_time is nanoseconds since the Unix epoch.
+//
+// status queries every node of the cluster map with Admin.Status and prints
+// the nodes, then per partition its primary (the replica that reports itself
+// leader) and every replica's role and applied index; --json prints the
+// same as one object. Unreachable nodes are shown, not fatal.
+//
+// Exit status: 0 ok, 1 key not found, 2 usage error, 3 any other error,
+// described in one line on stderr.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ringkv/ringkv/client"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+)
+
+// Exit statuses.
+const (
+	exitOK       = 0
+	exitNotFound = 1
+	exitUsage    = 2
+	exitFailure  = 3
+)
+
+const defaultAddr = "127.0.0.1:7001"
+
+const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D] COMMAND
+  put KEY VALUE [-c strong|fast]   store VALUE ("-": read stdin); prints the version
+  get KEY [-c local|quorum] [--json]
+  del KEY [-c strong|fast]         prints the version of the delete
+  status [--json]                  nodes, partitions, primaries, applied indexes
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// usageError is a bad command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// options are the flags of every command; each command reads those it
+// defines.
+type options struct {
+	addr        string
+	timeout     time.Duration
+	consistency string
+	json        bool
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdin, stdout)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "kvctl: %v\n%s", err, usage)
+		return exitUsage
+	case errors.Is(err, client.ErrNotFound):
+		fmt.Fprintf(stderr, "kvctl: %v\n", err)
+		return exitNotFound
+	}
+	fmt.Fprintf(stderr, "kvctl: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+	return exitFailure
+}
+
+func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
+	opts := options{addr: os.Getenv("RINGKV_ADDR"), timeout: 10 * time.Second}
+	if opts.addr == "" {
+		opts.addr = defaultAddr
+	}
+	global := newFlagSet("kvctl", &opts)
+	if err := global.Parse(args); err != nil {
+		return err
+	}
+	if global.NArg() == 0 {
+		return usagef("missing command")
+	}
+	cmd, rest := global.Arg(0), global.Args()[1:]
+	fs := newFlagSet(cmd, &opts)
+	var nargs int
+	switch cmd {
+	case "put":
+		fs.StringVar(&opts.consistency, "c", "strong", "write consistency: strong or fast")
+		nargs = 2
+	case "del":
+		fs.StringVar(&opts.consistency, "c", "strong", "write consistency: strong or fast")
+		nargs = 1
+	case "get":
+		fs.StringVar(&opts.consistency, "c", "local", "read consistency: local or quorum")
+		fs.BoolVar(&opts.json, "json", false, "print a JSON object")
+		nargs = 1
+	case "status":
+		fs.BoolVar(&opts.json, "json", false, "print a JSON object")
+	default:
+		return usagef("unknown command %q", cmd)
+	}
+	pos, err := parseInterleaved(fs, rest)
+	if err != nil {
+		return err
+	}
+	if len(pos) != nargs {
+		return usagef("%s takes %d argument(s), got %d", cmd, nargs, len(pos))
+	}
+	if opts.timeout <= 0 {
+		return usagef("--timeout = %v, want > 0", opts.timeout)
+	}
+	// Check the command line fully before reading stdin or dialing.
+	var write client.WriteConsistency
+	var read client.ReadConsistency
+	switch cmd {
+	case "put", "del":
+		if write, err = parseConsistency(opts.consistency, client.Strong, client.Fast); err != nil {
+			return err
+		}
+	case "get":
+		if read, err = parseConsistency(opts.consistency, client.Local, client.Quorum); err != nil {
+			return err
+		}
+	}
+	var value []byte
+	if cmd == "put" {
+		if value, err = readValue(pos[1], stdin); err != nil {
+			return err
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
+	defer cancel()
+	c, err := client.New(ctx, []string{opts.addr})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	switch cmd {
+	case "put", "del":
+		var res client.Result
+		if cmd == "put" {
+			res, err = c.Put(ctx, []byte(pos[0]), value, write)
+		} else {
+			res, err = c.Delete(ctx, []byte(pos[0]), write)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(stdout, res.Version)
+		return err
+	case "get":
+		it, err := c.Get(ctx, []byte(pos[0]), read)
+		if err != nil {
+			return err
+		}
+		return printItem(stdout, []byte(pos[0]), it, opts.json)
+	}
+	return status(ctx, c, stdout, opts.json)
+}
+
+func newFlagSet(name string, opts *options) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// run prints errors and usage itself, in one place.
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&opts.addr, "addr", opts.addr, "HOST:PORT of any node (default $RINGKV_ADDR, then "+defaultAddr+")")
+	fs.DurationVar(&opts.timeout, "timeout", opts.timeout, "bound on the whole command")
+	return fs
+}
+
+// parseInterleaved parses flags that may come before, between or after the
+// positional arguments, which it returns. After "--" everything is
+// positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usagef("%s: %v", fs.Name(), err)
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// parseConsistency returns the choice whose name is s.
+func parseConsistency[T fmt.Stringer](s string, choices ...T) (T, error) {
+	var names []string
+	for _, c := range choices {
+		if c.String() == s {
+			return c, nil
+		}
+		names = append(names, c.String())
+	}
+	var zero T
+	return zero, usagef("-c = %q, want %s", s, strings.Join(names, " or "))
+}
+
+func readValue(arg string, stdin io.Reader) ([]byte, error) {
+	if arg != "-" {
+		return []byte(arg), nil
+	}
+	v, err := io.ReadAll(stdin)
+	if err != nil {
+		return nil, fmt.Errorf("reading VALUE from stdin: %w", err)
+	}
+	return v, nil
+}
+
+type jsonTimestamp struct {
+	WallTime int64  `json:"wall_time"`
+	Logical  uint32 `json:"logical"`
+}
+
+type jsonItem struct {
+	Key         *string       `json:"key,omitempty"`
+	KeyBase64   string        `json:"key_base64"`
+	Value       *string       `json:"value,omitempty"`
+	ValueBase64 string        `json:"value_base64"`
+	Version     uint64        `json:"version"`
+	Timestamp   jsonTimestamp `json:"timestamp"`
+}
+
+// utf8String returns b as a string if it is valid UTF-8, else nil.
+func utf8String(b []byte) *string {
+	if !utf8.Valid(b) {
+		return nil
+	}
+	s := string(b)
+	return &s
+}
+
+func printItem(w io.Writer, key []byte, it client.Item, asJSON bool) error {
+	if !asJSON {
+		_, err := w.Write(append(it.Value, '\n'))
+		return err
+	}
+	return writeJSON(w, jsonItem{
+		Key:         utf8String(key),
+		KeyBase64:   base64.StdEncoding.EncodeToString(key),
+		Value:       utf8String(it.Value),
+		ValueBase64: base64.StdEncoding.EncodeToString(it.Value),
+		Version:     it.Version,
+		Timestamp:   jsonTimestamp{WallTime: it.Timestamp.WallTime, Logical: it.Timestamp.Logical},
+	})
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+type statusReport struct {
+	Epoch      uint64            `json:"epoch"`
+	Nodes      []nodeStatus      `json:"nodes"`
+	Partitions []partitionStatus `json:"partitions"`
+}
+
+type nodeStatus struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	// Error is why the node did not answer Status; empty if it did.
+	Error string `json:"error,omitempty"`
+}
+
+type partitionStatus struct {
+	Partition uint32 `json:"partition"`
+	// Primary is the replica that reports itself leader, in the highest
+	// term if several do; empty if none does.
+	Primary  string          `json:"primary"`
+	Replicas []replicaStatus `json:"replicas"`
+}
+
+type replicaStatus struct {
+	Node  string `json:"node"`
+	State string `json:"state"` // "unreachable" if the node did not answer
+	Term  uint64 `json:"term"`
+	// AppliedIndex is the last Raft log index applied to the state machine.
+	AppliedIndex uint64 `json:"applied_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	LastLogIndex uint64 `json:"last_log_index"`
+}
+
+func status(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) error {
+	m, err := c.ClusterMap(ctx)
+	if err != nil {
+		return err
+	}
+	rep := statusReport{Epoch: m.GetEpoch()}
+	// replicas[node][partition] as that node reports it.
+	replicas := map[string]map[uint32]*pb.PartitionStatus{}
+	for _, n := range m.GetNodes() {
+		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress()}
+		st, err := c.Status(ctx, n.GetAddress())
+		if err != nil {
+			ns.Error = err.Error()
+		} else {
+			replicas[n.GetId()] = map[uint32]*pb.PartitionStatus{}
+			for _, ps := range st.GetPartitions() {
+				replicas[n.GetId()][ps.GetPartition()] = ps
+			}
+		}
+		rep.Nodes = append(rep.Nodes, ns)
+	}
+	for _, pm := range m.GetPartitionMap() {
+		ps := partitionStatus{Partition: pm.GetPartition()}
+		var leaderTerm uint64
+		for _, id := range pm.GetReplicas() {
+			rs := replicaStatus{Node: id, State: "unreachable"}
+			if r := replicas[id][pm.GetPartition()]; r != nil {
+				rs = replicaStatus{
+					Node:         id,
+					State:        strings.ToLower(strings.TrimPrefix(r.GetState().String(), "RAFT_STATE_")),
+					Term:         r.GetTerm(),
+					AppliedIndex: r.GetAppliedIndex(),
+					CommitIndex:  r.GetCommitIndex(),
+					LastLogIndex: r.GetLastLogIndex(),
+				}
+				if r.GetState() == pb.RaftState_RAFT_STATE_LEADER && r.GetTerm() >= leaderTerm {
+					ps.Primary, leaderTerm = id, r.GetTerm()
+				}
+			}
+			ps.Replicas = append(ps.Replicas, rs)
+		}
+		rep.Partitions = append(rep.Partitions, ps)
+	}
+	if asJSON {
+		return writeJSON(w, rep)
+	}
+	return printStatus(w, rep)
+}
+
+func printStatus(w io.Writer, rep statusReport) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "NODE\tADDRESS\tSTATUS\n")
+	for _, n := range rep.Nodes {
+		st := "ok"
+		if n.Error != "" {
+			st = "unreachable: " + n.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", n.ID, n.Address, st)
+	}
+	fmt.Fprintf(tw, "\nPARTITION\tPRIMARY\tREPLICAS (state term applied)\n")
+	for _, p := range rep.Partitions {
+		primary := p.Primary
+		if primary == "" {
+			primary = "(none)"
+		}
+		var rs []string
+		for _, r := range p.Replicas {
+			rs = append(rs, fmt.Sprintf("%s=%s/%d/%d", r.Node, r.State, r.Term, r.AppliedIndex))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\n", p.Partition, primary, strings.Join(rs, "  "))
+	}
+	return tw.Flush()
+}
