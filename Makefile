@@ -27,7 +27,8 @@ test: vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./ring ./transport
+	$(GO) test -run '^$$' -bench StrongPut64 -benchtime 20000x ./node
 
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:
