@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench fuzz run clean proto
+.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short
 
 all: build
 
@@ -25,6 +25,17 @@ vet:
 
 test: vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(MAKE) chaos-short
+
+# Fault-injection campaigns against real kvnode processes (test/chaos). Each
+# replays test/chaos/testdata/seeds.txt, then one campaign with CHAOS_SEED or
+# a random seed; the summary prints the seed that reproduces the schedule.
+CHAOS_SEED ?= 0
+chaos:
+	$(GO) test -count=1 -timeout 30m -run Chaos -v ./test/chaos -chaos.duration 5m -chaos.seed $(CHAOS_SEED)
+
+chaos-short:
+	$(GO) test -count=1 -timeout 15m -run Chaos -v ./test/chaos -chaos.duration 60s -chaos.seed $(CHAOS_SEED)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./ring ./transport

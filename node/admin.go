@@ -21,18 +21,16 @@ func (a *admin) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, 
 	n := a.n
 	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.state.addrOf(n.cfg.ID)}
 	for _, p := range n.Partitions() {
-		r := n.replicas[p]
-		rf := r.Raft()
-		id, addr := r.Leader()
+		st := n.replicas[p].Status()
 		resp.Partitions = append(resp.Partitions, &pb.PartitionStatus{
 			Partition:    uint32(p),
-			State:        pb.RaftState(rf.State() + 1),
-			LeaderId:     string(id),
-			LeaderAddr:   string(addr),
-			Term:         rf.CurrentTerm(),
-			LastLogIndex: rf.LastIndex(),
-			CommitIndex:  rf.CommitIndex(),
-			AppliedIndex: r.AppliedIndex(),
+			State:        pb.RaftState(st.State + 1),
+			LeaderId:     string(st.LeaderID),
+			LeaderAddr:   string(st.LeaderAddr),
+			Term:         st.Term,
+			LastLogIndex: st.LastIndex,
+			CommitIndex:  st.CommitIndex,
+			AppliedIndex: st.AppliedIndex,
 		})
 	}
 	return resp, nil

@@ -1,6 +1,8 @@
 // Package node assembles one ringkv server process: the shared WAL, a replica
 // per hosted partition, and one gRPC server carrying the KV, Raft and Admin
-// services (plus health and reflection).
+// services (plus health and reflection), and its observability: Prometheus
+// metrics, /healthz and /readyz over HTTP, the gRPC health status, and
+// OpenTelemetry tracing of KV and Admin calls.
 //
 // Invariants:
 //   - One WAL per node; every hosted replica keeps its Raft log in its own
@@ -9,6 +11,9 @@
 //   - The cluster's shape (partitions, nodes, placement) is fixed at first
 //     start and recorded in DataDir/cluster.json; a node whose data dir holds
 //     one ignores Config.Peers and rejoins with what it recorded.
+//   - The gRPC health status is SERVING exactly while Ready reports nil (as
+//     of its last check, every ReadyPoll); Raft RPCs are never traced unless
+//     Config.TraceRaft is set.
 package node
 
 import (
@@ -16,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +31,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -33,6 +40,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/metrics"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/router"
@@ -76,7 +84,29 @@ type Config struct {
 	MaxSnapshotTransfers int
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
+
+	// MetricsAddr, if set, serves /metrics, /healthz and /readyz over HTTP.
+	MetricsAddr string
+	// MetricsListener, if set, is used instead of listening on MetricsAddr.
+	MetricsListener net.Listener
+	// ReadyMaxLag is how far (in entries) a replica's applied index may
+	// trail its commit index while the node counts as ready (default 1000).
+	ReadyMaxLag uint64
+	// TracerProvider traces KV and Admin calls, served and sent, and the
+	// spans below them (forward, Raft apply, WAL append). Nil: no tracing,
+	// at no cost.
+	TracerProvider trace.TracerProvider
+	// TraceRaft also traces Raft RPCs (high volume; off by default).
+	TraceRaft bool
 }
+
+// ReadyPoll is how often a node re-checks readiness for its gRPC health
+// status.
+const ReadyPoll = 250 * time.Millisecond
+
+// ErrNotReady: a hosted replica knows no leader or has not applied what it
+// knows to be committed.
+var ErrNotReady = errors.New("not ready")
 
 // Node is a running ringkv server.
 type Node struct {
@@ -92,6 +122,11 @@ type Node struct {
 	health  *health.Server
 	clock   *hlc.Clock
 	served  chan struct{}
+	metrics *metrics.Metrics
+	http    *http.Server
+	httpLis net.Listener
+	stop    chan struct{} // closed by Close; stops the readiness watch
+	watch   sync.WaitGroup
 	closeMu sync.Mutex
 	closed  bool
 
@@ -112,13 +147,24 @@ func Start(cfg Config) (n *Node, err error) {
 	if cfg.MaxSnapshotTransfers == 0 {
 		cfg.MaxSnapshotTransfers = 2
 	}
+	if cfg.ReadyMaxLag == 0 {
+		cfg.ReadyMaxLag = 1000
+	}
 	n = &Node{
 		cfg:      cfg,
-		log:      cfg.Logger,
+		log:      cfg.Logger.With("node", cfg.ID),
 		clock:    hlc.New(nil),
 		replicas: map[ring.PartitionID]*shard.Replica{},
 		served:   make(chan struct{}),
+		stop:     make(chan struct{}),
+		httpLis:  cfg.MetricsListener,
 	}
+	n.metrics = metrics.New(metrics.Options{
+		Node:     cfg.ID,
+		Replicas: n.metricReplicas,
+		WALStats: func() wal.Stats { return n.wal.Stats() },
+		UpWindow: 3 * cfg.HeartbeatTimeout,
+	})
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -133,23 +179,32 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.ring, err = ring.New(n.state.Partitions); err != nil {
 		return nil, err
 	}
-	if n.wal, err = wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentSize: cfg.WALSegmentSize}); err != nil {
+	if n.wal, err = wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentSize: cfg.WALSegmentSize, OnSync: n.metrics.ObserveWALSync}); err != nil {
 		return nil, err
 	}
 	if rec := n.wal.Recovery(); rec.DroppedBytes > 0 {
 		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
 	}
-	if n.trans, err = transport.NewNode(raft.ServerAddress(n.state.addrOf(cfg.ID)), transport.Options{}); err != nil {
+	tr := newTracing(cfg.TracerProvider, cfg.TraceRaft)
+	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse, DialOptions: chaosDialOptions()}
+	if cfg.TraceRaft {
+		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
+	}
+	if n.trans, err = transport.NewNode(raft.ServerAddress(n.state.addrOf(cfg.ID)), topts); err != nil {
 		return nil, err
 	}
-	n.pool = router.NewConnPool(grpc.WithTransportCredentials(insecure.NewCredentials()))
+	n.pool = router.NewConnPool(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
 	// to a 1 MiB value each.
-	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(72 << 20))
+	n.grpc = grpc.NewServer(append(tr.serverOptions(),
+		grpc.MaxRecvMsgSize(72<<20),
+		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)
-	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, cfg.Limits))
+	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider}))
 	pb.RegisterAdminServer(n.grpc, &admin{n: n})
+	registerChaos(n.grpc)
 	n.health = health.NewServer()
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(n.grpc, n.health)
 	reflection.Register(n.grpc)
 
@@ -168,8 +223,12 @@ func Start(cfg Config) (n *Node, err error) {
 	if err := n.startReplicas(); err != nil {
 		return nil, err
 	}
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	n.log.Info("node started", "addr", cfg.Listen, "partitions", n.state.Partitions, "hosted", len(n.replicas))
+	if err := n.serveHTTP(); err != nil {
+		return nil, err
+	}
+	n.watch.Add(1)
+	go n.watchReady()
+	n.log.Info("node started", "addr", cfg.Listen, "metrics_addr", n.MetricsAddr(), "partitions", n.state.Partitions, "hosted", len(n.replicas))
 	return n, nil
 }
 
@@ -201,6 +260,7 @@ func (n *Node) startReplicas() error {
 			OpTimeout:          n.cfg.OpTimeout,
 			Snapshots:          gate,
 			Reoffer:            n.reoffer,
+			OnSnapshot:         n.metrics.ObserveSnapshot,
 		})
 		if err != nil {
 			tr.Close()
@@ -272,8 +332,18 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	close(n.stop)
+	n.watch.Wait()
 	if n.health != nil {
 		n.health.Shutdown()
+	}
+	var errs []error
+	if n.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, n.http.Shutdown(ctx))
+		cancel()
+	} else if n.httpLis != nil {
+		n.httpLis.Close()
 	}
 	var wg sync.WaitGroup
 	for _, r := range n.replicas {
@@ -286,7 +356,6 @@ func (n *Node) Close() error {
 		}()
 	}
 	wg.Wait()
-	var errs []error
 	for _, r := range n.replicas {
 		errs = append(errs, r.Close())
 	}

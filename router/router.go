@@ -9,6 +9,10 @@
 // the primary answers NotPrimary instead of forwarding again, so a stale view
 // can never make a request loop.
 //
+// Each forward is traced as a "router.forward" span (with the tracer provider
+// of Options), whose context the outgoing call carries, so the primary's
+// spans join the coordinator's trace.
+//
 // Errors leave as gRPC statuses a person can act on: InvalidArgument names
 // the field and the limit, NotFound, Unavailable names the partition and the
 // bound, and FailedPrecondition carries a NotPrimary detail with the primary.
@@ -20,6 +24,10 @@ import (
 	"fmt"
 	"sync"
 
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,11 +57,24 @@ type Router struct {
 	dir    Directory
 	dial   Dialer
 	limits fsm.Options
+	tracer trace.Tracer
 }
 
-// New returns a router over dir; limits must match the replicas'.
-func New(dir Directory, dial Dialer, limits fsm.Options) *Router {
-	return &Router{dir: dir, dial: dial, limits: limits}
+// Options configure a Router.
+type Options struct {
+	// Limits must match the replicas'.
+	Limits fsm.Options
+	// TracerProvider traces forwards; nil means no tracing.
+	TracerProvider trace.TracerProvider
+}
+
+// New returns a router over dir.
+func New(dir Directory, dial Dialer, opts Options) *Router {
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router")}
 }
 
 var _ pb.KVServer = (*Router)(nil)
@@ -98,7 +119,7 @@ func (p *ConnPool) Close() error {
 }
 
 func (rt *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
-	mode, err := writeMode(req.GetConsistency())
+	mode, err := WriteMode(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
@@ -116,13 +137,13 @@ func (rt *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse,
 			}
 			return &pb.PutResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		func(c pb.KVClient) (*pb.PutResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) {
 			return c.Put(ctx, &pb.PutRequest{Key: req.Key, Value: req.Value, Consistency: req.Consistency, Hops: req.Hops + 1})
 		})
 }
 
 func (rt *Router) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
-	mode, err := writeMode(req.GetConsistency())
+	mode, err := WriteMode(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
@@ -137,20 +158,15 @@ func (rt *Router) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.Delete
 			}
 			return &pb.DeleteResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		func(c pb.KVClient) (*pb.DeleteResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.DeleteResponse, error) {
 			return c.Delete(ctx, &pb.DeleteRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
 		})
 }
 
 func (rt *Router) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
-	var mode shard.ReadMode
-	switch req.GetConsistency() {
-	case pb.ReadConsistency_READ_CONSISTENCY_UNSPECIFIED, pb.ReadConsistency_READ_CONSISTENCY_LOCAL:
-		mode = shard.Local
-	case pb.ReadConsistency_READ_CONSISTENCY_QUORUM:
-		mode = shard.Quorum
-	default:
-		return nil, status.Errorf(codes.InvalidArgument, "consistency: unknown read consistency %d (want LOCAL or QUORUM)", req.GetConsistency())
+	mode, err := ReadMode(req.GetConsistency())
+	if err != nil {
+		return nil, err
 	}
 	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
 		return nil, Status(err)
@@ -163,12 +179,26 @@ func (rt *Router) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse,
 			}
 			return &pb.GetResponse{Value: it.Value, Version: it.Version, Timestamp: Timestamp(it.Stamp)}, nil
 		},
-		func(c pb.KVClient) (*pb.GetResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.GetResponse, error) {
 			return c.Get(ctx, &pb.GetRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
 		})
 }
 
-func writeMode(c pb.WriteConsistency) (shard.WriteMode, error) {
+// ReadMode maps a request's read consistency to the replica's read mode
+// (UNSPECIFIED is LOCAL); an unknown value is InvalidArgument.
+func ReadMode(c pb.ReadConsistency) (shard.ReadMode, error) {
+	switch c {
+	case pb.ReadConsistency_READ_CONSISTENCY_UNSPECIFIED, pb.ReadConsistency_READ_CONSISTENCY_LOCAL:
+		return shard.Local, nil
+	case pb.ReadConsistency_READ_CONSISTENCY_QUORUM:
+		return shard.Quorum, nil
+	}
+	return 0, status.Errorf(codes.InvalidArgument, "consistency: unknown read consistency %d (want LOCAL or QUORUM)", c)
+}
+
+// WriteMode maps a request's write consistency to the replica's write mode
+// (UNSPECIFIED is STRONG); an unknown value is InvalidArgument.
+func WriteMode(c pb.WriteConsistency) (shard.WriteMode, error) {
 	switch c {
 	case pb.WriteConsistency_WRITE_CONSISTENCY_UNSPECIFIED, pb.WriteConsistency_WRITE_CONSISTENCY_STRONG:
 		return shard.Strong, nil
@@ -181,7 +211,7 @@ func writeMode(c pb.WriteConsistency) (shard.WriteMode, error) {
 // route serves a request locally when this node hosts the primary and
 // forwards it once otherwise.
 func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
-	local func(*shard.Replica) (T, error), remote func(pb.KVClient) (T, error)) (T, error) {
+	local func(*shard.Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, error) {
 	var zero T
 	p := rt.dir.Lookup(key)
 	var targets []string
@@ -206,11 +236,7 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 			continue
 		}
 		tried[addr] = true
-		conn, err := rt.dial(addr)
-		if err != nil {
-			return zero, err
-		}
-		resp, err := remote(pb.NewKVClient(conn))
+		resp, err := forward(ctx, rt, p, addr, hops, remote)
 		// Only a NotPrimary answer is safe to pass on: after Unavailable a
 		// write's outcome is unknown, and retrying it elsewhere could apply
 		// it twice.
@@ -226,6 +252,28 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 		last = Status(&shard.NotPrimaryError{Partition: uint32(p)})
 	}
 	return zero, last
+}
+
+// forward sends one request to addr inside a "router.forward" span.
+func forward[T any](ctx context.Context, rt *Router, p ring.PartitionID, addr string, hops uint32,
+	remote func(context.Context, pb.KVClient) (T, error)) (resp T, err error) {
+	ctx, span := rt.tracer.Start(ctx, "router.forward", trace.WithAttributes(
+		attribute.Int64("ringkv.partition", int64(p)),
+		attribute.String("ringkv.target", addr),
+		attribute.Int64("ringkv.hops", int64(hops)+1),
+	))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+		span.End()
+	}()
+	conn, err := rt.dial(addr)
+	if err != nil {
+		return resp, err
+	}
+	return remote(ctx, pb.NewKVClient(conn))
 }
 
 // Timestamp converts a stamp's timestamp to its wire form.

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"io"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -52,7 +53,7 @@ func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
 }
 
 func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
-	return fsmSnapshot{a.store.Snapshot()}, nil
+	return fsmSnapshot{snap: a.store.Snapshot(), r: (*Replica)(a)}, nil
 }
 
 func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
@@ -65,14 +66,25 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type fsmSnapshot struct{ snap *fsm.Snapshot }
+type fsmSnapshot struct {
+	snap *fsm.Snapshot
+	r    *Replica
+}
 
 func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := s.snap.WriteTo(sink); err != nil {
+	start := time.Now()
+	n, err := s.snap.WriteTo(sink)
+	if err != nil {
 		sink.Cancel()
 		return err
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	if fn := s.r.cfg.OnSnapshot; fn != nil {
+		fn(SnapshotInfo{Partition: s.r.cfg.Partition, Duration: time.Since(start), Bytes: n})
+	}
+	return nil
 }
 
 func (fsmSnapshot) Release() {}

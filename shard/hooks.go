@@ -2,21 +2,22 @@ package shard
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
 
 // observedLogStore lets the replica see its own log being written and cut,
 // whatever store holds it (the shared WAL or raft-boltdb):
-//   - stored runs once a batch is durable. On the primary that is the moment a
-//     fast write may be acknowledged: raft's leader stores its own entries
-//     before it replicates them.
+//   - stored runs once a batch is durable, with the time its write began. On
+//     the primary that is the moment a fast write may be acknowledged: raft's
+//     leader stores its own entries before it replicates them.
 //   - truncated runs with the entries a new leader is about to overwrite,
 //     before they are gone, so acknowledged fast writes among them can be
 //     re-offered instead of silently dropped.
 type observedLogStore struct {
 	raft.LogStore
-	stored    func(logs []*raft.Log)
+	stored    func(logs []*raft.Log, start time.Time)
 	truncated func(logs []*raft.Log) error
 }
 
@@ -28,10 +29,11 @@ func (s *observedLogStore) IsMonotonic() bool {
 func (s *observedLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 func (s *observedLogStore) StoreLogs(logs []*raft.Log) error {
+	start := time.Now()
 	if err := s.LogStore.StoreLogs(logs); err != nil {
 		return err
 	}
-	s.stored(logs)
+	s.stored(logs, start)
 	return nil
 }
 

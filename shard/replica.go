@@ -61,6 +61,16 @@ type Config struct {
 	// Reoffer delivers a re-offered fast write to a remote primary (see
 	// Replica.Reoffer). Without it re-offers wait until this replica leads.
 	Reoffer func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error
+	// OnSnapshot, if set, is called after each snapshot of the store is
+	// persisted. It must not block.
+	OnSnapshot func(SnapshotInfo)
+}
+
+// SnapshotInfo describes one persisted snapshot.
+type SnapshotInfo struct {
+	Partition uint32
+	Duration  time.Duration // serializing and writing it, sync included
+	Bytes     int64
 }
 
 func (c *Config) setDefaults() {
@@ -104,6 +114,7 @@ type Replica struct {
 	log    hclog.Logger
 	store  *fsm.Store
 	raft   *raft.Raft
+	logs   raft.LogStore
 	stable raft.StableStore
 	closer io.Closer // the bolt store, if any
 
@@ -119,6 +130,13 @@ type Replica struct {
 	pendingMu sync.Mutex
 	pending   map[uint64]*proposal // fast writes awaiting their WAL sync, by request id
 	overlay   map[string]*pendingKey
+
+	// traced holds the contexts of writes being traced, by request id, so
+	// the log store's sync can be recorded as a span of each; tracedN lets
+	// the untraced path skip the lookup.
+	tracedMu sync.Mutex
+	traced   map[uint64]context.Context
+	tracedN  atomic.Int32
 
 	// readyTerm is the term whose start marker this replica, as leader, has
 	// applied; quorum reads wait for it (see Get).
@@ -141,6 +159,7 @@ type Stats struct {
 	FastUncommitted atomic.Int64  // keys whose acknowledged fast write is not yet applied
 	Reoffered       atomic.Uint64 // fast writes cut from the log and re-offered
 	ReofferLost     atomic.Uint64 // re-offered writes that lost to a newer write
+	LeaderChanges   atomic.Uint64 // times this replica learned of a new leader
 }
 
 type proposal struct {
@@ -170,6 +189,7 @@ func Open(cfg Config) (*Replica, error) {
 		appliedCh: make(chan struct{}),
 		pending:   make(map[uint64]*proposal),
 		overlay:   make(map[string]*pendingKey),
+		traced:    make(map[uint64]context.Context),
 		reofferCh: make(chan struct{}, 1),
 		leaderCh:  make(chan bool, 8),
 		closeCh:   make(chan struct{}),
@@ -178,8 +198,7 @@ func Open(cfg Config) (*Replica, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	logs, err := r.openLog()
-	if err != nil {
+	if err := r.openLog(); err != nil {
 		return nil, err
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, r.log.Named("snapshots"))
@@ -207,11 +226,19 @@ func Open(cfg Config) (*Replica, error) {
 	if cfg.Snapshots != nil {
 		snapStore = &gatedSnapshots{SnapshotStore: snaps, gate: cfg.Snapshots}
 	}
-	r.raft, err = raft.NewRaft(rc, (*fsmAdapter)(r), logs, r.stable, snapStore, cfg.Transport)
+	r.raft, err = raft.NewRaft(rc, (*fsmAdapter)(r), r.logs, r.stable, snapStore, cfg.Transport)
 	if err != nil {
 		r.closeLog()
 		return nil, fmt.Errorf("partition %d: start raft: %w", cfg.Partition, err)
 	}
+	// The filter runs synchronously on raft's goroutine for every
+	// observation; counting there needs no channel and no goroutine.
+	r.raft.RegisterObserver(raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+		if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID != "" {
+			r.stats.LeaderChanges.Add(1)
+		}
+		return false
+	}))
 	r.wg.Add(3)
 	go r.watchLeadership()
 	go r.runReoffers()
@@ -222,25 +249,26 @@ func Open(cfg Config) (*Replica, error) {
 	return r, nil
 }
 
-func (r *Replica) openLog() (raft.LogStore, error) {
+func (r *Replica) openLog() error {
 	var base raft.LogStore
 	switch r.cfg.Backend {
 	case LogWAL:
 		if r.cfg.WAL == nil {
-			return nil, errors.New("shard: LogWAL needs Config.WAL")
+			return errors.New("shard: LogWAL needs Config.WAL")
 		}
 		ls := &logStore{w: r.cfg.WAL, stream: StreamOf(r.cfg.Partition), timeout: 30 * time.Second}
 		base, r.stable = ls, ls
 	case LogBoltDB:
 		b, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(r.cfg.Dir, "raft.db")})
 		if err != nil {
-			return nil, fmt.Errorf("partition %d: open bolt log: %w", r.cfg.Partition, err)
+			return fmt.Errorf("partition %d: open bolt log: %w", r.cfg.Partition, err)
 		}
 		base, r.stable, r.closer = b, b, b
 	default:
-		return nil, fmt.Errorf("shard: unknown log backend %q (want %q or %q)", r.cfg.Backend, LogWAL, LogBoltDB)
+		return fmt.Errorf("shard: unknown log backend %q (want %q or %q)", r.cfg.Backend, LogWAL, LogBoltDB)
 	}
-	return &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}, nil
+	r.logs = &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}
+	return nil
 }
 
 func (r *Replica) closeLog() {
@@ -275,6 +303,63 @@ func (r *Replica) IsPrimary() bool { return r.raft.State() == raft.Leader }
 func (r *Replica) Leader() (raft.ServerID, raft.ServerAddress) {
 	addr, id := r.raft.LeaderWithID()
 	return id, addr
+}
+
+// Status is a replica's Raft state as it knows it.
+type Status struct {
+	State        raft.RaftState
+	LeaderID     raft.ServerID // empty while no leader is known
+	LeaderAddr   raft.ServerAddress
+	Term         uint64
+	LastIndex    uint64
+	CommitIndex  uint64
+	AppliedIndex uint64
+	// Voters are the members of the latest configuration, committed or not.
+	Voters []raft.ServerID
+	// LastContact is when a follower last heard from its leader (zero on
+	// the leader itself and before any contact).
+	LastContact time.Time
+}
+
+// Status reads the replica's Raft state; every field is read without
+// waiting on raft's main loop.
+func (r *Replica) Status() Status {
+	id, addr := r.Leader()
+	st := Status{
+		State:        r.raft.State(),
+		LeaderID:     id,
+		LeaderAddr:   addr,
+		Term:         r.raft.CurrentTerm(),
+		LastIndex:    r.raft.LastIndex(),
+		CommitIndex:  r.raft.CommitIndex(),
+		AppliedIndex: r.store.AppliedIndex(),
+	}
+	if st.State != raft.Leader {
+		st.LastContact = r.raft.LastContact()
+	}
+	if f := r.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				st.Voters = append(st.Voters, s.ID)
+			}
+		}
+	}
+	return st
+}
+
+// AppendedAt is when the leader appended the oldest entry at or after index
+// still in this replica's log: the entry itself unless compaction removed
+// it. It is zero for entries written without a time (bootstrap).
+func (r *Replica) AppendedAt(index uint64) (time.Time, error) {
+	first, err := r.logs.FirstIndex()
+	if err != nil {
+		return time.Time{}, err
+	}
+	var l raft.Log
+	if err := r.logs.GetLog(max(index, first), &l); err != nil {
+		return time.Time{}, fmt.Errorf("partition %d: log %d: %w", r.cfg.Partition, max(index, first), err)
+	}
+	return l.AppendedAt, nil
 }
 
 // AppliedIndex is the last log index applied to the store.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/ringkv/ringkv/fsm"
 )
@@ -67,14 +69,19 @@ func (r *Replica) Delete(ctx context.Context, key []byte, mode WriteMode) (fsm.S
 	return r.write(ctx, key, nil, true, mode)
 }
 
-func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode WriteMode) (fsm.Stamp, error) {
+func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode WriteMode) (_ fsm.Stamp, err error) {
 	if !r.IsPrimary() {
 		return fsm.Stamp{}, r.notPrimary()
 	}
 	ctx, cancel := r.opContext(ctx)
 	defer cancel()
+	ctx, span := r.startSpan(ctx, "raft.apply", attribute.String("ringkv.mode", mode.String()))
+	defer func() { endSpan(span, err) }()
 
 	reqID := r.nextReqID.Add(1)
+	if span.IsRecording() {
+		defer r.trackTrace(ctx, reqID)()
+	}
 	var flags byte
 	var prop *proposal
 	if mode == Fast {
@@ -182,19 +189,30 @@ func (r *Replica) currentVersion(key []byte) uint64 {
 }
 
 // onStored acknowledges the fast writes among logs now durable, making each
-// visible to local reads from that moment.
-func (r *Replica) onStored(logs []*raft.Log) {
+// visible to local reads from that moment, and traces the traced writes'
+// log-store write (which began at start).
+func (r *Replica) onStored(logs []*raft.Log, start time.Time) {
+	traced := r.tracedN.Load() > 0
 	for _, l := range logs {
-		if l.Type != raft.LogCommand || len(l.Data) == 0 || l.Data[0]&flagFast == 0 {
+		if l.Type != raft.LogCommand || len(l.Data) == 0 {
+			continue
+		}
+		fast := l.Data[0]&flagFast != 0
+		if !fast && !traced {
 			continue
 		}
 		_, cmd, err := decodeEntry(l.Data)
 		if err != nil {
 			continue
 		}
-		r.pendingMu.Lock()
-		r.ackFast(cmd)
-		r.pendingMu.Unlock()
+		if traced {
+			r.traceStored(cmd, len(logs), start)
+		}
+		if fast {
+			r.pendingMu.Lock()
+			r.ackFast(cmd)
+			r.pendingMu.Unlock()
+		}
 	}
 }
 

@@ -3,6 +3,13 @@
 //	kvnode --id n1 --listen 127.0.0.1:7001 --metrics-addr 127.0.0.1:9101 \
 //	  --data-dir DIR --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
 //
+// --metrics-addr serves Prometheus metrics on /metrics, liveness on /healthz
+// and readiness on /readyz. --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)
+// exports traces of KV and Admin calls over OTLP/gRPC, sampling
+// --trace-sample-ratio of new traces; without either, tracing is off.
+// Logs go to stderr as text or, with --log-format json, one JSON object per
+// line; every line names the node, and a partition's lines the partition.
+//
 // The same --peers on each initial node creates the cluster; a node whose
 // data dir is already initialized ignores --peers and rejoins. SIGTERM or
 // SIGINT shut down cleanly (leadership handed off first); SIGKILL loses no
@@ -11,18 +18,21 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/ringkv/ringkv/node"
 	"github.com/ringkv/ringkv/shard"
@@ -36,13 +46,15 @@ func run(args []string, stderr io.Writer) int {
 	var (
 		cfg         node.Config
 		peers       string
-		metricsAddr string
 		raftLog     string
 		logLevel    string
+		logFormat   string
+		otlp        string
+		sampleRatio float64
 	)
 	fs.StringVar(&cfg.ID, "id", "", "node id (required)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7001", "gRPC address (client, Raft and admin traffic)")
-	fs.StringVar(&metricsAddr, "metrics-addr", "", "HTTP address for /healthz (empty: off)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (required)")
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")
 	fs.IntVar(&cfg.Partitions, "partitions", 16, "partitions of a new cluster (power of two)")
@@ -54,7 +66,11 @@ func run(args []string, stderr io.Writer) int {
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
 	fs.Uint64Var(&cfg.TrailingLogs, "trailing-logs", 10240, "log entries kept after a snapshot, so a short outage replays the log")
+	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", 1000, "entries a replica's applied index may trail its commit index while the node is ready")
 	fs.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&otlp, "otlp-endpoint", "", "OTLP/gRPC trace collector, host:port (plaintext) or http(s)://host:port; default $OTEL_EXPORTER_OTLP_ENDPOINT, empty: no tracing")
+	fs.Float64Var(&sampleRatio, "trace-sample-ratio", 1, "fraction of new traces sampled, in [0, 1]; a forwarded request follows its caller's decision")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -79,37 +95,87 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.Peers, err = node.ParsePeers(peers); err != nil {
 		return usage("%v", err)
 	}
+	level := hclog.LevelFromString(logLevel)
+	if level == hclog.NoLevel {
+		return usage("--log-level %q: want trace, debug, info, warn or error", logLevel)
+	}
+	if logFormat != "text" && logFormat != "json" {
+		return usage("--log-format %q: want text or json", logFormat)
+	}
+	if !(sampleRatio >= 0 && sampleRatio <= 1) {
+		return usage("--trace-sample-ratio %v: must be in [0, 1]", sampleRatio)
+	}
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{
-		Name: cfg.ID, Level: hclog.LevelFromString(logLevel), Output: stderr, IncludeLocation: false,
+		Name: "kvnode", Level: level, Output: stderr, JSONFormat: logFormat == "json",
 	})
+	log := cfg.Logger.With("node", cfg.ID)
+	if otlp == "" {
+		otlp = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+	}
+	var tp *sdktrace.TracerProvider
+	if otlp != "" {
+		if tp, err = tracerProvider(otlp, sampleRatio, cfg.ID); err != nil {
+			return usage("--otlp-endpoint %q: %v", otlp, err)
+		}
+		cfg.TracerProvider = tp
+		log.Info("exporting traces", "otlp_endpoint", otlp, "sample_ratio", sampleRatio)
+	}
 	n, err := node.Start(cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "kvnode: %v\n", err)
+		log.Error("start failed", "error", err)
 		return 3
-	}
-	var hs *http.Server
-	if metricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-		hs = &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				cfg.Logger.Error("metrics server", "error", err)
-			}
-		}()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
-	cfg.Logger.Info("shutting down", "signal", s.String())
-	if hs != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		hs.Shutdown(ctx)
-		cancel()
-	}
+	log.Info("shutting down", "signal", s.String())
+	code := 0
 	if err := n.Close(); err != nil {
-		cfg.Logger.Error("shutdown", "error", err)
-		return 3
+		log.Error("shutdown", "error", err)
+		code = 3
 	}
-	return 0
+	if tp != nil {
+		// Flush the spans still batched.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(ctx); err != nil {
+			log.Warn("trace exporter shutdown", "error", err)
+		}
+	}
+	return code
+}
+
+// tracerProvider exports spans in batches over OTLP/gRPC to endpoint,
+// sampling ratio of the traces this node starts and following the caller's
+// decision for the others.
+func tracerProvider(endpoint string, ratio float64, nodeID string) (*sdktrace.TracerProvider, error) {
+	opt := otlptracegrpc.WithEndpointURL(endpoint)
+	if !strings.Contains(endpoint, "://") {
+		if _, _, err := net.SplitHostPort(endpoint); err != nil {
+			return nil, err
+		}
+		opt = otlptracegrpc.WithEndpoint(endpoint)
+	}
+	opts := []otlptracegrpc.Option{opt}
+	if !strings.HasPrefix(endpoint, "https://") {
+		opts = append(opts, otlptracegrpc.WithInsecure())
+	}
+	// New does not connect: an unreachable collector costs dropped spans,
+	// never a failed start.
+	exp, err := otlptracegrpc.New(context.Background(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
+		attribute.String("service.name", "ringkv"),
+		attribute.String("service.instance.id", nodeID),
+	))
+	if err != nil {
+		return nil, err
+	}
+	return sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+	), nil
 }

@@ -30,7 +30,10 @@ type Cluster struct {
 type Options struct {
 	Nodes      int
 	Partitions int
-	Tweak      func(*node.Config)
+	// Metrics serves every node's /metrics, /healthz and /readyz on a free
+	// 127.0.0.1 port, kept across RestartNode (Node.MetricsAddr).
+	Metrics bool
+	Tweak   func(*node.Config)
 }
 
 // Start starts a cluster and waits until every partition has a primary. It
@@ -45,14 +48,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	dir := t.TempDir()
 	c := &Cluster{t: t}
-	lis := make([]net.Listener, opts.Nodes)
+	lis := listen(t, opts.Nodes)
+	var mlis []net.Listener
+	if opts.Metrics {
+		mlis = listen(t, opts.Nodes)
+	}
 	var peers []node.Peer
-	for i := range lis {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lis[i] = l
+	for i, l := range lis {
 		peers = append(peers, node.Peer{ID: fmt.Sprintf("n%d", i+1), Addr: l.Addr().String()})
 	}
 	for i, p := range peers {
@@ -70,11 +72,17 @@ func Start(t testing.TB, opts Options) *Cluster {
 			OpTimeout:          3 * time.Second,
 			WALSegmentSize:     4 << 20,
 		}
+		if opts.Metrics {
+			cfg.MetricsAddr = mlis[i].Addr().String()
+		}
 		if opts.Tweak != nil {
 			opts.Tweak(&cfg)
 		}
 		c.cfgs = append(c.cfgs, cfg)
 		cfg.Listener = lis[i]
+		if opts.Metrics {
+			cfg.MetricsListener = mlis[i]
+		}
 		n, err := node.Start(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -84,6 +92,20 @@ func Start(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(c.Stop)
 	c.WaitReady()
 	return c
+}
+
+// listen opens n listeners on free loopback ports.
+func listen(t testing.TB, n int) []net.Listener {
+	t.Helper()
+	out := make([]net.Listener, n)
+	for i := range out {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = l
+	}
+	return out
 }
 
 // WaitReady waits until every partition of every running node knows a

@@ -1,0 +1,276 @@
+// Package proccluster runs a cluster of real kvnode processes on loopback
+// for tests that kill, pause and restart them. Every process listens on a
+// free 127.0.0.1 port, is bounded by the test, and is killed when it ends.
+package proccluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+)
+
+// Build compiles kvnode into dir (with the given build tags) and returns the
+// binary's path.
+func Build(dir string, tags ...string) (string, error) {
+	bin := filepath.Join(dir, "kvnode")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, "github.com/ringkv/ringkv/cmd/kvnode")...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("build kvnode: %w", err)
+	}
+	return bin, nil
+}
+
+// Proc is one kvnode process.
+type Proc struct {
+	ID, Addr, Dir string
+	Args          []string
+	Conn          *grpc.ClientConn
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	// watch sees every stderr line of the process.
+	watch func(line string)
+}
+
+// Cluster is a set of kvnode processes.
+type Cluster struct {
+	t          testing.TB
+	bin        string
+	Procs      []*Proc
+	Partitions int
+}
+
+// Options configure a cluster.
+type Options struct {
+	Nodes      int      // default 3
+	Partitions int      // default 8
+	Args       []string // extra kvnode flags for every node
+	// Watch, if set, sees every stderr line of every process; otherwise
+	// lines go to the test log.
+	Watch func(id, line string)
+}
+
+// Start starts the cluster and waits until every partition has a primary.
+func Start(t testing.TB, bin string, opts Options) *Cluster {
+	t.Helper()
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Partitions == 0 {
+		opts.Partitions = 8
+	}
+	c := &Cluster{t: t, bin: bin, Partitions: opts.Partitions}
+	var peers []string
+	for i := range opts.Nodes {
+		p := &Proc{ID: fmt.Sprintf("n%d", i+1), Addr: freeAddr(t), Dir: filepath.Join(t.TempDir(), "data")}
+		peers = append(peers, p.ID+"="+p.Addr)
+		c.Procs = append(c.Procs, p)
+	}
+	for _, p := range c.Procs {
+		p.Args = append([]string{"--id", p.ID, "--listen", p.Addr, "--data-dir", p.Dir,
+			"--peers", strings.Join(peers, ","), "--partitions", fmt.Sprint(opts.Partitions), "--log-level", "warn",
+			"--heartbeat-timeout", "300ms", "--election-timeout", "300ms", "--leader-lease", "300ms"}, opts.Args...)
+		if opts.Watch != nil {
+			id := p.ID
+			p.watch = func(line string) { opts.Watch(id, line) }
+		}
+		conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Conn = conn
+		c.Start(p)
+	}
+	t.Cleanup(func() {
+		for _, p := range c.Procs {
+			c.Kill(p)
+			p.Conn.Close()
+		}
+	})
+	c.WaitPrimaries(nil)
+	return c
+}
+
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Start (re)starts p with its arguments.
+func (c *Cluster) Start(p *Proc) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd := exec.Command(c.bin, p.Args...)
+	cmd.Stderr = &lineWriter{fn: func(line string) {
+		if p.watch != nil {
+			p.watch(line)
+		} else {
+			c.t.Logf("[%s] %s", p.ID, line)
+		}
+	}}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	p.cmd, p.done = cmd, done
+}
+
+// Running reports whether p's process is up (it may be paused).
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil
+}
+
+// Kill sends SIGKILL (after SIGCONT, in case it is paused) and waits.
+func (c *Cluster) Kill(p *Proc) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGCONT)
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	p.cmd = nil
+}
+
+// Stop sends SIGTERM and waits up to 30 s for a clean exit, then kills.
+func (c *Cluster) Stop(p *Proc) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		c.t.Errorf("%s did not stop on SIGTERM within 30s", p.ID)
+	}
+	c.Kill(p)
+}
+
+// Signal sends sig to p if it runs (SIGSTOP and SIGCONT pause and resume it).
+func (c *Cluster) Signal(p *Proc, sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+// KV is a KV client for p.
+func (p *Proc) KV() pb.KVClient { return pb.NewKVClient(p.Conn) }
+
+// Status returns every running node's Status, skipping skip and nodes that
+// do not answer within a second.
+func (c *Cluster) Status(skip *Proc) map[string]*pb.StatusResponse {
+	out := map[string]*pb.StatusResponse{}
+	for _, p := range c.Procs {
+		if p == skip || !p.Running() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := pb.NewAdminClient(p.Conn).Status(ctx, &pb.StatusRequest{})
+		cancel()
+		if err == nil {
+			out[p.ID] = st
+		}
+	}
+	return out
+}
+
+// Leaders maps each partition to the node that reports leading it.
+func (c *Cluster) Leaders(skip *Proc) map[uint32]string {
+	leaders := map[uint32]string{}
+	for id, st := range c.Status(skip) {
+		for _, ps := range st.Partitions {
+			if ps.State == pb.RaftState_RAFT_STATE_LEADER {
+				leaders[ps.Partition] = id
+			}
+		}
+	}
+	return leaders
+}
+
+// WaitPrimaries waits up to a minute until every partition has a leader
+// among the running nodes other than skip.
+func (c *Cluster) WaitPrimaries(skip *Proc) {
+	c.t.Helper()
+	Eventually(c.t, time.Minute, "a primary for every partition", func() bool {
+		return len(c.Leaders(skip)) == c.Partitions
+	})
+}
+
+// ByID returns the process with the given id.
+func (c *Cluster) ByID(id string) *Proc {
+	for _, p := range c.Procs {
+		if p.ID == id {
+			return p
+		}
+	}
+	c.t.Fatalf("no node %s", id)
+	return nil
+}
+
+// Eventually polls cond every 50 ms until it holds, failing the test after d.
+func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lineWriter calls fn with each complete line written to it.
+type lineWriter struct {
+	mu  sync.Mutex
+	buf []byte
+	fn  func(string)
+}
+
+func (w *lineWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, b...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		w.fn(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+}

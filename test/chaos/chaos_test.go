@@ -1,0 +1,591 @@
+// Package chaos is a Jepsen-style fault-injection campaign against real
+// kvnode processes on loopback: clients record every operation while a
+// nemesis kills, restarts and pauses nodes; afterwards the history of strong
+// writes and quorum reads is checked for linearizability with Porcupine, and
+// acknowledged writes are counted against the final state.
+//
+//	go test ./test/chaos -run Chaos -v -chaos.duration 60s [-chaos.seed N] [-chaos.json out.json]
+//
+// Every schedule is a function of its seed; a failing seed is added to
+// testdata/seeds.txt, which every run replays first.
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/internal/proccluster"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
+)
+
+var (
+	duration = flag.Duration("chaos.duration", 0, "length of each campaign (0: skip; make chaos-short and make chaos set it)")
+	seedFlag = flag.Uint64("chaos.seed", 0, "seed of the extra campaign (0: random)")
+	jsonOut  = flag.String("chaos.json", "", "write the summaries as JSON to this file")
+	short    = flag.Bool("chaos.regressions-only", false, "replay only testdata/seeds.txt")
+)
+
+var kvnodeBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "ringkv-chaos")
+	if err != nil {
+		panic(err)
+	}
+	if kvnodeBin, err = proccluster.Build(dir, "chaos"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestChaos replays the regression seeds, then one more campaign with
+// -chaos.seed or a random seed.
+func TestChaos(t *testing.T) {
+	if *duration == 0 {
+		t.Skip("no -chaos.duration: run `make chaos-short` or `make chaos`")
+	}
+	seeds, err := regressionSeeds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !*short {
+		s := *seedFlag
+		if s == 0 {
+			s = rand.Uint64()
+		}
+		seeds = append(seeds, s)
+	}
+	var summaries []*summary
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			s := campaign(t, seed, *duration)
+			summaries = append(summaries, s)
+			t.Log("\n" + s.table())
+			if !s.Linearizable || s.StrongLost > 0 || !s.Live {
+				t.Errorf("seed %d failed: add it to test/chaos/testdata/seeds.txt once fixed", seed)
+			}
+		})
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(summaries, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func regressionSeeds() ([]uint64, error) {
+	f, err := os.Open(filepath.Join("testdata", "seeds.txt"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var seeds []uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		s, err := strconv.ParseUint(strings.Fields(line)[0], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("seeds.txt: %q: %w", line, err)
+		}
+		seeds = append(seeds, s)
+	}
+	return seeds, sc.Err()
+}
+
+// summary is a campaign's verdict.
+type summary struct {
+	Seed           uint64            `json:"seed"`
+	Duration       string            `json:"duration"`
+	Ops            map[string]int    `json:"operations"` // "put ok", "get unknown", ...
+	Faults         map[string]int    `json:"faults"`
+	Linearizable   bool              `json:"linearizable"`
+	Visualization  string            `json:"visualization,omitempty"`
+	StrongChecked  int               `json:"strong_writes_acknowledged"`
+	StrongLost     int               `json:"strong_writes_lost"`
+	FastAcked      int               `json:"fast_writes_acknowledged"`
+	FastDiverged   int               `json:"fast_writes_diverged"`
+	Live           bool              `json:"live_after_heal"`
+	HealTime       string            `json:"heal_to_all_partitions_writable"`
+	LongestOutage  map[string]string `json:"longest_unavailability_per_fault"`
+	mu             sync.Mutex
+	outageByFault  map[string]time.Duration
+	lastSuccessful time.Time
+	currentFault   string
+}
+
+func (s *summary) count(what string) {
+	s.mu.Lock()
+	s.Ops[what]++
+	s.mu.Unlock()
+}
+
+// success notes a completed operation: the gap since the previous success
+// counts as unavailability of the fault in force.
+func (s *summary) success(at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gap := at.Sub(s.lastSuccessful); s.currentFault != "" && gap > s.outageByFault[s.currentFault] {
+		s.outageByFault[s.currentFault] = gap
+	}
+	if at.After(s.lastSuccessful) {
+		s.lastSuccessful = at
+	}
+}
+
+func (s *summary) table() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d, %s\n", s.Seed, s.Duration)
+	keys := func(m map[string]int) []string {
+		var k []string
+		for x := range m {
+			k = append(k, x)
+		}
+		sort.Strings(k)
+		return k
+	}
+	for _, k := range keys(s.Ops) {
+		fmt.Fprintf(&b, "  ops   %-22s %6d\n", k, s.Ops[k])
+	}
+	for _, k := range keys(s.Faults) {
+		fmt.Fprintf(&b, "  fault %-22s %6d  longest unavailability %s\n", k, s.Faults[k], s.LongestOutage[k])
+	}
+	fmt.Fprintf(&b, "  linearizable (strong writes, quorum reads): %v\n", s.Linearizable)
+	fmt.Fprintf(&b, "  acknowledged strong writes lost: %d of %d\n", s.StrongLost, s.StrongChecked)
+	fmt.Fprintf(&b, "  fast writes diverged (lost or overwritten by divergence): %d of %d\n", s.FastDiverged, s.FastAcked)
+	fmt.Fprintf(&b, "  live after heal: %v (all partitions writable after %s)", s.Live, s.HealTime)
+	return b.String()
+}
+
+// op is one recorded operation.
+type op struct {
+	in     kvInput
+	out    kvOutput
+	call   int64
+	ret    int64
+	client int
+}
+
+type kvInput struct {
+	Op, Key, Value string
+}
+
+type kvOutput struct {
+	Value string
+	Found bool
+}
+
+var kvModel = porcupine.Model{
+	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		for _, o := range history {
+			k := o.Input.(kvInput).Key
+			byKey[k] = append(byKey[k], o)
+		}
+		out := make([][]porcupine.Operation, 0, len(byKey))
+		for _, ops := range byKey {
+			out = append(out, ops)
+		}
+		return out
+	},
+	Init: func() interface{} { return kvOutput{} },
+	Step: func(state, input, output interface{}) (bool, interface{}) {
+		st, in := state.(kvOutput), input.(kvInput)
+		switch in.Op {
+		case "put":
+			return true, kvOutput{Value: in.Value, Found: true}
+		case "del":
+			return true, kvOutput{}
+		}
+		return output.(kvOutput) == st, st
+	},
+	DescribeOperation: func(input, output interface{}) string {
+		in := input.(kvInput)
+		if in.Op == "get" {
+			out := output.(kvOutput)
+			return fmt.Sprintf("get(%s) → %q found=%v", in.Key, out.Value, out.Found)
+		}
+		return fmt.Sprintf("%s(%s, %q)", in.Op, in.Key, in.Value)
+	},
+}
+
+// outcome classifies an error: ok, failed (certainly not applied) or
+// unknown. Failed is proven only by an answer that says so (NotPrimary,
+// InvalidArgument) or by a connection that was never made (the node was
+// down); a timeout, or a connection lost after sending, is unknown.
+func outcome(err error) string {
+	switch code := status.Code(err); {
+	case err == nil, code == codes.NotFound:
+		return "ok"
+	case code == codes.FailedPrecondition, code == codes.InvalidArgument:
+		return "failed"
+	case code == codes.Unavailable && strings.Contains(err.Error(), "while dialing"):
+		return "failed"
+	}
+	return "unknown"
+}
+
+// write is an acknowledged write: its key and the version it was given.
+type write struct {
+	key     string
+	version uint64
+}
+
+func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
+	rng := rand.New(rand.NewPCG(seed, 0x6368616f73))
+	s := &summary{Seed: seed, Duration: d.String(), Ops: map[string]int{}, Faults: map[string]int{},
+		LongestOutage: map[string]string{}, outageByFault: map[string]time.Duration{}, lastSuccessful: time.Now()}
+	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Partitions: 4,
+		Watch: func(id, line string) {
+			if strings.Contains(line, "[ERROR]") && !strings.Contains(line, "failed to") {
+				t.Logf("[%s] %s", id, line)
+			}
+		}})
+	start := time.Now()
+	now := func() int64 { return int64(time.Since(start)) }
+
+	var hmu sync.Mutex
+	var history []op
+	var acked []write // acknowledged strong writes
+	var fastWrites []write
+
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	const strongClients, keys = 5, 6
+	for cl := range strongClients {
+		crng := rand.New(rand.NewPCG(seed, uint64(cl)+1))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; time.Now().Before(deadline); n++ {
+				time.Sleep(time.Duration(10+crng.IntN(20)) * time.Millisecond)
+				p := c.Procs[crng.IntN(len(c.Procs))]
+				if !p.Running() {
+					continue
+				}
+				key := fmt.Sprintf("k%d", crng.IntN(keys))
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				call := now()
+				var o op
+				var err error
+				var version uint64
+				switch x := crng.IntN(10); {
+				case x < 4:
+					o.in = kvInput{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", cl, n)}
+					var r *pb.PutResponse
+					r, err = p.KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(o.in.Value)})
+					version = r.GetVersion()
+				case x < 5:
+					o.in = kvInput{Op: "del", Key: key}
+					var r *pb.DeleteResponse
+					r, err = p.KV().Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
+					version = r.GetVersion()
+				default:
+					o.in = kvInput{Op: "get", Key: key}
+					var r *pb.GetResponse
+					r, err = p.KV().Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
+					o.out = kvOutput{Value: string(r.GetValue()), Found: err == nil}
+				}
+				cancel()
+				res := outcome(err)
+				s.count(o.in.Op + " " + res)
+				o.call, o.ret, o.client = call, now(), cl
+				switch {
+				case res == "ok":
+					s.success(time.Now())
+				case res == "unknown" && o.in.Op != "get":
+					o.ret = math.MaxInt64
+				default:
+					continue
+				}
+				hmu.Lock()
+				history = append(history, o)
+				if res == "ok" && o.in.Op != "get" {
+					acked = append(acked, write{key, version})
+				}
+				hmu.Unlock()
+			}
+		}()
+	}
+	// Fast writes go to their own keys: they may diverge, so they stay out
+	// of the linearizability check.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		frng := rand.New(rand.NewPCG(seed, 99))
+		for n := 0; time.Now().Before(deadline); n++ {
+			time.Sleep(time.Duration(10+frng.IntN(20)) * time.Millisecond)
+			p := c.Procs[frng.IntN(len(c.Procs))]
+			if !p.Running() {
+				continue
+			}
+			key := fmt.Sprintf("f%d", frng.IntN(4))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if frng.IntN(2) == 0 {
+				r, err := p.KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(fmt.Sprint(n)), Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_FAST})
+				s.count("fast put " + outcome(err))
+				if err == nil {
+					hmu.Lock()
+					fastWrites = append(fastWrites, write{key, r.GetVersion()})
+					hmu.Unlock()
+				}
+			} else {
+				_, err := p.KV().Get(ctx, &pb.GetRequest{Key: []byte(key)})
+				s.count("local get " + outcome(err))
+			}
+			cancel()
+		}
+	}()
+
+	nemesis(t, c, rng, s, deadline)
+	wg.Wait()
+	heal(t, c, s)
+
+	// Final quorum reads join the history; they also give the final versions.
+	final := map[string]uint64{}
+	for k := range keys {
+		key := fmt.Sprintf("k%d", k)
+		call := now()
+		r, err := finalRead(c, key)
+		if err != nil && status.Code(err) != codes.NotFound {
+			t.Errorf("final read of %s: %v", key, err)
+			continue
+		}
+		history = append(history, op{in: kvInput{Op: "get", Key: key}, out: kvOutput{Value: string(r.GetValue()), Found: err == nil},
+			call: call, ret: now(), client: strongClients})
+		final[key] = r.GetVersion()
+	}
+
+	// A deleted key reads NotFound without its tombstone's version; its
+	// writes are judged by the linearizability check, which includes the
+	// final reads.
+	s.StrongChecked = len(acked)
+	for _, a := range acked {
+		if final[a.key] != 0 && final[a.key] < a.version {
+			s.StrongLost++
+			t.Errorf("%s: acknowledged version %d, final version %d", a.key, a.version, final[a.key])
+		}
+	}
+	finalFast := map[string]uint64{}
+	for k := range 4 {
+		key := fmt.Sprintf("f%d", k)
+		if r, err := finalRead(c, key); err == nil {
+			finalFast[key] = r.GetVersion()
+		}
+	}
+	// A fast write diverged if the final version is below its own, or if
+	// another acknowledged fast write was given the same version of the key
+	// (two primaries numbered from the same state: at most one survives).
+	s.FastAcked = len(fastWrites)
+	sameVersion := map[write]int{}
+	for _, a := range fastWrites {
+		sameVersion[a]++
+		if finalFast[a.key] < a.version || sameVersion[a] > 1 {
+			s.FastDiverged++
+		}
+	}
+
+	ops := make([]porcupine.Operation, len(history))
+	for i, o := range history {
+		ops[i] = porcupine.Operation{ClientId: o.client, Input: o.in, Call: o.call, Output: o.out, Return: o.ret}
+	}
+	res, info := porcupine.CheckOperationsVerbose(kvModel, ops, 2*time.Minute)
+	s.Linearizable = res == porcupine.Ok
+	if res != porcupine.Ok {
+		s.Visualization = filepath.Join(os.TempDir(), fmt.Sprintf("ringkv-chaos-%d.html", seed))
+		if err := porcupine.VisualizePath(kvModel, info, s.Visualization); err != nil {
+			t.Log(err)
+		}
+		t.Errorf("linearizability check %s; visualization: %s", res, s.Visualization)
+	}
+	for f, d := range s.outageByFault {
+		s.LongestOutage[f] = d.Round(time.Millisecond).String()
+	}
+	return s
+}
+
+func finalRead(c *proccluster.Cluster, key string) (*pb.GetResponse, error) {
+	var r *pb.GetResponse
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		r, err = c.Procs[attempt%len(c.Procs)].KV().Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
+		cancel()
+		if err == nil || status.Code(err) == codes.NotFound {
+			return r, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return r, err
+}
+
+// nemesis injects one fault at a time until deadline, each for a while,
+// then undoes it.
+func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, deadline time.Time) {
+	setFault := func(f string) {
+		s.mu.Lock()
+		s.currentFault = f
+		s.lastSuccessful = time.Now()
+		s.mu.Unlock()
+	}
+	for time.Now().Before(deadline) {
+		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+		hold := time.Duration(1000+rng.IntN(2000)) * time.Millisecond
+		switch f := nemeses[rng.IntN(len(nemeses))]; f {
+		case "kill -9 random node", "kill -9 a primary":
+			victim := c.Procs[rng.IntN(len(c.Procs))]
+			if f == "kill -9 a primary" {
+				leaders := c.Leaders(nil)
+				if id, ok := leaders[uint32(rng.IntN(c.Partitions))]; ok {
+					victim = c.ByID(id)
+				}
+			}
+			s.Faults[f]++
+			setFault(f)
+			c.Kill(victim)
+			time.Sleep(hold)
+			c.Start(victim)
+		case "pause node (SIGSTOP)":
+			victim := c.Procs[rng.IntN(len(c.Procs))]
+			s.Faults[f]++
+			setFault(f)
+			c.Signal(victim, syscall.SIGSTOP)
+			time.Sleep(hold)
+			c.Signal(victim, syscall.SIGCONT)
+		case "isolate a primary", "isolate a node", "bridge":
+			x := c.Procs[rng.IntN(len(c.Procs))]
+			if f == "isolate a primary" {
+				if id, ok := c.Leaders(nil)[uint32(rng.IntN(c.Partitions))]; ok {
+					x = c.ByID(id)
+				}
+			}
+			cut := map[*proccluster.Proc][]*proccluster.Proc{}
+			for _, p := range c.Procs {
+				switch {
+				case f != "bridge" && p == x:
+					cut[p] = others(c, x)
+				case f != "bridge":
+					cut[p] = []*proccluster.Proc{x}
+				case p != x:
+					// The two nodes other than the bridge x cannot reach
+					// each other; both still reach x.
+					cut[p] = others(c, x, p)
+				}
+			}
+			s.Faults[f]++
+			setFault(f)
+			partition(t, c, cut)
+			time.Sleep(hold)
+			partition(t, c, nil)
+		}
+		setFault("")
+	}
+}
+
+var nemeses = []string{"kill -9 random node", "kill -9 a primary", "pause node (SIGSTOP)",
+	"isolate a primary", "isolate a node", "bridge"}
+
+// others lists the cluster's processes except those given.
+func others(c *proccluster.Cluster, except ...*proccluster.Proc) []*proccluster.Proc {
+	var out []*proccluster.Proc
+	for _, p := range c.Procs {
+		if !slices.Contains(except, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// partition sets, on every running node, the peers its Raft transport
+// cannot reach (nil heals). It uses the Chaos service of the test build.
+func partition(t *testing.T, c *proccluster.Cluster, cut map[*proccluster.Proc][]*proccluster.Proc) {
+	for _, p := range c.Procs {
+		if !p.Running() {
+			continue
+		}
+		req := &pb.PartitionRequest{}
+		for _, q := range cut[p] {
+			req.BlockedAddrs = append(req.BlockedAddrs, q.Addr)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := pb.NewChaosClient(p.Conn).Partition(ctx, req)
+		cancel()
+		if err != nil && status.Code(err) != codes.Unavailable {
+			t.Errorf("partition %s: %v", p.ID, err)
+		}
+	}
+}
+
+// heal restarts and resumes every node and measures how long until every
+// partition accepts a strong write.
+func heal(t *testing.T, c *proccluster.Cluster, s *summary) {
+	healed := time.Now()
+	partition(t, c, nil)
+	for _, p := range c.Procs {
+		if !p.Running() {
+			c.Start(p)
+		}
+		c.Signal(p, syscall.SIGCONT)
+	}
+	c.WaitPrimaries(nil)
+	s.Live = true
+	for part := range c.Partitions {
+		key := keyInPartition(c, uint32(part))
+		ok := false
+		for attempt := 0; attempt < 50 && !ok; attempt++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := c.Procs[attempt%len(c.Procs)].KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte("live")})
+			cancel()
+			ok = err == nil
+			if !ok {
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		if !ok {
+			s.Live = false
+			t.Errorf("partition %d: no strong write succeeded after heal", part)
+		}
+	}
+	s.HealTime = time.Since(healed).Round(time.Millisecond).String()
+}
+
+// keyInPartition finds a key of partition p.
+func keyInPartition(c *proccluster.Cluster, p uint32) string {
+	r, err := ring.New(c.Partitions)
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("live-%d", i)
+		if uint32(r.Lookup([]byte(key))) == p {
+			return key
+		}
+	}
+}
