@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short
+.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short check-deploy
 
 all: build
 
@@ -44,6 +44,12 @@ bench:
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:
 	@./scripts/fuzz.sh $(FUZZTIME)
+
+# Validates the Prometheus config and recording rules (installs Debian's
+# prometheus package for promtool if it is missing).
+check-deploy:
+	@command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+	cd deploy && promtool check config prometheus.yml && promtool check rules prometheus-rules.yml
 
 proto:
 	@./scripts/gen-proto.sh
