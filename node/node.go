@@ -82,6 +82,9 @@ type Config struct {
 	// MaxSnapshotTransfers caps concurrent snapshot sends and receives on
 	// the node (default 2).
 	MaxSnapshotTransfers int
+	// BalanceInterval is how often the node hands partitions it leads to
+	// their preferred primaries (0: never; kvnode defaults to 5s).
+	BalanceInterval time.Duration
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
 
@@ -228,6 +231,10 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.watch.Add(1)
 	go n.watchReady()
+	if cfg.BalanceInterval > 0 {
+		n.watch.Add(1)
+		go n.balancePrimaries()
+	}
 	n.log.Info("node started", "addr", cfg.Listen, "metrics_addr", n.MetricsAddr(), "partitions", n.state.Partitions, "hosted", len(n.replicas))
 	return n, nil
 }
@@ -311,6 +318,9 @@ func (n *Node) Addrs(p ring.PartitionID) []string {
 	}
 	return out
 }
+
+// Placement is the cluster's partition placement as this node knows it.
+func (n *Node) Placement() *ring.Assignment { return n.state.assignment }
 
 // Partitions lists the partitions this node hosts, in order.
 func (n *Node) Partitions() []ring.PartitionID {

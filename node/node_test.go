@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -115,5 +116,41 @@ func TestParsePeers(t *testing.T) {
 		if err != nil || len(got) != tc.n {
 			t.Errorf("%q: %v %v", tc.in, got, err)
 		}
+	}
+}
+
+// TestPrimariesSpreadEvenly checks that leadership settles on each
+// partition's preferred primary, which the placement spreads evenly.
+func TestPrimariesSpreadEvenly(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Partitions: 8, Tweak: func(cfg *node.Config) {
+		cfg.BalanceInterval = 200 * time.Millisecond
+	}})
+	asg := c.Nodes[0].Placement()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		counts, misplaced := map[string]int{}, 0
+		for _, n := range c.Nodes {
+			for _, p := range n.Partitions() {
+				if n.Replica(p).IsPrimary() {
+					counts[n.ID()]++
+					if string(asg.Primary(p)) != n.ID() {
+						misplaced++
+					}
+				}
+			}
+		}
+		if misplaced == 0 && len(counts) == 3 {
+			for id, k := range counts {
+				if k < 2 || k > 3 {
+					t.Fatalf("%s leads %d of 8 partitions, want 2 or 3", id, k)
+				}
+			}
+			t.Logf("primaries per node: %v", counts)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60s %d partitions are led by a node other than their preferred primary (%v)", misplaced, counts)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -64,6 +64,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease", 500*time.Millisecond, "a primary cut off from its replicas for this long steps down")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 3*time.Second, "bound for a strong write or quorum read that cannot reach a majority")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
+	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 5*time.Second, "how often to hand partitions to their preferred primaries, spreading primaries evenly (0: never)")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
 	fs.Uint64Var(&cfg.TrailingLogs, "trailing-logs", 10240, "log entries kept after a snapshot, so a short outage replays the log")
 	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", 1000, "entries a replica's applied index may trail its commit index while the node is ready")
