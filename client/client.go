@@ -43,9 +43,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/connpool"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
-	"github.com/ringkv/ringkv/router"
 )
 
 // Defaults for the options.
@@ -72,7 +72,7 @@ var (
 type Client struct {
 	cfg   config
 	seeds []string
-	pool  *router.ConnPool
+	pool  *connpool.Pool
 
 	m atomic.Pointer[clusterMap]
 	// stale asks the next call to refresh the map before it is used: set
@@ -152,7 +152,7 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 	c := &Client{
 		cfg:        cfg,
 		seeds:      append([]string(nil), addrs...),
-		pool:       router.NewConnPool(cfg.dialOpts...),
+		pool:       connpool.New(cfg.dialOpts...),
 		refreshing: make(chan struct{}, 1),
 	}
 	if _, err := c.refresh(ctx, nil); err != nil {
@@ -356,7 +356,7 @@ func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent
 		case status.Code(err) == codes.NotFound:
 			return resp, fmt.Errorf("%w (partition %d at %s)", ErrNotFound, p, addr)
 		}
-		np := router.NotPrimaryOf(err)
+		np := pb.NotPrimaryOf(err)
 		retry := np != nil || (idempotent && retryableRead(ctx, err))
 		if !retry {
 			if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {

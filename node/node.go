@@ -40,6 +40,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/connpool"
 	"github.com/ringkv/ringkv/metrics"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
@@ -121,7 +122,7 @@ type Node struct {
 	trans   *transport.Node
 	grpc    *grpc.Server
 	lis     net.Listener
-	pool    *router.ConnPool
+	pool    *connpool.Pool
 	health  *health.Server
 	clock   *hlc.Clock
 	served  chan struct{}
@@ -196,7 +197,7 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.trans, err = transport.NewNode(raft.ServerAddress(n.state.addrOf(cfg.ID)), topts); err != nil {
 		return nil, err
 	}
-	n.pool = router.NewConnPool(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
 	// to a 1 MiB value each.
 	n.grpc = grpc.NewServer(append(tr.serverOptions(),

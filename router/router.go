@@ -22,7 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -78,45 +77,6 @@ func New(dir Directory, dial Dialer, opts Options) *Router {
 }
 
 var _ pb.KVServer = (*Router)(nil)
-
-// ConnPool is a Dialer that keeps one connection per address.
-type ConnPool struct {
-	mu    sync.Mutex
-	opts  []grpc.DialOption
-	conns map[string]*grpc.ClientConn
-}
-
-// NewConnPool dials with opts (credentials, interceptors).
-func NewConnPool(opts ...grpc.DialOption) *ConnPool {
-	return &ConnPool{opts: opts, conns: map[string]*grpc.ClientConn{}}
-}
-
-// Dial returns the pooled connection to addr, creating it lazily.
-func (p *ConnPool) Dial(addr string) (grpc.ClientConnInterface, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c := p.conns[addr]; c != nil {
-		return c, nil
-	}
-	c, err := grpc.NewClient(addr, p.opts...)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "address %q: %v", addr, err)
-	}
-	p.conns[addr] = c
-	return c, nil
-}
-
-// Close closes every pooled connection.
-func (p *ConnPool) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var errs []error
-	for addr, c := range p.conns {
-		errs = append(errs, c.Close())
-		delete(p.conns, addr)
-	}
-	return errors.Join(errs...)
-}
 
 func (rt *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
 	mode, err := WriteMode(req.GetConsistency())
@@ -244,7 +204,7 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 			return resp, err
 		}
 		last = err
-		if np := NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" {
+		if np := pb.NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" {
 			targets = append(targets, np.GetPrimaryAddr())
 		}
 	}
@@ -279,16 +239,6 @@ func forward[T any](ctx context.Context, rt *Router, p ring.PartitionID, addr st
 // Timestamp converts a stamp's timestamp to its wire form.
 func Timestamp(st fsm.Stamp) *pb.Timestamp {
 	return &pb.Timestamp{WallTime: st.Timestamp.WallTime, Logical: st.Timestamp.Logical}
-}
-
-// NotPrimaryOf extracts the NotPrimary detail of a status error, or nil.
-func NotPrimaryOf(err error) *pb.NotPrimary {
-	for _, d := range status.Convert(err).Details() {
-		if np, ok := d.(*pb.NotPrimary); ok {
-			return np
-		}
-	}
-	return nil
 }
 
 // Status converts a replica's error into the gRPC status the client sees.
