@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short check-deploy
+.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -44,6 +44,15 @@ bench:
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:
 	@./scripts/fuzz.sh $(FUZZTIME)
+
+# The container image ringkv:dev, FROM scratch (no registry needed).
+image:
+	@./scripts/build-image.sh
+
+# Compose cluster against the real Docker engine: kills, partitions,
+# catch-up. Skips (exit 0) when no Docker engine answers.
+e2e-docker:
+	@./scripts/e2e-docker.sh
 
 # Validates the Prometheus config and recording rules (installs Debian's
 # prometheus package for promtool if it is missing).

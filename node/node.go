@@ -169,9 +169,12 @@ func Start(cfg Config) (n *Node, err error) {
 		WALStats: func() wal.Stats { return n.wal.Stats() },
 		UpWindow: 3 * cfg.HeartbeatTimeout,
 	})
+	// Returning an error sets n to nil: close what was started through a
+	// copy.
+	started := n
 	defer func() {
 		if err != nil {
-			n.Close()
+			started.Close()
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {

@@ -154,3 +154,22 @@ func TestPrimariesSpreadEvenly(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestStartFailsCleanly(t *testing.T) {
+	tests := []struct {
+		name  string
+		peers []node.Peer
+		want  string
+	}{
+		{"one node", []node.Peer{{ID: "n1", Addr: "127.0.0.1:1"}}, "at least 3"},
+		{"self missing", []node.Peer{{ID: "a", Addr: "127.0.0.1:1"}, {ID: "b", Addr: "127.0.0.1:2"}, {ID: "c", Addr: "127.0.0.1:3"}}, "does not list"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := node.Start(node.Config{ID: "n1", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Peers: tc.peers})
+			if err == nil || n != nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start = %v, %v; want nil and an error with %q", n, err, tc.want)
+			}
+		})
+	}
+}

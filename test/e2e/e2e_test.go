@@ -165,9 +165,18 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < 10000; i += 16 {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := c.Procs[i%2].KV().Put(ctx, &pb.PutRequest{Key: []byte(fmt.Sprintf("key%05d", i)), Value: []byte("v")})
-				cancel()
+				// NotPrimary proves the write was not applied (leadership
+				// moves while primaries are rebalanced): retry it, as the
+				// client library does.
+				var err error
+				for attempt := 0; attempt == 0 || status.Code(err) == codes.FailedPrecondition && attempt < 50; attempt++ {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err = c.Procs[i%2].KV().Put(ctx, &pb.PutRequest{Key: []byte(fmt.Sprintf("key%05d", i)), Value: []byte("v")})
+					cancel()
+					if status.Code(err) == codes.FailedPrecondition {
+						time.Sleep(20 * time.Millisecond)
+					}
+				}
 				if err != nil {
 					errs <- err
 					return
