@@ -62,7 +62,8 @@ const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D] COMMAND
   put KEY VALUE [-c strong|fast]   store VALUE ("-": read stdin); prints the version
   get KEY [-c local|quorum] [--json]
   del KEY [-c strong|fast]         prints the version of the delete
-  status [--json]                  nodes, partitions, primaries, applied indexes
+  status [--json]                  nodes, partitions, primaries, applied indexes, lag
+  metrics [--node ID] [--json]     request p50/p95/p99 per mode, WAL size, max lag
 `
 
 func main() {
@@ -85,6 +86,7 @@ type options struct {
 	timeout     time.Duration
 	consistency string
 	json        bool
+	node        string
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -135,6 +137,13 @@ func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
 		nargs = 1
 	case "status":
 		fs.BoolVar(&opts.json, "json", false, "print a JSON object")
+	case "metrics":
+		fs.BoolVar(&opts.json, "json", false, "print JSON")
+		fs.StringVar(&opts.node, "node", "", "only this node")
+	case "health":
+		return checkHealth(fs, rest, &opts, stdout)
+	case "bench":
+		return runBench(fs, rest, &opts, stdout, os.Stderr)
 	default:
 		return usagef("unknown command %q", cmd)
 	}
@@ -194,8 +203,10 @@ func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
 			return err
 		}
 		return printItem(stdout, []byte(pos[0]), it, opts.json)
+	case "metrics":
+		return metricsCmd(ctx, c, stdout, opts.node, opts.json)
 	}
-	return status(ctx, c, stdout, opts.json)
+	return statusCmd(ctx, c, stdout, opts.json)
 }
 
 func newFlagSet(name string, opts *options) *flag.FlagSet {
@@ -328,9 +339,14 @@ type replicaStatus struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	CommitIndex  uint64 `json:"commit_index"`
 	LastLogIndex uint64 `json:"last_log_index"`
+	// LagEntries and LagSeconds are a follower's replication lag as its
+	// primary exports it on /metrics; absent for the primary itself, or
+	// when the primary serves no metrics.
+	LagEntries *uint64  `json:"lag_entries,omitempty"`
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 }
 
-func status(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) error {
+func statusCmd(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) error {
 	m, err := c.ClusterMap(ctx)
 	if err != nil {
 		return err
@@ -338,12 +354,20 @@ func status(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) err
 	rep := statusReport{Epoch: m.GetEpoch()}
 	// replicas[node][partition] as that node reports it.
 	replicas := map[string]map[uint32]*pb.PartitionStatus{}
+	lagOf := map[lagKey]*lag{}
 	for _, n := range m.GetNodes() {
 		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress()}
 		st, err := c.Status(ctx, n.GetAddress())
 		if err != nil {
 			ns.Error = err.Error()
 		} else {
+			// Lag is shown where the primary's metrics can be read; status
+			// works without them.
+			if st.GetMetricsAddress() != "" {
+				if fams, err := scrape(ctx, st.GetMetricsAddress(), n.GetAddress()); err == nil {
+					lags(fams, lagOf)
+				}
+			}
 			replicas[n.GetId()] = map[uint32]*pb.PartitionStatus{}
 			for _, ps := range st.GetPartitions() {
 				replicas[n.GetId()][ps.GetPartition()] = ps
@@ -368,6 +392,12 @@ func status(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) err
 				if r.GetState() == pb.RaftState_RAFT_STATE_LEADER && r.GetTerm() >= leaderTerm {
 					ps.Primary, leaderTerm = id, r.GetTerm()
 				}
+				if l := lagOf[lagKey{pm.GetPartition(), id}]; l != nil {
+					rs.LagEntries = &l.entries
+					if l.timed {
+						rs.LagSeconds = &l.seconds
+					}
+				}
 			}
 			ps.Replicas = append(ps.Replicas, rs)
 		}
@@ -389,7 +419,7 @@ func printStatus(w io.Writer, rep statusReport) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", n.ID, n.Address, st)
 	}
-	fmt.Fprintf(tw, "\nPARTITION\tPRIMARY\tREPLICAS (state term applied)\n")
+	fmt.Fprintf(tw, "\nPARTITION\tPRIMARY\tREPLICAS (state/term/applied, lag entries/seconds)\n")
 	for _, p := range rep.Partitions {
 		primary := p.Primary
 		if primary == "" {
@@ -397,7 +427,14 @@ func printStatus(w io.Writer, rep statusReport) error {
 		}
 		var rs []string
 		for _, r := range p.Replicas {
-			rs = append(rs, fmt.Sprintf("%s=%s/%d/%d", r.Node, r.State, r.Term, r.AppliedIndex))
+			s := fmt.Sprintf("%s=%s/%d/%d", r.Node, r.State, r.Term, r.AppliedIndex)
+			if r.LagEntries != nil {
+				s += fmt.Sprintf(" lag %d", *r.LagEntries)
+				if r.LagSeconds != nil {
+					s += fmt.Sprintf("/%.3fs", *r.LagSeconds)
+				}
+			}
+			rs = append(rs, s)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\n", p.Partition, primary, strings.Join(rs, "  "))
 	}

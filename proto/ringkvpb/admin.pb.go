@@ -441,9 +441,12 @@ type StatusResponse struct {
 	// The address the node's gRPC server listens on.
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// One entry per partition replica on this node, in partition order.
-	Partitions    []*PartitionStatus `protobuf:"bytes,3,rep,name=partitions,proto3" json:"partitions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Partitions []*PartitionStatus `protobuf:"bytes,3,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// The node's HTTP address for /metrics, /healthz and /readyz; empty when
+	// it serves none.
+	MetricsAddress string `protobuf:"bytes,4,opt,name=metrics_address,json=metricsAddress,proto3" json:"metrics_address,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -495,6 +498,13 @@ func (x *StatusResponse) GetPartitions() []*PartitionStatus {
 		return x.Partitions
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetMetricsAddress() string {
+	if x != nil {
+		return x.MetricsAddress
+	}
+	return ""
 }
 
 // PartitionStatus describes one partition replica hosted by the node.
@@ -625,13 +635,14 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\fR\x05entry\"\x11\n" +
 	"\x0fReofferResponse\"\x0f\n" +
-	"\rStatusRequest\"\x7f\n" +
+	"\rStatusRequest\"\xa8\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12:\n" +
 	"\n" +
 	"partitions\x18\x03 \x03(\v2\x1a.ringkv.v1.PartitionStatusR\n" +
-	"partitions\"\x9b\x02\n" +
+	"partitions\x12'\n" +
+	"\x0fmetrics_address\x18\x04 \x01(\tR\x0emetricsAddress\"\x9b\x02\n" +
 	"\x0fPartitionStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.ringkv.v1.RaftStateR\x05state\x12\x1b\n" +
