@@ -76,7 +76,9 @@ type PurgeTombstones struct {
 }
 
 // Batch applies its writes in order as one log entry: all or none are
-// validated, and readers see none or all of them.
+// validated, and a Snapshot sees none or all of them. Store.Get and
+// Store.Lookup, which read each key's latest state, can see some of a Batch
+// while it is being applied.
 type Batch struct {
 	Writes []Write
 }

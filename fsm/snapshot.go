@@ -94,7 +94,7 @@ func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 		chunk, n = chunk[:chunkHeaderLen], 0
 	}
 	s.tree.Ascend(func(it item) bool {
-		chunk = appendRecord(chunk, it.key, it.e.value, it.e.stamp, it.e.tombstone)
+		chunk = appendRecord(chunk, it.key, it.e.value(), it.e.stamp, it.e.tombstone)
 		if n++; len(chunk)-chunkHeaderLen >= chunkTarget {
 			flush()
 		}

@@ -58,7 +58,7 @@ func randomStore(t testing.TB, r *rand.Rand, n int) *Store {
 func items(s *Snapshot) []Item {
 	var out []Item
 	s.tree.Ascend(func(it item) bool {
-		out = append(out, it.export())
+		out = append(out, it.e.export())
 		return true
 	})
 	return out
@@ -99,6 +99,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			if !bytes.Equal(image, snapshotBytes(t, got)) {
 				t.Fatal("restored store serializes differently")
 			}
+			// dst's own keys, such as "extra", must be gone from the point
+			// index too.
+			checkIndex(t, dst)
 		})
 	}
 }
@@ -114,6 +117,7 @@ func TestRestoreRebuildsTombstoneIndex(t *testing.T) {
 	if _, ok := dst.Lookup([]byte("gamma")); res.Purged != 1 || ok || dst.Tombstones() != 0 {
 		t.Fatalf("purge after restore removed %d, gamma still present %v", res.Purged, ok)
 	}
+	checkIndex(t, dst)
 }
 
 // restoreFails restores data into a populated store and requires the given
@@ -130,6 +134,10 @@ func restoreFails(t *testing.T, data []byte, opts Options, want error) error {
 	if !bytes.Equal(before, snapshotBytes(t, s.Snapshot())) {
 		t.Fatal("failed Restore changed the store")
 	}
+	if it, ok := s.Get([]byte("k")); !ok || string(it.Value) != "me" {
+		t.Fatalf("after a failed Restore Get(k) = %q, %v", it.Value, ok)
+	}
+	checkIndex(t, s)
 	return err
 }
 

@@ -10,10 +10,19 @@
 //     the key's current one; an equal Stamp is the same write applied again
 //     and changes nothing. Deletes leave versioned tombstones, removed only
 //     by a PurgeTombstones command carrying its cutoff.
-//   - Readers never wait for writers and snapshots never stop them: the
-//     store publishes an immutable copy-on-write clone of its B-tree (an
-//     O(1) operation) through an atomic pointer after every Apply, and every
-//     read goes through one such published Snapshot.
+//   - Snapshots never wait for writers and never stop them: after every
+//     Apply that changed a key the store publishes an immutable
+//     copy-on-write clone of its B-tree (an O(1) operation) through an
+//     atomic pointer. Snapshot reads, Range, Len and AppliedIndex go through
+//     one such published Snapshot and see each Apply whole or not at all.
+//   - Store.Get and Store.Lookup, the latest-state point reads, go through a
+//     hash index beside the tree instead (see index.go). The writer updates
+//     it write by write, before publishing the Snapshot that carries the
+//     entry's index, so a point read is never behind AppliedIndex: once a
+//     reader has seen AppliedIndex() >= i, it sees every write of entries up
+//     to i. It may be ahead: during a Batch it can show one key's new state
+//     and another's old one. A point read takes a read lock on one of 256
+//     index shards, which the writer holds only for one map assignment.
 //   - A Command that fails validation changes no key; AppliedIndex still
 //     advances past its entry, which was consumed, so waiters on the index
 //     make progress.
@@ -52,10 +61,27 @@ type item struct {
 	e   *entry
 }
 
+// entry is one key's state, shared by the B-tree and the point index. It
+// holds its key too, so a point read can hand it out without the tree.
 type entry struct {
-	value     []byte
+	kv        []byte // key then value, one allocation
+	keyLen    int
 	stamp     Stamp
 	tombstone bool
+}
+
+func (e *entry) key() []byte { return e.kv[:e.keyLen:e.keyLen] }
+
+// value is nil for a tombstone.
+func (e *entry) value() []byte {
+	if e.tombstone {
+		return nil
+	}
+	return e.kv[e.keyLen:]
+}
+
+func (e *entry) export() Item {
+	return Item{Key: e.key(), Value: e.value(), Tombstone: e.tombstone, Stamp: e.stamp}
 }
 
 func lessKey(a, b item) bool { return bytes.Compare(a.key, b.key) < 0 }
@@ -71,14 +97,11 @@ func lessTombstone(a, b item) bool {
 
 // newItem copies w's key and value into one allocation the store owns.
 func newItem(w write) item {
-	buf := make([]byte, len(w.key)+len(w.value))
-	n := copy(buf, w.key)
-	copy(buf[n:], w.value)
-	e := &entry{stamp: w.stamp, tombstone: w.tombstone}
-	if !w.tombstone {
-		e.value = buf[n:]
-	}
-	return item{key: buf[:n:n], e: e}
+	kv := make([]byte, len(w.key)+len(w.value))
+	n := copy(kv, w.key)
+	copy(kv[n:], w.value)
+	e := &entry{kv: kv, keyLen: n, stamp: w.stamp, tombstone: w.tombstone}
+	return item{key: e.key(), e: e}
 }
 
 // Item is one key's current state. Version and Timestamp are promoted from
@@ -88,10 +111,6 @@ type Item struct {
 	Value     []byte // nil for a tombstone
 	Tombstone bool
 	Stamp
-}
-
-func (it item) export() Item {
-	return Item{Key: it.key, Value: it.e.value, Tombstone: it.e.tombstone, Stamp: it.e.stamp}
 }
 
 // Outcome says what a write did.
@@ -149,13 +168,15 @@ func (s *Snapshot) Lookup(key []byte) (Item, bool) {
 	if !ok {
 		return Item{}, false
 	}
-	return it.export(), true
+	return it.e.export(), true
 }
 
 // Get returns key's live value; a tombstone reads as not found.
-func (s *Snapshot) Get(key []byte) (Item, bool) {
-	it, ok := s.Lookup(key)
-	if !ok || it.Tombstone {
+func (s *Snapshot) Get(key []byte) (Item, bool) { return live(s.Lookup(key)) }
+
+// live hides a tombstone found by a Lookup.
+func live(it Item, found bool) (Item, bool) {
+	if !found || it.Tombstone {
 		return Item{}, false
 	}
 	return it, true
@@ -169,7 +190,7 @@ func (s *Snapshot) Range(start, end []byte, fn func(Item) bool) {
 		if end != nil && bytes.Compare(it.key, end) >= 0 {
 			return false
 		}
-		return it.e.tombstone || fn(it.export())
+		return it.e.tombstone || fn(it.e.export())
 	}
 	if start == nil {
 		s.tree.Ascend(visit)
@@ -188,17 +209,25 @@ func (s *Snapshot) Tombstones() int { return s.dead }
 func (s *Snapshot) AppliedIndex() uint64 { return s.applied }
 
 // state is the writer's side: a Snapshot whose tree is mutated in place
-// (nodes shared with published clones are copied before they change), plus
-// an index of its tombstones by (timestamp, key) for purges.
+// (nodes shared with published clones are copied before they change), the
+// point index, which readers see at once, and an index of its tombstones by
+// (timestamp, key) for purges.
 type state struct {
 	Snapshot
 	tombstones *btree.BTreeG[item]
+	points     *index
+	// dirty says the tree changed since it was last published, so that an
+	// Apply that changed nothing republishes the same tree rather than
+	// cloning it.
+	dirty bool
 }
 
 func newState() state {
 	return state{
 		Snapshot:   Snapshot{tree: btree.NewG(btreeDegree, lessKey)},
 		tombstones: btree.NewG(btreeDegree, lessTombstone),
+		points:     newIndex(),
+		dirty:      true, // never published
 	}
 }
 
@@ -206,6 +235,8 @@ func newState() state {
 // already passed to forget.
 func (st *state) insert(it item) {
 	st.tree.ReplaceOrInsert(it)
+	st.points.set(it.e)
+	st.dirty = true
 	if it.e.tombstone {
 		st.tombstones.ReplaceOrInsert(it)
 		st.dead++
@@ -224,19 +255,21 @@ func (st *state) forget(it item) {
 	st.live--
 }
 
-// write applies the conflict rule to one Put or Delete.
+// write applies the conflict rule to one Put or Delete. It finds the key's
+// current state in the point index, which agrees with the tree and answers
+// in a fraction of the time.
 func (st *state) write(w write) WriteResult {
 	res := WriteResult{RequestID: w.requestID, Outcome: Won, Current: w.stamp}
-	if old, found := st.tree.Get(item{key: w.key}); found {
-		switch c := w.stamp.Compare(old.e.stamp); {
+	if old, found := st.points.get(w.key); found {
+		switch c := w.stamp.Compare(old.stamp); {
 		case c == 0:
 			res.Outcome = AlreadyApplied
 			return res
 		case c < 0:
-			res.Outcome, res.Current = Lost, old.e.stamp
+			res.Outcome, res.Current = Lost, old.stamp
 			return res
 		}
-		st.forget(old)
+		st.forget(item{key: old.key(), e: old})
 	}
 	st.insert(newItem(w))
 	return res
@@ -252,18 +285,30 @@ func (st *state) purge(cutoff hlc.Timestamp) int {
 	for _, it := range expired {
 		st.forget(it)
 		st.tree.Delete(it)
+		st.points.delete(it.key)
+		st.dirty = true
 	}
 	return len(expired)
 }
 
 // Store is the state machine of one partition. Apply and Restore serialize
-// among themselves; every read is lock-free.
+// among themselves; Snapshot reads are lock-free, point reads (Get, Lookup)
+// briefly share a lock with the writer (see the package doc).
 type Store struct {
 	cfg config
-	cur atomic.Pointer[Snapshot]
+	cur atomic.Pointer[published]
 
 	mu sync.Mutex // serializes writers; guards w
 	w  state
+}
+
+// published is what readers load: a Snapshot, and the point index current
+// with it. Every publication until the next Restore shares the writer's
+// index; Restore's carries a new one, so readers switch tree and index in
+// one atomic load.
+type published struct {
+	Snapshot
+	points *index
 }
 
 // New returns an empty store.
@@ -285,21 +330,38 @@ func (s *Store) install(w state) {
 
 // publish makes the writer's state visible to readers. Cloning marks every
 // current node shared, so the next write copies its path instead of touching
-// what readers see.
+// what readers see. A tree that has not changed since the last publish is
+// that published clone's twin, so the new Snapshot shares the clone.
 func (s *Store) publish() {
-	snap := s.w.Snapshot
-	snap.tree = s.w.tree.Clone()
-	s.cur.Store(&snap)
+	p := &published{Snapshot: s.w.Snapshot, points: s.w.points}
+	if s.w.dirty {
+		p.tree = s.w.tree.Clone()
+		s.w.dirty = false
+	} else {
+		p.tree = s.cur.Load().tree
+	}
+	s.cur.Store(p)
 }
 
 // Snapshot returns the current state as an immutable view in O(1).
-func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
+func (s *Store) Snapshot() *Snapshot { return &s.cur.Load().Snapshot }
 
-// Get returns key's live value from the current state; see Snapshot.Get.
-func (s *Store) Get(key []byte) (Item, bool) { return s.Snapshot().Get(key) }
+// Get returns key's latest live value; a tombstone reads as not found. Unlike
+// Snapshot().Get it reads the point index: it reflects every write of the
+// entries up to AppliedIndex, and possibly some of the entry being applied,
+// key by key (see the package doc). Reading several keys consistently takes
+// one Snapshot.
+func (s *Store) Get(key []byte) (Item, bool) { return live(s.Lookup(key)) }
 
-// Lookup returns key's state including a tombstone; see Snapshot.Lookup.
-func (s *Store) Lookup(key []byte) (Item, bool) { return s.Snapshot().Lookup(key) }
+// Lookup returns key's latest state including a tombstone, with the
+// guarantees of Get.
+func (s *Store) Lookup(key []byte) (Item, bool) {
+	e, ok := s.cur.Load().points.get(key)
+	if !ok {
+		return Item{}, false
+	}
+	return e.export(), true
+}
 
 // Range iterates live keys of the current state; see Snapshot.Range.
 func (s *Store) Range(start, end []byte, fn func(Item) bool) { s.Snapshot().Range(start, end, fn) }

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/ringkv/ringkv/hlc"
 )
@@ -21,6 +24,26 @@ func newStore(t testing.TB, opts Options) *Store {
 		t.Fatalf("New(%+v): %v", opts, err)
 	}
 	return s
+}
+
+// checkIndex requires the point index to map exactly the published tree's
+// keys, each to the tree's own entry. The store must be quiescent.
+func checkIndex(t testing.TB, s *Store) {
+	t.Helper()
+	x, tree := s.cur.Load().points, s.Snapshot().tree
+	n := 0
+	for i := range x.shards {
+		n += len(x.shards[i].m)
+	}
+	if n != tree.Len() {
+		t.Fatalf("point index holds %d keys, tree %d", n, tree.Len())
+	}
+	tree.Ascend(func(it item) bool {
+		if e, ok := x.get(it.key); !ok || e != it.e {
+			t.Fatalf("point index maps %q to %+v (found %v), tree to %+v", it.key, e, ok, it.e)
+		}
+		return true
+	})
 }
 
 func stamp(version uint64, wall int64) Stamp {
@@ -123,6 +146,7 @@ func TestConflictRule(t *testing.T) {
 			if s.Len() != wantLen || s.Tombstones() != wantTombs {
 				t.Fatalf("Len, Tombstones = %d, %d; want %d, %d", s.Len(), s.Tombstones(), wantLen, wantTombs)
 			}
+			checkIndex(t, s)
 		})
 	}
 }
@@ -196,6 +220,7 @@ func TestPurgeTombstones(t *testing.T) {
 			if s.Len() != 2 {
 				t.Fatalf("Len = %d, want 2", s.Len())
 			}
+			checkIndex(t, s)
 		})
 	}
 }
@@ -309,6 +334,7 @@ func TestApplyRejectsInvalidCommands(t *testing.T) {
 			if !bytes.Equal(beforeData, afterData) {
 				t.Fatal("rejected command changed the snapshot records")
 			}
+			checkIndex(t, s)
 		})
 	}
 }
@@ -375,15 +401,126 @@ func TestRange(t *testing.T) {
 }
 
 // TestApplyCopiesInput checks the store keeps no reference to the caller's
-// buffers, which DecodeCommand aliases to a log entry.
+// buffers, which DecodeCommand aliases to a log entry, and that reads hand
+// out the store's key rather than the one they were asked for.
 func TestApplyCopiesInput(t *testing.T) {
 	s := newStore(t, Options{})
 	key, value := []byte("key"), []byte("value")
 	apply(t, s, Put{Key: key, Value: value, Stamp: stamp(1, 1)})
 	copy(key, "xxx")
 	copy(value, "xxxxx")
-	if it, ok := s.Get([]byte("key")); !ok || string(it.Value) != "value" {
-		t.Fatalf("after caller reused its buffers Get = %q, %v", it.Value, ok)
+	for name, get := range map[string]func([]byte) (Item, bool){
+		"Store.Get":       s.Get,
+		"Store.Lookup":    s.Lookup,
+		"Snapshot.Get":    s.Snapshot().Get,
+		"Snapshot.Lookup": s.Snapshot().Lookup,
+	} {
+		query := []byte("key")
+		it, ok := get(query)
+		copy(query, "yyy")
+		if !ok || string(it.Key) != "key" || string(it.Value) != "value" {
+			t.Fatalf("%s after the caller reused its buffers = %q: %q, %v", name, it.Key, it.Value, ok)
+		}
+	}
+}
+
+// TestOverwriteReleasesOldEntry checks that neither the tree nor the point
+// index keeps an overwritten or purged entry, or its bytes, alive.
+func TestOverwriteReleasesOldEntry(t *testing.T) {
+	// Keys and values too big for the tiny allocator, which shares blocks.
+	key := bytes.Repeat([]byte("k"), 32)
+	value := bytes.Repeat([]byte("v"), 64)
+	tests := []struct {
+		name           string
+		before, update []Command // the entry tracked is key's after before
+	}{
+		{"overwritten", []Command{Put{Key: key, Value: value, Stamp: stamp(1, 1)}},
+			[]Command{Put{Key: key, Value: value, Stamp: stamp(2, 2)}}},
+		{"deleted", []Command{Put{Key: key, Value: value, Stamp: stamp(1, 1)}},
+			[]Command{Delete{Key: key, Stamp: stamp(2, 2)}}},
+		{"tombstone purged", []Command{Delete{Key: key, Stamp: stamp(1, 1)}},
+			[]Command{PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 2}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, Options{})
+			for _, cmd := range tt.before {
+				apply(t, s, cmd)
+			}
+			entryRef, bytesRef := weakRefs(t, s, key)
+			for _, cmd := range tt.update {
+				apply(t, s, cmd)
+			}
+			released := func() bool { return entryRef.Value() == nil && bytesRef.Value() == nil }
+			for i := 0; i < 10 && !released(); i++ {
+				runtime.GC()
+			}
+			if !released() {
+				t.Fatalf("after 10 collections the old entry is alive: %v, its bytes: %v", entryRef.Value() != nil, bytesRef.Value() != nil)
+			}
+			// Only a live store proves it let go of the entry.
+			runtime.KeepAlive(s)
+		})
+	}
+}
+
+// weakRefs returns weak pointers to key's entry and to its bytes, holding
+// no strong reference once it returns.
+func weakRefs(t *testing.T, s *Store, key []byte) (weak.Pointer[entry], weak.Pointer[byte]) {
+	t.Helper()
+	e, ok := s.cur.Load().points.get(key)
+	if !ok {
+		t.Fatalf("%q not in the point index", key)
+	}
+	return weak.Make(e), weak.Make(&e.kv[0])
+}
+
+// TestUnchangedApplySharesTree checks that an Apply which changes no key
+// still advances the applied index but republishes the tree it had rather
+// than cloning it, and that one which changes a key does not.
+func TestUnchangedApplySharesTree(t *testing.T) {
+	tests := []struct {
+		name    string
+		cmd     Command
+		changes bool
+	}{
+		{"empty batch", Batch{}, false},
+		{"lost put", put("a", "old", stamp(1, 1)), false},
+		{"already applied put", put("a", "v", stamp(5, 5)), false},
+		{"rejected command", Put{Stamp: stamp(9, 9)}, false},
+		{"purge of nothing expired", PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 2}}, false},
+		{"winning put", put("a", "w", stamp(6, 6)), true},
+		{"new key", put("b", "w", stamp(1, 1)), true},
+		{"delete", del("a", stamp(6, 6)), true},
+		{"purge", PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 100}}, true},
+		{"batch with one winner", Batch{Writes: []Write{put("a", "old", stamp(1, 1)), put("c", "w", stamp(1, 1))}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, Options{})
+			apply(t, s, put("a", "v", stamp(5, 5)))
+			apply(t, s, del("gone", stamp(1, 3)))
+			before := s.Snapshot()
+			image := snapshotBytes(t, before)
+			if _, err := s.Apply(10, tt.cmd); err != nil && tt.changes {
+				t.Fatal(err)
+			}
+			after := s.Snapshot()
+			if after.AppliedIndex() != 10 || before.AppliedIndex() != 2 {
+				t.Fatalf("applied index %d after, %d before; want 10, 2", after.AppliedIndex(), before.AppliedIndex())
+			}
+			if shared := after.tree == before.tree; shared == tt.changes {
+				t.Fatalf("new snapshot shares the old tree: %v, want %v", shared, !tt.changes)
+			}
+			if !bytes.Equal(image, snapshotBytes(t, before)) {
+				t.Fatal("the earlier snapshot changed")
+			}
+			checkIndex(t, s)
+			apply(t, s, put("later", "x", stamp(1, 1)))
+			if _, ok := after.Get([]byte("later")); ok {
+				t.Fatal("a write after the unchanged Apply shows in its snapshot")
+			}
+		})
 	}
 }
 
@@ -419,6 +556,30 @@ func TestSnapshotIsolation(t *testing.T) {
 	}
 }
 
+// groupKeys returns n keys for groupBatch.
+func groupKeys(n int) [][]byte {
+	keys := make([][]byte, n)
+	for i := range keys {
+		keys[i] = fmt.Appendf(nil, "k%02d", i)
+	}
+	return keys
+}
+
+// groupBatch writes version v to every key, deleting every fifth version
+// and otherwise storing v in decimal, so a key's state alone tells which
+// entry wrote it.
+func groupBatch(keys [][]byte, v uint64) Batch {
+	ws := make([]Write, 0, len(keys))
+	for _, k := range keys {
+		if v%5 == 0 {
+			ws = append(ws, Delete{Key: k, Stamp: Stamp{Version: v}})
+		} else {
+			ws = append(ws, Put{Key: k, Value: fmt.Appendf(nil, "%d", v), Stamp: Stamp{Version: v}})
+		}
+	}
+	return Batch{Writes: ws}
+}
+
 // TestConcurrentReadersAndSnapshots runs writers against readers that take
 // snapshots, check invariants the writers maintain, and serialize them; run
 // with -race. Each batch writes the same version to every key of a group, so
@@ -426,24 +587,13 @@ func TestSnapshotIsolation(t *testing.T) {
 func TestConcurrentReadersAndSnapshots(t *testing.T) {
 	s := newStore(t, Options{})
 	const groupSize, batches = 8, 300
-	keys := make([][]byte, groupSize)
-	for i := range keys {
-		keys[i] = fmt.Appendf(nil, "k%02d", i)
-	}
+	keys := groupKeys(groupSize)
 	var done atomic.Bool
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer done.Store(true)
 		for v := uint64(1); v <= batches; v++ {
-			ws := make([]Write, 0, groupSize)
-			for _, k := range keys {
-				if v%5 == 0 {
-					ws = append(ws, Delete{Key: k, Stamp: Stamp{Version: v}})
-				} else {
-					ws = append(ws, Put{Key: k, Value: fmt.Appendf(nil, "%d", v), Stamp: Stamp{Version: v}})
-				}
-			}
-			if _, err := s.Apply(v, Batch{Writes: ws}); err != nil {
+			if _, err := s.Apply(v, groupBatch(keys, v)); err != nil {
 				t.Error(err)
 				return
 			}
@@ -489,6 +639,150 @@ func TestConcurrentReadersAndSnapshots(t *testing.T) {
 	if s.AppliedIndex() != batches {
 		t.Fatalf("AppliedIndex = %d, want %d", s.AppliedIndex(), batches)
 	}
+}
+
+// TestPointReadsNeverBehindAppliedIndex pins the ordering a quorum read
+// relies on: once a reader sees AppliedIndex() >= i, Store.Get and
+// Store.Lookup show every write of entries up to i, and a key's state
+// never goes back. Two writers race for each index, the loser getting
+// ErrStaleIndex; the entry at index i is groupBatch(keys, i). Run with -race.
+func TestPointReadsNeverBehindAppliedIndex(t *testing.T) {
+	s := newStore(t, Options{})
+	const groupSize, entries = 8, 2000
+	keys := groupKeys(groupSize)
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			defer done.Store(true)
+			for {
+				v := s.AppliedIndex() + 1
+				if v > entries {
+					return
+				}
+				if _, err := s.Apply(v, groupBatch(keys, v)); err != nil && !errors.Is(err, ErrStaleIndex) {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for range 2 {
+		wg.Go(func() {
+			seen := make([]uint64, groupSize) // per key: the latest version read
+			for !done.Load() {
+				snap := s.Snapshot()
+				for i, k := range keys {
+					it, ok := s.Lookup(k)
+					if !ok {
+						if snap.AppliedIndex() > 0 {
+							t.Errorf("Lookup(%s) not found at applied index %d", k, snap.AppliedIndex())
+							return
+						}
+						continue
+					}
+					if old, _ := snap.Lookup(k); it.Version < snap.AppliedIndex() || it.Version < old.Version {
+						t.Errorf("Lookup(%s) = v%d, behind applied index %d (snapshot v%d)", k, it.Version, snap.AppliedIndex(), old.Version)
+						return
+					}
+					if it.Version < seen[i] {
+						t.Errorf("Lookup(%s) went back from v%d to v%d", k, seen[i], it.Version)
+						return
+					}
+					seen[i] = it.Version
+					if !bytes.Equal(it.Key, k) || it.Tombstone != (it.Version%5 == 0) ||
+						(!it.Tombstone && string(it.Value) != fmt.Sprint(it.Version)) {
+						t.Errorf("Lookup(%s) = %+v: key, value and stamp of different writes", k, it)
+						return
+					}
+					if got, live := s.Get(k); live && got.Version < it.Version {
+						t.Errorf("Get(%s) = %+v after Lookup saw v%d", k, got, it.Version)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if s.AppliedIndex() != entries {
+		t.Fatalf("AppliedIndex = %d, want %d", s.AppliedIndex(), entries)
+	}
+	checkIndex(t, s)
+}
+
+// TestRestoreSwapsPointIndexWhole restores a series of snapshots, each a
+// later generation of the same keys, while readers look the keys up. A key
+// is never missing, and a reader that has seen a snapshot's applied index
+// reads that generation or a later one: Restore switches tree and point
+// index together.
+func TestRestoreSwapsPointIndexWhole(t *testing.T) {
+	const n, generations = 64, 40
+	key := func(i int) []byte { return fmt.Appendf(nil, "key%03d", i) }
+	src := newStore(t, Options{})
+	images := make([][]byte, generations)
+	genAt := make(map[uint64]uint64) // applied index -> generation
+	for g := range uint64(generations) {
+		ws := make([]Write, n)
+		for i := range ws {
+			ws[i] = Put{Key: key(i), Value: fmt.Appendf(nil, "%d", g), Stamp: Stamp{Version: g + 1}}
+		}
+		apply(t, src, Batch{Writes: ws})
+		images[g] = snapshotBytes(t, src.Snapshot())
+		genAt[src.AppliedIndex()] = g
+	}
+
+	s := newStore(t, Options{})
+	apply(t, s, put("only-old", "x", stamp(1, 1)))
+	if err := s.Restore(bytes.NewReader(images[0])); err != nil {
+		t.Fatal(err)
+	}
+	var done atomic.Bool
+	var passes atomic.Int64
+	var wg sync.WaitGroup
+	stop := func() {
+		done.Store(true)
+		wg.Wait()
+	}
+	defer stop()
+	for range 2 {
+		wg.Go(func() {
+			for ; !done.Load(); passes.Add(1) {
+				for i := range n {
+					want := genAt[s.AppliedIndex()]
+					it, ok := s.Get(key(i))
+					if !ok {
+						t.Errorf("Get(%s) not found during Restore", key(i))
+						return
+					}
+					if g, err := strconv.ParseUint(string(it.Value), 10, 64); err != nil || g < want || it.Version != g+1 {
+						t.Errorf("Get(%s) = %+v after generation %d's applied index showed", key(i), it, want)
+						return
+					}
+				}
+			}
+		})
+	}
+	for _, image := range images[1:] {
+		// Let both readers make a pass between restores, so each Restore
+		// lands among reads.
+		for deadline, p := time.Now().Add(time.Minute), passes.Load(); passes.Load() < p+2 && !t.Failed(); {
+			if time.Now().After(deadline) {
+				t.Fatal("readers stopped making progress")
+			}
+			runtime.Gosched()
+		}
+		if err := s.Restore(bytes.NewReader(image)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop()
+	if _, ok := s.Lookup([]byte("only-old")); ok {
+		t.Fatal("a key absent from the snapshots survived Restore in the point index")
+	}
+	if it, ok := s.Get(key(0)); !ok || string(it.Value) != fmt.Sprint(generations-1) {
+		t.Fatalf("after the last Restore Get = %+v, %v", it, ok)
+	}
+	checkIndex(t, s)
 }
 
 // randomCommand draws from a small key space so writes collide, with stamps
@@ -553,6 +847,11 @@ func TestDeterminism(t *testing.T) {
 			}
 		}
 		if i%500 == 0 {
+			for _, st := range []*Store{a, b, c} {
+				if st != nil {
+					checkIndex(t, st)
+				}
+			}
 			imgA := snapshotBytes(t, a.Snapshot())
 			if !bytes.Equal(imgA, snapshotBytes(t, b.Snapshot())) {
 				t.Fatalf("after entry %d the replicas' snapshots differ", i)
@@ -598,6 +897,7 @@ func TestConvergence(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		checkIndex(t, s)
 		return snapshotBytes(t, s.Snapshot())
 	}
 	want := replay(writes)
