@@ -262,6 +262,8 @@ func Status(err error) error {
 			return status.Error(codes.FailedPrecondition, np.Error())
 		}
 		return st.Err()
+	case errors.Is(err, shard.ErrSuperseded):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, shard.ErrNotFound):
 		return status.Error(codes.NotFound, "key not found")
 	case errors.Is(err, shard.ErrNoQuorum), errors.Is(err, shard.ErrClosed):

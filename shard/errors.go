@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ringkv/ringkv/fsm"
 )
 
 var (
@@ -17,7 +19,24 @@ var (
 	ErrNotFound = errors.New("key not found")
 	// ErrClosed: the replica was shut down.
 	ErrClosed = errors.New("replica closed")
+	// ErrSuperseded: a strong write committed but lost the conflict rule to
+	// a write with a greater (version, timestamp), so it had no effect. The
+	// error is a *SupersededError naming both stamps.
+	ErrSuperseded = errors.New("write superseded")
 )
+
+// SupersededError is ErrSuperseded with the stamps involved.
+type SupersededError struct {
+	Partition uint32
+	Stamp     fsm.Stamp // the write's own
+	Winner    fsm.Stamp // the key's stamp that beat it
+}
+
+func (e *SupersededError) Error() string {
+	return fmt.Sprintf("partition %d: write %v committed but lost to the newer %v", e.Partition, e.Stamp, e.Winner)
+}
+
+func (e *SupersededError) Unwrap() error { return ErrSuperseded }
 
 // NotPrimaryError says who leads the partition, as far as this replica knows.
 type NotPrimaryError struct {

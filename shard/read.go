@@ -32,8 +32,9 @@ func (m ReadMode) String() string {
 // Get returns key's live value. Both modes are served by the primary only.
 //
 // A quorum read is a read-index read built on what hashicorp/raft offers:
-//  1. the primary has applied an entry of its current term (markTerm), so its
-//     commit index covers everything committed by earlier leaders;
+//  1. the primary has applied an entry of its current term (markTerm,
+//     waitReady), so its commit index covers everything committed by
+//     earlier leaders;
 //  2. it notes the commit index when the read arrives and waits until the
 //     store has applied it: every write acknowledged before the read began is
 //     then visible;
@@ -55,15 +56,8 @@ func (r *Replica) Get(ctx context.Context, key []byte, mode ReadMode) (fsm.Item,
 	}
 	ctx, cancel := r.opContext(ctx)
 	defer cancel()
-	term := r.raft.CurrentTerm()
-	for r.readyTerm.Load() != term {
-		// The term's marker is not applied yet: wait for the next apply.
-		if err := r.waitApplied(ctx, r.store.AppliedIndex()+1); err != nil {
-			return fsm.Item{}, r.readError(err)
-		}
-		if !r.IsPrimary() || r.raft.CurrentTerm() != term {
-			return fsm.Item{}, r.notPrimary()
-		}
+	if err := r.waitReady(ctx); err != nil {
+		return fsm.Item{}, r.readError(err)
 	}
 	if err := r.waitApplied(ctx, r.raft.CommitIndex()); err != nil {
 		return fsm.Item{}, r.readError(err)

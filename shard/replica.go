@@ -139,8 +139,13 @@ type Replica struct {
 	tracedN  atomic.Int32
 
 	// readyTerm is the term whose start marker this replica, as leader, has
-	// applied; quorum reads wait for it (see Get).
-	readyTerm atomic.Uint64
+	// applied: only then does its store reflect every entry earlier leaders
+	// committed, so writes (numbered from the store) and quorum reads wait
+	// for it. readyCh is closed and replaced when readyTerm changes or
+	// leadership is lost.
+	readyMu   sync.Mutex
+	readyTerm uint64
+	readyCh   chan struct{}
 	verify    verifier
 
 	reofferMu sync.Mutex
@@ -187,6 +192,7 @@ func Open(cfg Config) (*Replica, error) {
 		log:       cfg.Logger.With("partition", cfg.Partition),
 		store:     store,
 		appliedCh: make(chan struct{}),
+		readyCh:   make(chan struct{}),
 		pending:   make(map[uint64]*proposal),
 		overlay:   make(map[string]*pendingKey),
 		traced:    make(map[uint64]context.Context),
@@ -417,6 +423,7 @@ func (r *Replica) watchLeadership() {
 				go r.markTerm()
 			} else {
 				r.dropOverlay()
+				r.setReady(0)
 			}
 		}
 	}
@@ -424,18 +431,58 @@ func (r *Replica) watchLeadership() {
 
 // markTerm commits and applies an empty entry in the new term. Until it is
 // applied, the leader's commit index may trail entries a previous leader
-// committed, so quorum reads wait for it.
+// committed and its store may miss them, so writes and quorum reads wait for
+// it (waitReady).
 func (r *Replica) markTerm() {
 	defer r.wg.Done()
 	term := r.raft.CurrentTerm()
 	data := encodeEntry(0, fsm.Batch{})
 	for r.IsPrimary() && r.raft.CurrentTerm() == term {
 		if err := r.raft.Apply(data, r.cfg.OpTimeout).Error(); err == nil {
-			r.readyTerm.Store(term)
+			r.setReady(term)
 			r.signalReoffers()
 			return
 		} else if errors.Is(err, raft.ErrRaftShutdown) {
 			return
+		}
+	}
+}
+
+func (r *Replica) setReady(term uint64) {
+	r.readyMu.Lock()
+	defer r.readyMu.Unlock()
+	r.readyTerm = term
+	close(r.readyCh)
+	r.readyCh = make(chan struct{})
+}
+
+// isReady reports whether waitReady would return at once.
+func (r *Replica) isReady() bool {
+	r.readyMu.Lock()
+	defer r.readyMu.Unlock()
+	return r.IsPrimary() && r.readyTerm == r.raft.CurrentTerm()
+}
+
+// waitReady blocks until this replica leads and has applied its term's
+// marker. It fails with NotPrimary when leadership is lost meanwhile.
+func (r *Replica) waitReady(ctx context.Context) error {
+	for {
+		term := r.raft.CurrentTerm()
+		r.readyMu.Lock()
+		ready, ch := r.readyTerm == term, r.readyCh
+		r.readyMu.Unlock()
+		if !r.IsPrimary() {
+			return r.notPrimary()
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.closeCh:
+			return ErrClosed
 		}
 	}
 }

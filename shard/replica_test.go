@@ -146,7 +146,7 @@ func (g *group) leader(except ...raft.ServerID) *Replica {
 			if g.closed[id] || contains(except, id) || !r.IsPrimary() {
 				continue
 			}
-			if r.readyTerm.Load() == r.raft.CurrentTerm() {
+			if r.isReady() {
 				l = r
 				return true
 			}

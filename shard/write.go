@@ -77,6 +77,15 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	defer cancel()
 	ctx, span := r.startSpan(ctx, "raft.apply", attribute.String("ringkv.mode", mode.String()))
 	defer func() { endSpan(span, err) }()
+	// Versions are numbered from the store: a new primary must first have
+	// applied what earlier primaries committed, or it could hand out a
+	// version that an earlier, acknowledged write already carries.
+	if err := r.waitReady(ctx); err != nil {
+		if errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrClosed) {
+			return fsm.Stamp{}, err
+		}
+		return fsm.Stamp{}, r.noQuorum(mode.String()+" write", err)
+	}
 
 	reqID := r.nextReqID.Add(1)
 	if span.IsRecording() {
@@ -148,6 +157,12 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	}
 	if res.err != nil {
 		return fsm.Stamp{}, res.err
+	}
+	// Writes this primary numbers never lose; a re-offered fast write with
+	// its original, greater stamp can win over one, and then the write had
+	// no effect: say so rather than acknowledge it.
+	if w := res.res.Writes; len(w) == 1 && w[0].Outcome == fsm.Lost {
+		return fsm.Stamp{}, &SupersededError{Partition: r.cfg.Partition, Stamp: stamp, Winner: w[0].Current}
 	}
 	return stamp, nil
 }
