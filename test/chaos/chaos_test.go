@@ -43,6 +43,7 @@ var (
 	seedFlag = flag.Uint64("chaos.seed", 0, "seed of the extra campaign (0: random)")
 	jsonOut  = flag.String("chaos.json", "", "write the summaries as JSON to this file")
 	short    = flag.Bool("chaos.regressions-only", false, "replay only testdata/seeds.txt")
+	nodes    = flag.Int("chaos.nodes", 3, "kvnode processes (3 or 5)")
 )
 
 var kvnodeBin string
@@ -172,10 +173,10 @@ func (s *summary) table() string {
 		return k
 	}
 	for _, k := range keys(s.Ops) {
-		fmt.Fprintf(&b, "  ops   %-22s %6d\n", k, s.Ops[k])
+		fmt.Fprintf(&b, "  ops   %-26s %6d\n", k, s.Ops[k])
 	}
 	for _, k := range keys(s.Faults) {
-		fmt.Fprintf(&b, "  fault %-22s %6d  longest unavailability %s\n", k, s.Faults[k], s.LongestOutage[k])
+		fmt.Fprintf(&b, "  fault %-26s %6d  longest unavailability %s\n", k, s.Faults[k], s.LongestOutage[k])
 	}
 	fmt.Fprintf(&b, "  linearizable (strong writes, quorum reads): %v\n", s.Linearizable)
 	fmt.Fprintf(&b, "  acknowledged strong writes lost: %d of %d\n", s.StrongLost, s.StrongChecked)
@@ -262,7 +263,7 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 	rng := rand.New(rand.NewPCG(seed, 0x6368616f73))
 	s := &summary{Seed: seed, Duration: d.String(), Ops: map[string]int{}, Faults: map[string]int{},
 		LongestOutage: map[string]string{}, outageByFault: map[string]time.Duration{}, lastSuccessful: time.Now()}
-	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Partitions: 4,
+	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Nodes: *nodes, Partitions: 4,
 		Watch: func(id, line string) {
 			if strings.Contains(line, "[ERROR]") && !strings.Contains(line, "failed to") {
 				t.Logf("[%s] %s", id, line)
@@ -479,25 +480,33 @@ func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, d
 			c.Signal(victim, syscall.SIGSTOP)
 			time.Sleep(hold)
 			c.Signal(victim, syscall.SIGCONT)
-		case "isolate a primary", "isolate a node", "bridge":
+		case "isolate a primary", "isolate a node", "split minority|majority", "bridge":
 			x := c.Procs[rng.IntN(len(c.Procs))]
 			if f == "isolate a primary" {
 				if id, ok := c.Leaders(nil)[uint32(rng.IntN(c.Partitions))]; ok {
 					x = c.ByID(id)
 				}
 			}
+			// Two sides that cannot reach each other; for a bridge, x
+			// is on neither and reaches both.
+			rest := others(c, x)
+			rng.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+			var a, b []*proccluster.Proc
+			switch f {
+			case "bridge":
+				a, b = rest[:len(rest)/2], rest[len(rest)/2:]
+			case "split minority|majority":
+				all := append([]*proccluster.Proc{x}, rest...)
+				a, b = all[:(len(all)-1)/2], all[(len(all)-1)/2:]
+			default:
+				a, b = []*proccluster.Proc{x}, rest
+			}
 			cut := map[*proccluster.Proc][]*proccluster.Proc{}
-			for _, p := range c.Procs {
-				switch {
-				case f != "bridge" && p == x:
-					cut[p] = others(c, x)
-				case f != "bridge":
-					cut[p] = []*proccluster.Proc{x}
-				case p != x:
-					// The two nodes other than the bridge x cannot reach
-					// each other; both still reach x.
-					cut[p] = others(c, x, p)
-				}
+			for _, p := range a {
+				cut[p] = b
+			}
+			for _, p := range b {
+				cut[p] = a
 			}
 			s.Faults[f]++
 			setFault(f)
@@ -510,7 +519,7 @@ func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, d
 }
 
 var nemeses = []string{"kill -9 random node", "kill -9 a primary", "pause node (SIGSTOP)",
-	"isolate a primary", "isolate a node", "bridge"}
+	"isolate a primary", "isolate a node", "split minority|majority", "bridge"}
 
 // others lists the cluster's processes except those given.
 func others(c *proccluster.Cluster, except ...*proccluster.Proc) []*proccluster.Proc {
