@@ -31,11 +31,12 @@ test: vet
 # replays test/chaos/testdata/seeds.txt, then one campaign with CHAOS_SEED or
 # a random seed; the summary prints the seed that reproduces the schedule.
 CHAOS_SEED ?= 0
+CHAOS_NODES ?= 3
 chaos:
-	$(GO) test -count=1 -timeout 30m -run Chaos -v ./test/chaos -chaos.duration 5m -chaos.seed $(CHAOS_SEED)
+	$(GO) test -count=1 -timeout 30m -run Chaos -v ./test/chaos -chaos.duration 5m -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES)
 
 chaos-short:
-	$(GO) test -count=1 -timeout 15m -run Chaos -v ./test/chaos -chaos.duration 60s -chaos.seed $(CHAOS_SEED)
+	$(GO) test -count=1 -timeout 15m -run Chaos -v ./test/chaos -chaos.duration 60s -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./ring ./transport
