@@ -30,10 +30,12 @@ test: vet
 # Fault-injection campaigns against real kvnode processes (test/chaos). Each
 # replays test/chaos/testdata/seeds.txt, then one campaign with CHAOS_SEED or
 # a random seed; the summary prints the seed that reproduces the schedule.
+# CHAOS_FLAGS=-chaos.docker runs against the compose cluster instead.
 CHAOS_SEED ?= 0
 CHAOS_NODES ?= 3
+CHAOS_FLAGS ?=
 chaos:
-	$(GO) test -count=1 -timeout 30m -run Chaos -v ./test/chaos -chaos.duration 5m -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES)
+	$(GO) test -count=1 -timeout 30m -run Chaos -v ./test/chaos -chaos.duration 5m -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES) $(CHAOS_FLAGS)
 
 chaos-short:
 	$(GO) test -count=1 -timeout 15m -run Chaos -v ./test/chaos -chaos.duration 60s -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES)

@@ -20,12 +20,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +42,7 @@ var (
 	jsonOut  = flag.String("chaos.json", "", "write the summaries as JSON to this file")
 	short    = flag.Bool("chaos.regressions-only", false, "replay only testdata/seeds.txt")
 	nodes    = flag.Int("chaos.nodes", 3, "kvnode processes (3 or 5)")
+	docker   = flag.Bool("chaos.docker", false, "run against deploy/docker-compose.yml (3 nodes) instead of processes")
 )
 
 var kvnodeBin string
@@ -263,12 +262,17 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 	rng := rand.New(rand.NewPCG(seed, 0x6368616f73))
 	s := &summary{Seed: seed, Duration: d.String(), Ops: map[string]int{}, Faults: map[string]int{},
 		LongestOutage: map[string]string{}, outageByFault: map[string]time.Duration{}, lastSuccessful: time.Now()}
-	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Nodes: *nodes, Partitions: 4,
-		Watch: func(id, line string) {
-			if strings.Contains(line, "[ERROR]") && !strings.Contains(line, "failed to") {
-				t.Logf("[%s] %s", id, line)
-			}
-		}})
+	var c target
+	if *docker {
+		c = startDocker(t)
+	} else {
+		c = procTarget{proccluster.Start(t, kvnodeBin, proccluster.Options{Nodes: *nodes, Partitions: 4,
+			Watch: func(id, line string) {
+				if strings.Contains(line, "[ERROR]") && !strings.Contains(line, "failed to") {
+					t.Logf("[%s] %s", id, line)
+				}
+			}})}
+	}
 	start := time.Now()
 	now := func() int64 { return int64(time.Since(start)) }
 
@@ -287,8 +291,8 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 			defer wg.Done()
 			for n := 0; time.Now().Before(deadline); n++ {
 				time.Sleep(time.Duration(10+crng.IntN(20)) * time.Millisecond)
-				p := c.Procs[crng.IntN(len(c.Procs))]
-				if !p.Running() {
+				i := crng.IntN(c.Size())
+				if !c.Up(i) {
 					continue
 				}
 				key := fmt.Sprintf("k%d", crng.IntN(keys))
@@ -301,17 +305,17 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 				case x < 4:
 					o.in = kvInput{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", cl, n)}
 					var r *pb.PutResponse
-					r, err = p.KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(o.in.Value)})
+					r, err = c.KV(i).Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(o.in.Value)})
 					version = r.GetVersion()
 				case x < 5:
 					o.in = kvInput{Op: "del", Key: key}
 					var r *pb.DeleteResponse
-					r, err = p.KV().Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
+					r, err = c.KV(i).Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
 					version = r.GetVersion()
 				default:
 					o.in = kvInput{Op: "get", Key: key}
 					var r *pb.GetResponse
-					r, err = p.KV().Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
+					r, err = c.KV(i).Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
 					o.out = kvOutput{Value: string(r.GetValue()), Found: err == nil}
 				}
 				cancel()
@@ -343,14 +347,14 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 		frng := rand.New(rand.NewPCG(seed, 99))
 		for n := 0; time.Now().Before(deadline); n++ {
 			time.Sleep(time.Duration(10+frng.IntN(20)) * time.Millisecond)
-			p := c.Procs[frng.IntN(len(c.Procs))]
-			if !p.Running() {
+			i := frng.IntN(c.Size())
+			if !c.Up(i) {
 				continue
 			}
 			key := fmt.Sprintf("f%d", frng.IntN(4))
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if frng.IntN(2) == 0 {
-				r, err := p.KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(fmt.Sprint(n)), Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_FAST})
+				r, err := c.KV(i).Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(fmt.Sprint(n)), Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_FAST})
 				s.count("fast put " + outcome(err))
 				if err == nil {
 					hmu.Lock()
@@ -358,7 +362,7 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 					hmu.Unlock()
 				}
 			} else {
-				_, err := p.KV().Get(ctx, &pb.GetRequest{Key: []byte(key)})
+				_, err := c.KV(i).Get(ctx, &pb.GetRequest{Key: []byte(key)})
 				s.count("local get " + outcome(err))
 			}
 			cancel()
@@ -432,12 +436,12 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 	return s
 }
 
-func finalRead(c *proccluster.Cluster, key string) (*pb.GetResponse, error) {
+func finalRead(c target, key string) (*pb.GetResponse, error) {
 	var r *pb.GetResponse
 	var err error
 	for attempt := 0; attempt < 20; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		r, err = c.Procs[attempt%len(c.Procs)].KV().Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
+		r, err = c.KV(attempt%c.Size()).Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
 		cancel()
 		if err == nil || status.Code(err) == codes.NotFound {
 			return r, err
@@ -448,10 +452,13 @@ func finalRead(c *proccluster.Cluster, key string) (*pb.GetResponse, error) {
 }
 
 // nemesis injects one fault at a time until deadline, each for a while,
-// then undoes it.
-func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, deadline time.Time) {
+// then undoes it. Faults a target cannot make are skipped.
+func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.Time) {
 	setFault := func(f string) {
 		s.mu.Lock()
+		if _, ok := s.outageByFault[f]; !ok && f != "" {
+			s.outageByFault[f] = 0
+		}
 		s.currentFault = f
 		s.lastSuccessful = time.Now()
 		s.mu.Unlock()
@@ -459,60 +466,60 @@ func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, d
 	for time.Now().Before(deadline) {
 		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
 		hold := time.Duration(1000+rng.IntN(2000)) * time.Millisecond
-		switch f := nemeses[rng.IntN(len(nemeses))]; f {
+		f := nemeses[rng.IntN(len(nemeses))]
+		x := rng.IntN(c.Size())
+		if strings.Contains(f, "primary") {
+			if l, ok := c.Leaders()[uint32(rng.IntN(c.Partitions()))]; ok {
+				x = l
+			}
+		}
+		switch f {
 		case "kill -9 random node", "kill -9 a primary":
-			victim := c.Procs[rng.IntN(len(c.Procs))]
-			if f == "kill -9 a primary" {
-				leaders := c.Leaders(nil)
-				if id, ok := leaders[uint32(rng.IntN(c.Partitions))]; ok {
-					victim = c.ByID(id)
-				}
-			}
 			s.Faults[f]++
 			setFault(f)
-			c.Kill(victim)
+			c.Kill(x)
 			time.Sleep(hold)
-			c.Start(victim)
+			c.Start(x)
 		case "pause node (SIGSTOP)":
-			victim := c.Procs[rng.IntN(len(c.Procs))]
 			s.Faults[f]++
 			setFault(f)
-			c.Signal(victim, syscall.SIGSTOP)
+			c.Pause(x)
 			time.Sleep(hold)
-			c.Signal(victim, syscall.SIGCONT)
+			c.Resume(x)
 		case "isolate a primary", "isolate a node", "split minority|majority", "bridge":
-			x := c.Procs[rng.IntN(len(c.Procs))]
-			if f == "isolate a primary" {
-				if id, ok := c.Leaders(nil)[uint32(rng.IntN(c.Partitions))]; ok {
-					x = c.ByID(id)
-				}
-			}
 			// Two sides that cannot reach each other; for a bridge, x
 			// is on neither and reaches both.
-			rest := others(c, x)
+			var rest []int
+			for i := range c.Size() {
+				if i != x {
+					rest = append(rest, i)
+				}
+			}
 			rng.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
-			var a, b []*proccluster.Proc
+			var a, b []int
 			switch f {
 			case "bridge":
 				a, b = rest[:len(rest)/2], rest[len(rest)/2:]
 			case "split minority|majority":
-				all := append([]*proccluster.Proc{x}, rest...)
+				all := append([]int{x}, rest...)
 				a, b = all[:(len(all)-1)/2], all[(len(all)-1)/2:]
 			default:
-				a, b = []*proccluster.Proc{x}, rest
+				a, b = []int{x}, rest
 			}
-			cut := map[*proccluster.Proc][]*proccluster.Proc{}
-			for _, p := range a {
-				cut[p] = b
+			cut := map[int][]int{}
+			for _, i := range a {
+				cut[i] = b
 			}
-			for _, p := range b {
-				cut[p] = a
+			for _, i := range b {
+				cut[i] = a
+			}
+			if !c.Cut(t, cut) {
+				continue
 			}
 			s.Faults[f]++
 			setFault(f)
-			partition(t, c, cut)
 			time.Sleep(hold)
-			partition(t, c, nil)
+			c.Cut(t, nil)
 		}
 		setFault("")
 	}
@@ -521,56 +528,25 @@ func nemesis(t *testing.T, c *proccluster.Cluster, rng *rand.Rand, s *summary, d
 var nemeses = []string{"kill -9 random node", "kill -9 a primary", "pause node (SIGSTOP)",
 	"isolate a primary", "isolate a node", "split minority|majority", "bridge"}
 
-// others lists the cluster's processes except those given.
-func others(c *proccluster.Cluster, except ...*proccluster.Proc) []*proccluster.Proc {
-	var out []*proccluster.Proc
-	for _, p := range c.Procs {
-		if !slices.Contains(except, p) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// partition sets, on every running node, the peers its Raft transport
-// cannot reach (nil heals). It uses the Chaos service of the test build.
-func partition(t *testing.T, c *proccluster.Cluster, cut map[*proccluster.Proc][]*proccluster.Proc) {
-	for _, p := range c.Procs {
-		if !p.Running() {
-			continue
-		}
-		req := &pb.PartitionRequest{}
-		for _, q := range cut[p] {
-			req.BlockedAddrs = append(req.BlockedAddrs, q.Addr)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := pb.NewChaosClient(p.Conn).Partition(ctx, req)
-		cancel()
-		if err != nil && status.Code(err) != codes.Unavailable {
-			t.Errorf("partition %s: %v", p.ID, err)
-		}
-	}
-}
-
 // heal restarts and resumes every node and measures how long until every
 // partition accepts a strong write.
-func heal(t *testing.T, c *proccluster.Cluster, s *summary) {
+func heal(t *testing.T, c target, s *summary) {
 	healed := time.Now()
-	partition(t, c, nil)
-	for _, p := range c.Procs {
-		if !p.Running() {
-			c.Start(p)
+	c.Cut(t, nil)
+	for i := range c.Size() {
+		if !c.Up(i) {
+			c.Start(i)
 		}
-		c.Signal(p, syscall.SIGCONT)
+		c.Resume(i)
 	}
-	c.WaitPrimaries(nil)
+	c.WaitPrimaries()
 	s.Live = true
-	for part := range c.Partitions {
+	for part := range c.Partitions() {
 		key := keyInPartition(c, uint32(part))
 		ok := false
 		for attempt := 0; attempt < 50 && !ok; attempt++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := c.Procs[attempt%len(c.Procs)].KV().Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte("live")})
+			_, err := c.KV(attempt%c.Size()).Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte("live")})
 			cancel()
 			ok = err == nil
 			if !ok {
@@ -586,8 +562,8 @@ func heal(t *testing.T, c *proccluster.Cluster, s *summary) {
 }
 
 // keyInPartition finds a key of partition p.
-func keyInPartition(c *proccluster.Cluster, p uint32) string {
-	r, err := ring.New(c.Partitions)
+func keyInPartition(c target, p uint32) string {
+	r, err := ring.New(c.Partitions())
 	if err != nil {
 		panic(err)
 	}
