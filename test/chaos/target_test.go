@@ -198,8 +198,8 @@ func (d *dockerTarget) setUp(i int, up bool) {
 	d.mu.Unlock()
 }
 
-func (d *dockerTarget) Kill(i int)   { d.docker("kill", d.ids[i]); d.setUp(i, false) }
-func (d *dockerTarget) Start(i int)  { d.docker("start", d.ids[i]); d.setUp(i, true) }
+func (d *dockerTarget) Kill(i int)  { d.docker("kill", d.ids[i]); d.setUp(i, false) }
+func (d *dockerTarget) Start(i int) { d.docker("start", d.ids[i]); d.setUp(i, true) }
 func (d *dockerTarget) Pause(i int) {
 	d.docker("pause", d.ids[i])
 	d.mu.Lock()
