@@ -15,7 +15,10 @@
 //   - A read is idempotent: it is also retried, after a backoff and a map
 //     refresh, on Unavailable (no quorum, node down, connection refused) and
 //     on a server-side DeadlineExceeded while the caller's context is live.
-//   - A write that failed with Unavailable or DeadlineExceeded is NOT
+//   - A call whose connection could not be made (the node is down: gRPC's
+//     Unavailable "Error while dialing") was never sent, so it is retried
+//     like a NotPrimary answer, after a backoff against a fresh map.
+//   - Any other write that failed with Unavailable or DeadlineExceeded is NOT
 //     retried: it may or may not have been applied, and applying it twice
 //     would assign it two versions. The error is returned with its gRPC
 //     status; the map is refreshed before the next call, so a caller that
@@ -33,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,7 +361,7 @@ func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent
 			return resp, fmt.Errorf("%w (partition %d at %s)", ErrNotFound, p, addr)
 		}
 		np := pb.NotPrimaryOf(err)
-		retry := np != nil || (idempotent && retryableRead(ctx, err))
+		retry := np != nil || notSent(err) || (idempotent && retryableRead(ctx, err))
 		if !retry {
 			if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
 				c.stale.Store(true)
@@ -379,6 +383,12 @@ func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent
 			m = fresh
 		}
 	}
+}
+
+// notSent reports whether err proves the call never left the client: the
+// connection to the node could not be made.
+func notSent(err error) bool {
+	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
 }
 
 // retryableRead reports whether a read that failed with err may be sent
