@@ -19,7 +19,7 @@ type admin struct {
 
 func (a *admin) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := a.n
-	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.state.addrOf(n.cfg.ID), MetricsAddress: n.MetricsAddr()}
+	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.state.addrOf(n.cfg.ID), MetricsAddress: n.MetricsAddr(), ClusterId: n.state.ClusterID}
 	for _, p := range n.Partitions() {
 		st := n.replicas[p].Status()
 		resp.Partitions = append(resp.Partitions, &pb.PartitionStatus{

@@ -193,7 +193,8 @@ func Start(cfg Config) (n *Node, err error) {
 		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
 	}
 	tr := newTracing(cfg.TracerProvider, cfg.TraceRaft)
-	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse, DialOptions: chaosDialOptions()}
+	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse,
+		DialOptions: append(identityDialOptions(n.state.ClusterID), chaosDialOptions()...)}
 	if cfg.TraceRaft {
 		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
 	}
@@ -203,7 +204,7 @@ func Start(cfg Config) (n *Node, err error) {
 	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
 	// to a 1 MiB value each.
-	n.grpc = grpc.NewServer(append(tr.serverOptions(),
+	n.grpc = grpc.NewServer(append(append(tr.serverOptions(), identityServerOptions(n.state.ClusterID)...),
 		grpc.MaxRecvMsgSize(72<<20),
 		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/internal/testcluster"
@@ -171,5 +173,35 @@ func TestStartFailsCleanly(t *testing.T) {
 				t.Fatalf("Start = %v, %v; want nil and an error with %q", n, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestForeignClusterRefused(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	// A node whose --peers name two members of the running cluster as the
+	// members of a new one.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	peers := []node.Peer{{ID: "x", Addr: lis.Addr().String()}, {ID: "n1", Addr: c.Nodes[0].Addr()}, {ID: "n2", Addr: c.Nodes[1].Addr()}}
+	n, err := node.Start(node.Config{ID: "x", Listen: lis.Addr().String(), Listener: lis, DataDir: t.TempDir(), Peers: peers})
+	if err == nil {
+		n.Close()
+		t.Fatal("a node pointed at another cluster's members started")
+	}
+	if !strings.Contains(err.Error(), "belongs to cluster") {
+		t.Fatalf("refused with %v, want an error naming the other cluster", err)
+	}
+
+	// Raft RPCs that do not carry the cluster's id are refused too.
+	raftc := pb.NewRaftClient(c.Conn(0))
+	for _, md := range []metadata.MD{nil, metadata.Pairs("ringkv-cluster-id", "0123456789abcdef")} {
+		ctx := metadata.NewOutgoingContext(context.Background(), md)
+		_, err := raftc.RequestVote(ctx, &pb.RequestVoteRequest{Partition: 0})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "cluster id mismatch") {
+			t.Errorf("RequestVote with metadata %v: %v, want PermissionDenied", md, err)
+		}
 	}
 }

@@ -1,8 +1,6 @@
 package node
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +50,9 @@ func loadOrCreateState(cfg Config) (*clusterState, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkPeers(s); err != nil {
+		return nil, err
+	}
 	return s, s.save(path)
 }
 
@@ -86,9 +87,7 @@ func newState(cfg Config) (*clusterState, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := make([]byte, 8)
-	rand.Read(id)
-	s := &clusterState{ClusterID: hex.EncodeToString(id), NodeID: cfg.ID, Partitions: p, Nodes: cfg.Peers, Assignment: enc}
+	s := &clusterState{ClusterID: clusterID(cfg.Peers, p), NodeID: cfg.ID, Partitions: p, Nodes: cfg.Peers, Assignment: enc}
 	return s, s.index()
 }
 

@@ -445,8 +445,10 @@ type StatusResponse struct {
 	// The node's HTTP address for /metrics, /healthz and /readyz; empty when
 	// it serves none.
 	MetricsAddress string `protobuf:"bytes,4,opt,name=metrics_address,json=metricsAddress,proto3" json:"metrics_address,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The identity of the cluster the node belongs to.
+	ClusterId     string `protobuf:"bytes,5,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -503,6 +505,13 @@ func (x *StatusResponse) GetPartitions() []*PartitionStatus {
 func (x *StatusResponse) GetMetricsAddress() string {
 	if x != nil {
 		return x.MetricsAddress
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
 	}
 	return ""
 }
@@ -635,14 +644,16 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\fR\x05entry\"\x11\n" +
 	"\x0fReofferResponse\"\x0f\n" +
-	"\rStatusRequest\"\xa8\x01\n" +
+	"\rStatusRequest\"\xc7\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12:\n" +
 	"\n" +
 	"partitions\x18\x03 \x03(\v2\x1a.ringkv.v1.PartitionStatusR\n" +
 	"partitions\x12'\n" +
-	"\x0fmetrics_address\x18\x04 \x01(\tR\x0emetricsAddress\"\x9b\x02\n" +
+	"\x0fmetrics_address\x18\x04 \x01(\tR\x0emetricsAddress\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x05 \x01(\tR\tclusterId\"\x9b\x02\n" +
 	"\x0fPartitionStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.ringkv.v1.RaftStateR\x05state\x12\x1b\n" +
