@@ -438,12 +438,21 @@ func (r *Replica) markTerm() {
 	term := r.raft.CurrentTerm()
 	data := encodeEntry(0, fsm.Batch{})
 	for r.IsPrimary() && r.raft.CurrentTerm() == term {
-		if err := r.raft.Apply(data, r.cfg.OpTimeout).Error(); err == nil {
+		err := r.raft.Apply(data, r.cfg.OpTimeout).Error()
+		switch {
+		case err == nil:
 			r.setReady(term)
 			r.signalReoffers()
 			return
-		} else if errors.Is(err, raft.ErrRaftShutdown) {
+		case errors.Is(err, raft.ErrRaftShutdown):
 			return
+		}
+		// Refused at once (a leadership transfer in progress, say): do not
+		// spin while it lasts.
+		select {
+		case <-r.closeCh:
+			return
+		case <-time.After(r.cfg.CommitTimeout):
 		}
 	}
 }
