@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
+.PHONY: all build test vet bench bench-cluster bench-vs-etcd fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -43,6 +43,17 @@ chaos-short:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./ring ./transport
 	$(GO) test -run '^$$' -bench StrongPut64 -benchtime 20000x ./node
+
+# Real processes: 3 kvnodes on free loopback ports, a few `kvctl bench` rows
+# (ROW_SECONDS, CLIENTS, KEYS).
+bench-cluster:
+	@./scripts/bench-cluster.sh
+
+# Side by side with a 3-member etcd (installs etcd-server/etcd-client/jq from
+# Debian if missing; builds etcd's benchmark tool pinned into bin/tools).
+# Subset: ROWS="strong fast quorum local" CLIENTS="1 16 64" REPEATS=3 ROW_SECONDS=15.
+bench-vs-etcd:
+	@./scripts/bench-vs-etcd.sh
 
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:

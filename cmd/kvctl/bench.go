@@ -269,7 +269,7 @@ func newTally() tally {
 	return tally{hdrhistogram.New(histLowest, histHighest, histDigits), map[string]int64{}}
 }
 
-func (t tally) errors() int64 {
+func (t tally) failed() int64 {
 	var n int64
 	for _, c := range t.errs {
 		n += c
@@ -332,7 +332,7 @@ func (r *recorder) flush() tick {
 			delete(in.errs, code)
 		}
 		tk.totalOK += tot.hist.TotalCount()
-		tk.totalErrs += tot.errors()
+		tk.totalErrs += tot.failed()
 	}
 	tk.total = tk.totalOK + tk.totalErrs
 	tk.p99 = time.Duration(r.scratch.ValueAtQuantile(99))
@@ -430,7 +430,7 @@ func (cfg *benchConfig) run(ctx context.Context, stderr io.Writer) (*benchReport
 	}
 	prog := newProgress(stderr)
 	if cfg.load {
-		rep.Load = runPhase(ctx, cfg, workers, prog, cfg.loadPhase())
+		rep.Load = runPhase(ctx, cfg, workers, prog, cfg.loadPhase(ctx))
 	}
 	if cfg.duration > 0 && ctx.Err() == nil {
 		rep.Run = runPhase(ctx, cfg, workers, prog, cfg.runPhase(ctx))
@@ -439,13 +439,13 @@ func (cfg *benchConfig) run(ctx context.Context, stderr io.Writer) (*benchReport
 }
 
 // loadPhase writes keys 0..keys-1 once each, in order.
-func (cfg *benchConfig) loadPhase() phase {
+func (cfg *benchConfig) loadPhase(ctx context.Context) phase {
 	var nextKey atomic.Int64
 	return phase{
 		name: "load",
 		next: func(*worker) (job, bool) {
 			k := nextKey.Add(1) - 1
-			return job{op: opUpdate, key: int(k)}, k < int64(cfg.keys)
+			return job{op: opUpdate, key: int(k)}, k < int64(cfg.keys) && ctx.Err() == nil
 		},
 		status: func(elapsed, _ time.Duration, tk tick) string {
 			const width = 30
@@ -637,7 +637,7 @@ func newPhaseReport(rec *recorder, elapsed, user, sys time.Duration, missed int6
 	for op := range numOps {
 		t := rec.total[op]
 		o := opReport{Op: op.String(), OK: t.hist.TotalCount(), Errors: t.errs}
-		o.Ops = o.OK + t.errors()
+		o.Ops = o.OK + t.failed()
 		if o.Ops == 0 {
 			continue
 		}

@@ -64,6 +64,11 @@ const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D] COMMAND
   del KEY [-c strong|fast]         prints the version of the delete
   status [--json]                  nodes, partitions, primaries, applied indexes, lag
   metrics [--node ID] [--json]     request p50/p95/p99 per mode, WAL size, max lag
+  health                           exit 0 if the node at --addr reports SERVING, else 3
+  bench [--workload A|B|C|W|R] [--clients N] [--duration D] [--keys K] [--value-size B]
+        [--distribution uniform|zipfian] [--write-consistency strong|fast]
+        [--read-consistency local|quorum] [--rate OPS] [--load] [--json]
+                                   YCSB-style load; HDR latency per operation type
 `
 
 func main() {

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Builds kvnode and kvctl, starts a 3-node ringkv cluster on free 127.0.0.1
+# ports with its data in a temp dir, runs a few `kvctl bench` rows and prints
+# their tables. The nodes are stopped by PID when the script exits, however it
+# exits. Run it through `make bench-cluster`.
+#
+# Env: ROW_SECONDS (each row's duration, default 10), CLIENTS (default 64),
+# KEYS (default 100000), KVNODE_FLAGS (extra kvnode flags).
+#
+# Sourced (as bench-vs-etcd.sh does) it only defines the helpers: free_ports,
+# wait_until, stop_pids, ringkv_build, ringkv_start, ringkv_stop.
+set -euo pipefail
+
+# free_ports N prints N distinct TCP ports of 127.0.0.1 that nothing listens
+# on, probing upwards from a random base so that concurrent runs rarely meet.
+free_ports() {
+	local want=$1 port=$((20000 + RANDOM % 20000)) found=0
+	while ((found < want)); do
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			found=$((found + 1))
+		fi
+		port=$((port + 1))
+	done
+}
+
+# wait_until WHAT LOGDIR "PID..." CMD... runs CMD every half second until it
+# succeeds; if 60 s pass or one of the PIDs exits first, it says that WHAT did
+# not happen, shows the logs in LOGDIR and fails.
+wait_until() {
+	local what=$1 logs=$2 pids=$3 deadline=$((SECONDS + 60)) pid
+	shift 3
+	until "$@" >/dev/null 2>&1; do
+		for pid in $pids; do
+			kill -0 "$pid" 2>/dev/null || deadline=0
+		done
+		if ((SECONDS >= deadline)); then
+			echo "$what within 60 s, or a process exited; logs:" >&2
+			tail -n 20 "$logs"/*.log >&2
+			return 1
+		fi
+		sleep 0.5
+	done
+}
+
+# ringkv_ready succeeds once every node answers and every partition has a
+# primary.
+ringkv_ready() {
+	local out
+	out=$(bin/kvctl status --timeout 2s) && ! grep -qE '\(none\)|unreachable' <<<"$out"
+}
+
+# stop_pids PID... sends SIGTERM, waits up to 15 s, then SIGKILLs what is left.
+stop_pids() {
+	local pid deadline=$((SECONDS + 15))
+	(($#)) || return 0
+	kill -TERM "$@" 2>/dev/null || true
+	for pid in "$@"; do
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
+ringkv_build() {
+	mkdir -p bin
+	CGO_ENABLED=0 go build -o bin/kvnode ./cmd/kvnode
+	CGO_ENABLED=0 go build -o bin/kvctl ./cmd/kvctl
+}
+
+# ringkv_start DIR starts 3 nodes with data under DIR and logs in DIR/n*.log,
+# sets RINGKV_PIDS and RINGKV_ADDR, and waits until every partition has a
+# primary (at most 60 s).
+ringkv_start() {
+	local dir=$1 i peers="" ports
+	mapfile -t ports < <(free_ports 3)
+	for i in 1 2 3; do peers+="${peers:+,}n$i=127.0.0.1:${ports[i - 1]}"; done
+	RINGKV_PIDS=()
+	for i in 1 2 3; do
+		mkdir -p "$dir/n$i"
+		# shellcheck disable=SC2086 # KVNODE_FLAGS is a list of flags
+		bin/kvnode --id "n$i" --listen "127.0.0.1:${ports[i - 1]}" --data-dir "$dir/n$i" \
+			--peers "$peers" --log-level warn ${KVNODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
+		RINGKV_PIDS+=($!)
+	done
+	export RINGKV_ADDR=127.0.0.1:${ports[0]}
+	wait_until "ringkv did not elect a primary for every partition" "$dir" "${RINGKV_PIDS[*]}" ringkv_ready
+}
+
+ringkv_stop() {
+	stop_pids "${RINGKV_PIDS[@]}"
+	RINGKV_PIDS=()
+}
+
+main() {
+	cd "$(dirname "$0")/.."
+	local secs=${ROW_SECONDS:-10} clients=${CLIENTS:-64} keys=${KEYS:-100000}
+	BENCH_TMP=$(mktemp -d)
+	RINGKV_PIDS=()
+	trap 'ringkv_stop; rm -rf "$BENCH_TMP"' EXIT
+	trap 'exit 130' INT TERM
+	ringkv_build
+	ringkv_start "$BENCH_TMP"
+	echo "ringkv: 3 nodes, $RINGKV_ADDR...; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+	local common=(--clients "$clients" --keys "$keys" --value-size 100)
+	local rows=(
+		"--load --duration 0"
+		"--workload W --write-consistency strong --duration ${secs}s"
+		"--workload W --write-consistency fast --duration ${secs}s"
+		"--workload C --read-consistency local --duration ${secs}s"
+		"--workload C --read-consistency quorum --duration ${secs}s"
+		"--workload A --distribution zipfian --duration ${secs}s"
+	)
+	local row
+	for row in "${rows[@]}"; do
+		echo
+		echo "\$ kvctl bench ${common[*]} $row"
+		# shellcheck disable=SC2086 # row is a list of flags
+		bin/kvctl bench "${common[@]}" $row 2>/dev/null
+	done
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+	main "$@"
+fi
