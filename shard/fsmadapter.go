@@ -28,7 +28,7 @@ type applyResult struct {
 
 func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	r := (*Replica)(a)
-	defer r.notifyApplied()
+	defer r.applied.notify()
 	_, cmd, err := decodeEntry(l.Data)
 	if err != nil {
 		// Deterministic on every replica: the index is consumed, nothing changes.
@@ -39,7 +39,7 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	if aerr == nil && err != nil {
 		aerr = err
 	}
-	r.applied(cmd)
+	r.retireOverlay(cmd)
 	return applyResult{res: res, err: aerr}
 }
 
@@ -49,7 +49,7 @@ func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
 	if _, err := r.store.Apply(index, fsm.Batch{}); err != nil {
 		r.log.Debug("configuration entry at or below applied index", "index", index, "error", err)
 	}
-	r.notifyApplied()
+	r.applied.notify()
 }
 
 func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
@@ -62,7 +62,7 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 	if err := r.store.Restore(rc); err != nil {
 		return err
 	}
-	r.notifyApplied()
+	r.applied.notify()
 	return nil
 }
 

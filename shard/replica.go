@@ -118,10 +118,9 @@ type Replica struct {
 	stable raft.StableStore
 	closer io.Closer // the bolt store, if any
 
-	// applied is closed and replaced whenever the store applies an entry,
-	// waking readers that wait for an index.
-	appliedMu sync.Mutex
-	appliedCh chan struct{}
+	// applied is notified whenever the store applies an entry, waking
+	// readers that wait for an index.
+	applied broadcast
 
 	// proposeMu serializes version assignment on the primary.
 	proposeMu sync.Mutex
@@ -141,11 +140,10 @@ type Replica struct {
 	// readyTerm is the term whose start marker this replica, as leader, has
 	// applied: only then does its store reflect every entry earlier leaders
 	// committed, so writes (numbered from the store) and quorum reads wait
-	// for it. readyCh is closed and replaced when readyTerm changes or
-	// leadership is lost.
-	readyMu   sync.Mutex
-	readyTerm uint64
-	readyCh   chan struct{}
+	// for it. ready is notified when readyTerm changes or leadership is
+	// lost.
+	readyTerm atomic.Uint64
+	ready     broadcast
 	verify    verifier
 
 	reofferMu sync.Mutex
@@ -191,8 +189,6 @@ func Open(cfg Config) (*Replica, error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("partition", cfg.Partition),
 		store:     store,
-		appliedCh: make(chan struct{}),
-		readyCh:   make(chan struct{}),
 		pending:   make(map[uint64]*proposal),
 		overlay:   make(map[string]*pendingKey),
 		traced:    make(map[uint64]context.Context),
@@ -458,42 +454,24 @@ func (r *Replica) markTerm() {
 }
 
 func (r *Replica) setReady(term uint64) {
-	r.readyMu.Lock()
-	defer r.readyMu.Unlock()
-	r.readyTerm = term
-	close(r.readyCh)
-	r.readyCh = make(chan struct{})
+	r.readyTerm.Store(term)
+	r.ready.notify()
 }
 
 // isReady reports whether waitReady would return at once.
 func (r *Replica) isReady() bool {
-	r.readyMu.Lock()
-	defer r.readyMu.Unlock()
-	return r.IsPrimary() && r.readyTerm == r.raft.CurrentTerm()
+	return r.IsPrimary() && r.readyTerm.Load() == r.raft.CurrentTerm()
 }
 
 // waitReady blocks until this replica leads and has applied its term's
 // marker. It fails with NotPrimary when leadership is lost meanwhile.
 func (r *Replica) waitReady(ctx context.Context) error {
-	for {
-		term := r.raft.CurrentTerm()
-		r.readyMu.Lock()
-		ready, ch := r.readyTerm == term, r.readyCh
-		r.readyMu.Unlock()
+	return r.ready.wait(ctx, r.closeCh, func() (bool, error) {
 		if !r.IsPrimary() {
-			return r.notPrimary()
+			return false, r.notPrimary()
 		}
-		if ready {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-r.closeCh:
-			return ErrClosed
-		}
-	}
+		return r.readyTerm.Load() == r.raft.CurrentTerm(), nil
+	})
 }
 
 // dropOverlay forgets the in-flight bookkeeping when leadership is lost: the
@@ -508,26 +486,7 @@ func (r *Replica) dropOverlay() {
 
 // waitApplied blocks until the store has applied index.
 func (r *Replica) waitApplied(ctx context.Context, index uint64) error {
-	for {
-		r.appliedMu.Lock()
-		ch := r.appliedCh
-		r.appliedMu.Unlock()
-		if r.store.AppliedIndex() >= index {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-r.closeCh:
-			return ErrClosed
-		}
-	}
-}
-
-func (r *Replica) notifyApplied() {
-	r.appliedMu.Lock()
-	close(r.appliedCh)
-	r.appliedCh = make(chan struct{})
-	r.appliedMu.Unlock()
+	return r.applied.wait(ctx, r.closeCh, func() (bool, error) {
+		return r.store.AppliedIndex() >= index, nil
+	})
 }

@@ -257,8 +257,8 @@ func (r *Replica) ackFast(cmd fsm.Command) {
 	close(prop.durable)
 }
 
-// applied retires overlay entries the store has caught up with.
-func (r *Replica) applied(cmd fsm.Command) {
+// retireOverlay retires overlay entries the store has caught up with.
+func (r *Replica) retireOverlay(cmd fsm.Command) {
 	var key []byte
 	var stamp fsm.Stamp
 	switch c := cmd.(type) {
