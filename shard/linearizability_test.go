@@ -14,55 +14,9 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/ringkv/ringkv/internal/kvmodel"
 )
-
-// kvInput and kvOutput are one operation of the history: a strong put or
-// delete, or a quorum get, of one key.
-type kvInput struct {
-	op    string // "put", "del", "get"
-	key   string
-	value string
-}
-
-type kvOutput struct {
-	value string
-	found bool
-}
-
-// kvModel is a register per key; porcupine checks each key on its own.
-var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(kvInput).key
-			byKey[k] = append(byKey[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, ops := range byKey {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() interface{} { return kvOutput{} },
-	Step: func(state, input, output interface{}) (bool, interface{}) {
-		st, in := state.(kvOutput), input.(kvInput)
-		switch in.op {
-		case "put":
-			return true, kvOutput{value: in.value, found: true}
-		case "del":
-			return true, kvOutput{}
-		}
-		return output.(kvOutput) == st, st
-	},
-	DescribeOperation: func(input, output interface{}) string {
-		in := input.(kvInput)
-		if in.op == "get" {
-			out := output.(kvOutput)
-			return fmt.Sprintf("get(%s) → %q found=%v", in.key, out.value, out.found)
-		}
-		return fmt.Sprintf("%s(%s, %q)", in.op, in.key, in.value)
-	},
-}
 
 // history records operations with invocation and completion times.
 type history struct {
@@ -73,7 +27,7 @@ type history struct {
 
 func (h *history) now() int64 { return int64(time.Since(h.start)) }
 
-func (h *history) add(client int, in kvInput, out kvOutput, call, ret int64) {
+func (h *history) add(client int, in kvmodel.Input, out kvmodel.Output, call, ret int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
@@ -121,20 +75,20 @@ func TestLinearizableUnderPartitions(t *testing.T) {
 				call := h.now()
 				switch x := crng.IntN(10); {
 				case x < 4:
-					in := kvInput{op: "put", key: key, value: fmt.Sprintf("c%d-%d", c, n)}
-					_, err := r.Put(ctx, []byte(key), []byte(in.value), Strong)
+					in := kvmodel.Input{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", c, n)}
+					_, err := r.Put(ctx, []byte(key), []byte(in.Value), Strong)
 					recordWrite(h, c, in, call, err)
 				case x < 5:
-					in := kvInput{op: "del", key: key}
+					in := kvmodel.Input{Op: "del", Key: key}
 					_, err := r.Delete(ctx, []byte(key), Strong)
 					recordWrite(h, c, in, call, err)
 				default:
 					it, err := r.Get(ctx, []byte(key), Quorum)
 					switch {
 					case err == nil:
-						h.add(c, kvInput{op: "get", key: key}, kvOutput{value: string(it.Value), found: true}, call, h.now())
+						h.add(c, kvmodel.Input{Op: "get", Key: key}, kvmodel.Output{Value: string(it.Value), Found: true}, call, h.now())
 					case errors.Is(err, ErrNotFound):
-						h.add(c, kvInput{op: "get", key: key}, kvOutput{}, call, h.now())
+						h.add(c, kvmodel.Input{Op: "get", Key: key}, kvmodel.Output{}, call, h.now())
 					}
 				}
 			}
@@ -159,11 +113,11 @@ func TestLinearizableUnderPartitions(t *testing.T) {
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, time.Minute)
+	res, info := porcupine.CheckOperationsVerbose(kvmodel.Model, h.ops, time.Minute)
 	t.Logf("%d operations, %d faults injected: %s", len(h.ops), faults, res)
 	if res == porcupine.Illegal {
 		path := filepath.Join(os.TempDir(), fmt.Sprintf("ringkv-linearizability-%d.html", seed))
-		if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
+		if err := porcupine.VisualizePath(kvmodel.Model, info, path); err != nil {
 			t.Log(err)
 		}
 		t.Fatalf("history is not linearizable; visualization: %s", path)
@@ -177,12 +131,12 @@ func TestLinearizableUnderPartitions(t *testing.T) {
 // recordWrite adds a write to the history: acknowledged writes with their
 // completion time, writes of unknown outcome as pending forever, refused
 // ones not at all.
-func recordWrite(h *history, client int, in kvInput, call int64, err error) {
+func recordWrite(h *history, client int, in kvmodel.Input, call int64, err error) {
 	switch {
 	case err == nil:
-		h.add(client, in, kvOutput{}, call, h.now())
+		h.add(client, in, kvmodel.Output{}, call, h.now())
 	case errors.Is(err, ErrNotPrimary):
 	default:
-		h.add(client, in, kvOutput{}, call, math.MaxInt64)
+		h.add(client, in, kvmodel.Output{}, call, math.MaxInt64)
 	}
 }

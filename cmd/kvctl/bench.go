@@ -198,7 +198,11 @@ func choice[T fmt.Stringer](flagName, s string, choices ...T) (T, error) {
 		names = append(names, c.String())
 	}
 	var zero T
-	return zero, usagef("--%s = %q, want %s", flagName, s, strings.Join(names, ", "))
+	dashes := "--"
+	if len(flagName) == 1 {
+		dashes = "-"
+	}
+	return zero, usagef("%s%s = %q, want %s", dashes, flagName, s, strings.Join(names, ", "))
 }
 
 type opKind int

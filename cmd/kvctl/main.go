@@ -167,11 +167,11 @@ func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
 	var read client.ReadConsistency
 	switch cmd {
 	case "put", "del":
-		if write, err = parseConsistency(opts.consistency, client.Strong, client.Fast); err != nil {
+		if write, err = choice("c", opts.consistency, client.Strong, client.Fast); err != nil {
 			return err
 		}
 	case "get":
-		if read, err = parseConsistency(opts.consistency, client.Local, client.Quorum); err != nil {
+		if read, err = choice("c", opts.consistency, client.Local, client.Quorum); err != nil {
 			return err
 		}
 	}
@@ -247,18 +247,6 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// parseConsistency returns the choice whose name is s.
-func parseConsistency[T fmt.Stringer](s string, choices ...T) (T, error) {
-	var names []string
-	for _, c := range choices {
-		if c.String() == s {
-			return c, nil
-		}
-		names = append(names, c.String())
-	}
-	var zero T
-	return zero, usagef("-c = %q, want %s", s, strings.Join(names, " or "))
-}
 
 func readValue(arg string, stdin io.Reader) ([]byte, error) {
 	if arg != "-" {

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/internal/kvmodel"
 	"github.com/ringkv/ringkv/internal/proccluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
@@ -186,54 +187,11 @@ func (s *summary) table() string {
 
 // op is one recorded operation.
 type op struct {
-	in     kvInput
-	out    kvOutput
+	in     kvmodel.Input
+	out    kvmodel.Output
 	call   int64
 	ret    int64
 	client int
-}
-
-type kvInput struct {
-	Op, Key, Value string
-}
-
-type kvOutput struct {
-	Value string
-	Found bool
-}
-
-var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, o := range history {
-			k := o.Input.(kvInput).Key
-			byKey[k] = append(byKey[k], o)
-		}
-		out := make([][]porcupine.Operation, 0, len(byKey))
-		for _, ops := range byKey {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() interface{} { return kvOutput{} },
-	Step: func(state, input, output interface{}) (bool, interface{}) {
-		st, in := state.(kvOutput), input.(kvInput)
-		switch in.Op {
-		case "put":
-			return true, kvOutput{Value: in.Value, Found: true}
-		case "del":
-			return true, kvOutput{}
-		}
-		return output.(kvOutput) == st, st
-	},
-	DescribeOperation: func(input, output interface{}) string {
-		in := input.(kvInput)
-		if in.Op == "get" {
-			out := output.(kvOutput)
-			return fmt.Sprintf("get(%s) → %q found=%v", in.Key, out.Value, out.Found)
-		}
-		return fmt.Sprintf("%s(%s, %q)", in.Op, in.Key, in.Value)
-	},
 }
 
 // outcome classifies an error: ok, failed (certainly not applied) or
@@ -303,20 +261,20 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 				var version uint64
 				switch x := crng.IntN(10); {
 				case x < 4:
-					o.in = kvInput{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", cl, n)}
+					o.in = kvmodel.Input{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", cl, n)}
 					var r *pb.PutResponse
 					r, err = c.KV(i).Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(o.in.Value)})
 					version = r.GetVersion()
 				case x < 5:
-					o.in = kvInput{Op: "del", Key: key}
+					o.in = kvmodel.Input{Op: "del", Key: key}
 					var r *pb.DeleteResponse
 					r, err = c.KV(i).Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
 					version = r.GetVersion()
 				default:
-					o.in = kvInput{Op: "get", Key: key}
+					o.in = kvmodel.Input{Op: "get", Key: key}
 					var r *pb.GetResponse
 					r, err = c.KV(i).Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
-					o.out = kvOutput{Value: string(r.GetValue()), Found: err == nil}
+					o.out = kvmodel.Output{Value: string(r.GetValue()), Found: err == nil}
 				}
 				cancel()
 				res := outcome(err)
@@ -383,7 +341,7 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 			t.Errorf("final read of %s: %v", key, err)
 			continue
 		}
-		history = append(history, op{in: kvInput{Op: "get", Key: key}, out: kvOutput{Value: string(r.GetValue()), Found: err == nil},
+		history = append(history, op{in: kvmodel.Input{Op: "get", Key: key}, out: kvmodel.Output{Value: string(r.GetValue()), Found: err == nil},
 			call: call, ret: now(), client: strongClients})
 		final[key] = r.GetVersion()
 	}
@@ -421,11 +379,11 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 	for i, o := range history {
 		ops[i] = porcupine.Operation{ClientId: o.client, Input: o.in, Call: o.call, Output: o.out, Return: o.ret}
 	}
-	res, info := porcupine.CheckOperationsVerbose(kvModel, ops, 2*time.Minute)
+	res, info := porcupine.CheckOperationsVerbose(kvmodel.Model, ops, 2*time.Minute)
 	s.Linearizable = res == porcupine.Ok
 	if res != porcupine.Ok {
 		s.Visualization = filepath.Join(os.TempDir(), fmt.Sprintf("ringkv-chaos-%d.html", seed))
-		if err := porcupine.VisualizePath(kvModel, info, s.Visualization); err != nil {
+		if err := porcupine.VisualizePath(kvmodel.Model, info, s.Visualization); err != nil {
 			t.Log(err)
 		}
 		t.Errorf("linearizability check %s; visualization: %s", res, s.Visualization)
