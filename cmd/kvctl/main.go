@@ -247,7 +247,6 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-
 func readValue(arg string, stdin io.Reader) ([]byte, error) {
 	if arg != "-" {
 		return []byte(arg), nil
