@@ -83,6 +83,9 @@ type Config struct {
 	// MaxSnapshotTransfers caps concurrent snapshot sends and receives on
 	// the node (default 2).
 	MaxSnapshotTransfers int
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// address, for profiling a live node; off by default.
+	Pprof bool
 	// BalanceInterval is how often the node hands partitions it leads to
 	// their preferred primaries (0: never; kvnode defaults to 5s).
 	BalanceInterval time.Duration

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,22 @@ func TestForeignClusterRefused(t *testing.T) {
 		_, err := raftc.RequestVote(ctx, &pb.RequestVoteRequest{Partition: 0})
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "cluster id mismatch") {
 			t.Errorf("RequestVote with metadata %v: %v, want PermissionDenied", md, err)
+		}
+	}
+}
+
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Metrics: true, Tweak: func(cfg *node.Config) {
+		cfg.Pprof = cfg.ID == "n1"
+	}})
+	for i, want := range []int{http.StatusOK, http.StatusNotFound} {
+		resp, err := http.Get("http://" + c.Nodes[i].MetricsAddr() + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("node %d: /debug/pprof/ answered %d, want %d", i, resp.StatusCode, want)
 		}
 	}
 }

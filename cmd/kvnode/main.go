@@ -62,6 +62,8 @@ func run(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 500*time.Millisecond, "Raft heartbeat timeout")
 	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", 500*time.Millisecond, "Raft election timeout")
 	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease", 500*time.Millisecond, "a primary cut off from its replicas for this long steps down")
+	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", 50*time.Millisecond, "how long an idle primary waits before telling replicas the commit index again")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --metrics-addr")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 3*time.Second, "bound for a strong write or quorum read that cannot reach a majority")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 5*time.Second, "how often to hand partitions to their preferred primaries, spreading primaries evenly (0: never)")
