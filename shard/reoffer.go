@@ -123,13 +123,8 @@ func (r *Replica) Reoffer(ctx context.Context, entry []byte) error {
 	ctx, cancel := r.opContext(ctx)
 	defer cancel()
 	future := r.raft.Apply(entry, r.cfg.OpTimeout)
-	done := make(chan struct{})
-	go func() {
-		future.Error()
-		close(done)
-	}()
 	select {
-	case <-done:
+	case <-futureDone(future):
 	case <-ctx.Done():
 		return r.noQuorum("re-offer", ctx.Err())
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/wal"
 )
 
@@ -471,4 +472,40 @@ func TestBoltBackend(t *testing.T) {
 		}
 	}
 	g.converged()
+}
+
+func TestWriteResult(t *testing.T) {
+	mine := fsm.Stamp{Version: 5}
+	newer := fsm.Stamp{Version: 5, Timestamp: hlc.Timestamp{WallTime: 9}}
+	result := func(o fsm.Outcome, cur fsm.Stamp) applyResult {
+		return applyResult{res: fsm.Result{Writes: []fsm.WriteResult{{Outcome: o, Current: cur}}}}
+	}
+	tests := []struct {
+		name     string
+		response interface{}
+		want     error
+	}{
+		{"won", result(fsm.Won, mine), nil},
+		{"already applied", result(fsm.AlreadyApplied, mine), nil},
+		{"lost to a re-offered write", result(fsm.Lost, newer), ErrSuperseded},
+		{"rejected by the store", applyResult{err: fsm.ErrKeyTooLarge}, fsm.ErrKeyTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := writeResult(7, mine, tc.response)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && st != mine {
+				t.Fatalf("stamp %v, want %v", st, mine)
+			}
+			var se *SupersededError
+			if errors.As(err, &se) && (se.Winner != newer || se.Stamp != mine) {
+				t.Fatalf("superseded error names %v over %v", se.Winner, se.Stamp)
+			}
+		})
+	}
+	if _, err := writeResult(7, mine, "junk"); err == nil {
+		t.Fatal("an unexpected response type was accepted")
+	}
 }

@@ -125,44 +125,53 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	if prop != nil {
 		defer r.forget(reqID)
 	}
+	var durable <-chan struct{} // nil, never ready, for a strong write
+	if prop != nil {
+		durable = prop.durable
+	}
+	done := futureDone(future)
+	select {
+	case <-durable:
+		return stamp, nil
+	case <-done:
+	case <-ctx.Done():
+		select {
+		case <-done:
+		default:
+			return fsm.Stamp{}, r.noQuorum(mode.String()+" write", ctx.Err())
+		}
+	}
+	if err := future.Error(); err != nil {
+		return fsm.Stamp{}, r.proposeError(mode, err)
+	}
+	return writeResult(r.cfg.Partition, stamp, future.Response())
+}
+
+// futureDone is closed once future has its outcome; raft's futures block
+// rather than offer a channel, and callers must also watch a context.
+func futureDone(future raft.Future) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		future.Error()
 		close(done)
 	}()
-	if prop != nil {
-		select {
-		case <-prop.durable:
-			return stamp, nil
-		case <-done:
-		case <-ctx.Done():
-		}
-	} else {
-		select {
-		case <-done:
-		case <-ctx.Done():
-		}
-	}
-	select {
-	case <-done:
-	default:
-		return fsm.Stamp{}, r.noQuorum(mode.String()+" write", ctx.Err())
-	}
-	if err := future.Error(); err != nil {
-		return fsm.Stamp{}, r.proposeError(mode, err)
-	}
-	res, ok := future.Response().(applyResult)
+	return done
+}
+
+// writeResult reads what applying a committed write did. Writes this
+// primary numbers never lose; a re-offered fast write with its original,
+// greater stamp can win over one, and then the write had no effect: say so
+// rather than acknowledge it.
+func writeResult(partition uint32, stamp fsm.Stamp, response interface{}) (fsm.Stamp, error) {
+	res, ok := response.(applyResult)
 	if !ok {
-		return fsm.Stamp{}, fmt.Errorf("partition %d: unexpected apply response %T", r.cfg.Partition, future.Response())
+		return fsm.Stamp{}, fmt.Errorf("partition %d: unexpected apply response %T", partition, response)
 	}
 	if res.err != nil {
 		return fsm.Stamp{}, res.err
 	}
-	// Writes this primary numbers never lose; a re-offered fast write with
-	// its original, greater stamp can win over one, and then the write had
-	// no effect: say so rather than acknowledge it.
 	if w := res.res.Writes; len(w) == 1 && w[0].Outcome == fsm.Lost {
-		return fsm.Stamp{}, &SupersededError{Partition: r.cfg.Partition, Stamp: stamp, Winner: w[0].Current}
+		return fsm.Stamp{}, &SupersededError{Partition: partition, Stamp: stamp, Winner: w[0].Current}
 	}
 	return stamp, nil
 }

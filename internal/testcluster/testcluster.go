@@ -168,11 +168,15 @@ func (c *Cluster) RestartNode(i int) {
 	c.StopNode(i)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// A node with an initialized data dir ignores --peers: give it a list
+	// that would not even describe a cluster, so every restart checks that.
+	cfg := c.cfgs[i]
+	cfg.Peers = []node.Peer{{ID: "not-a-member", Addr: "127.0.0.1:1"}}
 	var n *node.Node
 	var err error
 	// The old listener's port is free again once its server stopped; retry
 	// briefly in case the kernel has not released it yet.
-	for n, err = node.Start(c.cfgs[i]); err != nil; n, err = node.Start(c.cfgs[i]) {
+	for n, err = node.Start(cfg); err != nil; n, err = node.Start(cfg) {
 		if ctx.Err() != nil {
 			c.t.Fatal(err)
 		}
