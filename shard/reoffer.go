@@ -12,6 +12,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/internal/lenprefix"
 )
 
 // Re-offering fast writes.
@@ -145,8 +146,7 @@ func encodeReoffers(entries [][]byte) []byte {
 	var b []byte
 	b = binary.AppendUvarint(b, uint64(len(entries)))
 	for _, e := range entries {
-		b = binary.AppendUvarint(b, uint64(len(e)))
-		b = append(b, e...)
+		b = lenprefix.Append(b, e)
 	}
 	return b
 }
@@ -166,7 +166,7 @@ func loadReoffers(s raft.StableStore) ([][]byte, error) {
 	b = b[k:]
 	out := make([][]byte, 0, min(n, uint64(len(b))))
 	for range n {
-		e, rest, ok := cutBytes(b)
+		e, rest, ok := lenprefix.Cut(b)
 		if !ok {
 			return nil, fmt.Errorf("re-offer queue: truncated after %d of %d entries", len(out), n)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/raftwal"
 	"github.com/ringkv/ringkv/wal"
 )
 
@@ -258,7 +259,7 @@ func (r *Replica) openLog() error {
 		if r.cfg.WAL == nil {
 			return errors.New("shard: LogWAL needs Config.WAL")
 		}
-		ls := &logStore{w: r.cfg.WAL, stream: StreamOf(r.cfg.Partition), timeout: 30 * time.Second}
+		ls := raftwal.New(r.cfg.WAL, StreamOf(r.cfg.Partition), 30*time.Second)
 		base, r.stable = ls, ls
 	case LogBoltDB:
 		b, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(r.cfg.Dir, "raft.db")})

@@ -1,4 +1,12 @@
-package shard
+// Package raftwal keeps a Raft group's log and stable state in one stream of
+// a node's shared WAL, so that every group on a node shares the WAL's group
+// commit: one fdatasync serves the appends of all of them.
+//
+// Invariants: the stream's indexes are contiguous (Store is a
+// raft.MonotonicLogStore, so raft clears the log after a snapshot install
+// rather than leaving a gap), and every append and state change is durable
+// when its call returns.
+package raftwal
 
 import (
 	"context"
@@ -9,37 +17,42 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ringkv/ringkv/internal/lenprefix"
 	"github.com/ringkv/ringkv/wal"
 )
 
-// logStore keeps one replica's Raft log and stable state in one stream of
-// the node's shared WAL. It implements raft.LogStore, raft.StableStore and
-// raft.MonotonicLogStore: the WAL needs contiguous indexes, so after a
-// snapshot install raft must clear the log instead of leaving a gap.
-type logStore struct {
+// Store is one group's Raft log and stable state. It implements
+// raft.LogStore, raft.StableStore and raft.MonotonicLogStore.
+type Store struct {
 	w      *wal.WAL
 	stream uint64
 	// timeout bounds a WAL call raft makes without a context of its own.
 	timeout time.Duration
 }
 
+// New returns the store of stream in w. A WAL call raft makes without a
+// context of its own is bounded by timeout.
+func New(w *wal.WAL, stream uint64, timeout time.Duration) *Store {
+	return &Store{w: w, stream: stream, timeout: timeout}
+}
+
 var (
-	_ raft.LogStore          = (*logStore)(nil)
-	_ raft.StableStore       = (*logStore)(nil)
-	_ raft.MonotonicLogStore = (*logStore)(nil)
+	_ raft.LogStore          = (*Store)(nil)
+	_ raft.StableStore       = (*Store)(nil)
+	_ raft.MonotonicLogStore = (*Store)(nil)
 )
 
-func (s *logStore) ctx() (context.Context, context.CancelFunc) {
+func (s *Store) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.timeout)
 }
 
-func (s *logStore) IsMonotonic() bool { return true }
+func (s *Store) IsMonotonic() bool { return true }
 
-func (s *logStore) FirstIndex() (uint64, error) { return s.w.FirstIndex(s.stream), nil }
+func (s *Store) FirstIndex() (uint64, error) { return s.w.FirstIndex(s.stream), nil }
 
-func (s *logStore) LastIndex() (uint64, error) { return s.w.LastIndex(s.stream), nil }
+func (s *Store) LastIndex() (uint64, error) { return s.w.LastIndex(s.stream), nil }
 
-func (s *logStore) GetLog(index uint64, l *raft.Log) error {
+func (s *Store) GetLog(index uint64, l *raft.Log) error {
 	data, err := s.w.Get(s.stream, index)
 	if errors.Is(err, wal.ErrNotFound) {
 		return raft.ErrLogNotFound
@@ -50,9 +63,9 @@ func (s *logStore) GetLog(index uint64, l *raft.Log) error {
 	return decodeLog(index, data, l)
 }
 
-func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
+func (s *Store) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
-func (s *logStore) StoreLogs(logs []*raft.Log) error {
+func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
@@ -71,7 +84,7 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 // DeleteRange serves both of raft's uses: compaction removes a prefix, a
 // conflicting leader removes a suffix, and removeOldLogs after a snapshot
 // install removes everything.
-func (s *logStore) DeleteRange(lo, hi uint64) error {
+func (s *Store) DeleteRange(lo, hi uint64) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	first, last := s.w.FirstIndex(s.stream), s.w.LastIndex(s.stream)
@@ -87,23 +100,23 @@ func (s *logStore) DeleteRange(lo, hi uint64) error {
 	}
 }
 
-func (s *logStore) Set(key, val []byte) error {
+func (s *Store) Set(key, val []byte) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	return s.w.SetState(ctx, s.stream, string(key), val)
 }
 
 // Get returns an empty slice for a missing key, as raft.StableStore asks.
-func (s *logStore) Get(key []byte) ([]byte, error) {
+func (s *Store) Get(key []byte) ([]byte, error) {
 	v, _ := s.w.State(s.stream, string(key))
 	return v, nil
 }
 
-func (s *logStore) SetUint64(key []byte, val uint64) error {
+func (s *Store) SetUint64(key []byte, val uint64) error {
 	return s.Set(key, binary.BigEndian.AppendUint64(nil, val))
 }
 
-func (s *logStore) GetUint64(key []byte) (uint64, error) {
+func (s *Store) GetUint64(key []byte) (uint64, error) {
 	v, _ := s.w.State(s.stream, string(key))
 	switch len(v) {
 	case 0:
@@ -126,10 +139,8 @@ func encodeLog(l *raft.Log) []byte {
 		at = l.AppendedAt.UnixNano()
 	}
 	b = binary.AppendVarint(b, at)
-	b = binary.AppendUvarint(b, uint64(len(l.Data)))
-	b = append(b, l.Data...)
-	b = binary.AppendUvarint(b, uint64(len(l.Extensions)))
-	return append(b, l.Extensions...)
+	b = lenprefix.Append(b, l.Data)
+	return lenprefix.Append(b, l.Extensions)
 }
 
 var errBadLog = errors.New("malformed raft log payload")
@@ -150,11 +161,11 @@ func decodeLog(index uint64, b []byte, l *raft.Log) error {
 		return bad("appended-at")
 	}
 	b = b[n:]
-	data, b, ok := cutBytes(b)
+	data, b, ok := lenprefix.Cut(b)
 	if !ok {
 		return bad("data")
 	}
-	ext, b, ok := cutBytes(b)
+	ext, b, ok := lenprefix.Cut(b)
 	if !ok || len(b) != 0 {
 		return bad("extensions")
 	}
@@ -163,16 +174,4 @@ func decodeLog(index uint64, b []byte, l *raft.Log) error {
 		l.AppendedAt = time.Unix(0, at)
 	}
 	return nil
-}
-
-func cutBytes(b []byte) (field, rest []byte, ok bool) {
-	n, k := binary.Uvarint(b)
-	if k <= 0 || uint64(len(b)-k) < n {
-		return nil, nil, false
-	}
-	b = b[k:]
-	if n == 0 {
-		return nil, b, true
-	}
-	return b[:n:n], b[n:], true
 }
