@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/ring"
 )
 
@@ -27,14 +28,15 @@ func (n *Node) balancePrimaries() {
 			return
 		case <-tick.C:
 		}
-		asg := n.state.assignment
+		view := n.view.Load()
 		for _, p := range n.Partitions() {
-			r := n.replicas[p]
-			pref := string(asg.Primary(p))
-			if pref == n.cfg.ID || !r.IsPrimary() || time.Since(failed[p]) < 10*n.cfg.BalanceInterval {
+			r := n.Replica(p)
+			pref := string(view.Placement().Primary(p))
+			m := view.Member(pref)
+			if r == nil || pref == n.cfg.ID || m == nil || m.State != cluster.Up || view.Moving(p) || !r.IsPrimary() || time.Since(failed[p]) < 10*n.cfg.BalanceInterval {
 				continue
 			}
-			err := r.Raft().LeadershipTransferToServer(raft.ServerID(pref), raft.ServerAddress(n.state.addrOf(pref))).Error()
+			err := r.Raft().LeadershipTransferToServer(raft.ServerID(pref), raft.ServerAddress(m.Addr)).Error()
 			if err != nil {
 				failed[p] = time.Now()
 				n.log.Debug("primary balance: transfer failed", "partition", p, "to", pref, "error", err)

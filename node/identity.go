@@ -17,15 +17,21 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/cluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
 // A cluster's identity is fixed at creation: a hash of its initial members
 // and partition count, which every initial node computes alike from the same
-// --peers. Every Raft RPC carries the sender's cluster id, and a node
-// refuses RPCs from another cluster, so a node pointed at another cluster's
-// members cannot join its groups or disturb them.
-const clusterIDHeader = "ringkv-cluster-id"
+// --peers; a joining node is handed it by Adopt. Every Raft RPC carries the
+// sender's cluster id and node id, and a node refuses RPCs from another
+// cluster, from a node removed from this one, and any while it belongs to no
+// cluster yet, so a node pointed at another cluster's members — or a stale
+// node that was replaced — cannot join its groups or disturb them.
+const (
+	clusterIDHeader = "ringkv-cluster-id"
+	nodeIDHeader    = "ringkv-node-id"
+)
 
 func clusterID(peers []Peer, partitions int) string {
 	members := make([]string, len(peers))
@@ -39,10 +45,11 @@ func clusterID(peers []Peer, partitions int) string {
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
-// identityDialOptions stamp outgoing Raft RPCs with the cluster id.
-func identityDialOptions(id string) []grpc.DialOption {
+// identityDialOptions stamp outgoing Raft RPCs with the cluster id and the
+// node id.
+func (n *Node) identityDialOptions() []grpc.DialOption {
 	stamp := func(ctx context.Context) context.Context {
-		return metadata.AppendToOutgoingContext(ctx, clusterIDHeader, id)
+		return metadata.AppendToOutgoingContext(ctx, clusterIDHeader, n.clusterID(), nodeIDHeader, n.cfg.ID)
 	}
 	return []grpc.DialOption{
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -54,17 +61,25 @@ func identityDialOptions(id string) []grpc.DialOption {
 	}
 }
 
-// identityServerOptions refuse Raft RPCs stamped with another cluster's id.
-func identityServerOptions(id string) []grpc.ServerOption {
+// identityServerOptions refuse Raft RPCs stamped with another cluster's id
+// or a removed node's id.
+func (n *Node) identityServerOptions() []grpc.ServerOption {
 	raftPrefix := "/" + pb.Raft_ServiceDesc.ServiceName + "/"
 	check := func(ctx context.Context, method string) error {
 		if !strings.HasPrefix(method, raftPrefix) {
 			return nil
 		}
+		view := n.view.Load()
+		if view == nil {
+			return status.Errorf(codes.FailedPrecondition, "node %s belongs to no cluster yet: it waits to be added with kvctl join", n.cfg.ID)
+		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		got := md.Get(clusterIDHeader)
-		if len(got) != 1 || got[0] != id {
-			return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", id, strings.Join(got, ","))
+		if len(got) != 1 || got[0] != view.ClusterID {
+			return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", view.ClusterID, strings.Join(got, ","))
+		}
+		if from := md.Get(nodeIDHeader); len(from) == 1 && view.IsRemoved(from[0]) {
+			return status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s; it cannot take part again", from[0], view.ClusterID)
 		}
 		return nil
 	}
@@ -88,11 +103,11 @@ func identityServerOptions(id string) []grpc.ServerOption {
 // another: every peer that answers must report no cluster or this one.
 // Peers that do not answer within a second are starting too, or down; the
 // RPC check covers them later.
-func checkPeers(s *clusterState) error {
+func checkPeers(self string, s *cluster.State) error {
 	var wg sync.WaitGroup
-	errs := make([]error, len(s.Nodes))
-	for i, p := range s.Nodes {
-		if p.ID == s.NodeID {
+	errs := make([]error, len(s.Members))
+	for i, p := range s.Members {
+		if p.ID == self {
 			continue
 		}
 		wg.Add(1)

@@ -8,9 +8,16 @@
 //   - One WAL per node; every hosted replica keeps its Raft log in its own
 //     stream of it.
 //   - One gRPC listener per node; every partition's Raft traffic shares it.
-//   - The cluster's shape (partitions, nodes, placement) is fixed at first
-//     start and recorded in DataDir/cluster.json; a node whose data dir holds
-//     one ignores Config.Peers and rejoins with what it recorded.
+//   - The cluster's metadata (members, placement, each partition's Raft
+//     configuration) lives in the metadata group (package cluster), of which
+//     every node is a member; each node keeps its latest view of it in
+//     DataDir/cluster.json. A node whose data dir holds one ignores
+//     Config.Peers and rejoins with what it recorded; a node with neither
+//     waits to be adopted by Join.
+//   - A node hosts a replica of exactly the partitions its view places on
+//     it (target or recorded configuration); it opens and closes replicas as
+//     the view changes, and deletes a replica's data only once the recorded
+//     configuration no longer includes it.
 //   - The gRPC health status is SERVING exactly while Ready reports nil (as
 //     of its last check, every ReadyPoll); Raft RPCs are never traced unless
 //     Config.TraceRaft is set.
@@ -27,6 +34,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -38,6 +46,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/connpool"
@@ -89,6 +98,17 @@ type Config struct {
 	// BalanceInterval is how often the node hands partitions it leads to
 	// their preferred primaries (0: never; kvnode defaults to 5s).
 	BalanceInterval time.Duration
+	// Timeouts of failure detection and replacement (cluster defaults).
+	Timeouts cluster.Timeouts
+	// MaxMoves caps the partitions whose replicas move at the same time
+	// (default 2).
+	MaxMoves int
+	// PromoteMaxLag is how far (in entries) a new replica may trail the
+	// primary's commit index when it is promoted to voter (default 256).
+	PromoteMaxLag uint64
+	// ManageInterval is how often the metadata leader checks health and
+	// advances replica moves (default 250ms).
+	ManageInterval time.Duration
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
 
@@ -119,8 +139,12 @@ var ErrNotReady = errors.New("not ready")
 type Node struct {
 	cfg     Config
 	log     hclog.Logger
-	state   *clusterState
-	ring    *ring.Ring
+	view    atomic.Pointer[cluster.State]
+	viewMu  sync.Mutex    // serializes view changes and their saving
+	viewCh  chan struct{} // a new view awaits the replicas' reconciliation
+	ring    atomic.Pointer[ring.Ring]
+	meta    *cluster.Meta
+	gate    chan struct{} // snapshot transfers in flight
 	wal     *wal.WAL
 	trans   *transport.Node
 	grpc    *grpc.Server
@@ -132,15 +156,28 @@ type Node struct {
 	metrics *metrics.Metrics
 	http    *http.Server
 	httpLis net.Listener
-	stop    chan struct{} // closed by Close; stops the readiness watch
+	stop    chan struct{} // closed by Close; stops the background loops
 	watch   sync.WaitGroup
 	closeMu sync.Mutex
 	closed  bool
+	// adopted guards the start of the cluster's parts on a node that waited
+	// to be adopted.
+	adoptMu sync.Mutex
+	// fatal receives the reason the node must stop (it was removed).
+	fatal     chan error
+	fatalOnce sync.Once
 
-	replicas map[ring.PartitionID]*shard.Replica
+	// replicas is copied on write under repMu, so the request path reads it
+	// without locking.
+	repMu    sync.Mutex
+	replicas atomic.Pointer[map[ring.PartitionID]*shard.Replica]
+	// mgr is the metadata leader's bookkeeping (manage.go).
+	mgr manager
 }
 
-// Start opens the node's data, starts its replicas and serves gRPC.
+// Start opens the node's data, starts its replicas and serves gRPC. A node
+// with no cluster yet (no cluster.json, no Config.Peers) serves only Status
+// and Adopt until Join adds it.
 func Start(cfg Config) (n *Node, err error) {
 	if cfg.ID == "" {
 		return nil, errors.New("node: --id is required")
@@ -157,15 +194,28 @@ func Start(cfg Config) (n *Node, err error) {
 	if cfg.ReadyMaxLag == 0 {
 		cfg.ReadyMaxLag = 1000
 	}
-	n = &Node{
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.ID),
-		clock:    hlc.New(nil),
-		replicas: map[ring.PartitionID]*shard.Replica{},
-		served:   make(chan struct{}),
-		stop:     make(chan struct{}),
-		httpLis:  cfg.MetricsListener,
+	if cfg.MaxMoves == 0 {
+		cfg.MaxMoves = 2
 	}
+	if cfg.PromoteMaxLag == 0 {
+		cfg.PromoteMaxLag = 256
+	}
+	if cfg.ManageInterval == 0 {
+		cfg.ManageInterval = 250 * time.Millisecond
+	}
+	cfg.Timeouts = cfg.Timeouts.WithDefaults()
+	n = &Node{
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.ID),
+		clock:   hlc.New(nil),
+		served:  make(chan struct{}),
+		stop:    make(chan struct{}),
+		viewCh:  make(chan struct{}, 1),
+		fatal:   make(chan error, 1),
+		gate:    make(chan struct{}, cfg.MaxSnapshotTransfers),
+		httpLis: cfg.MetricsListener,
+	}
+	n.replicas.Store(&map[ring.PartitionID]*shard.Replica{})
 	n.metrics = metrics.New(metrics.Options{
 		Node:     cfg.ID,
 		Replicas: n.metricReplicas,
@@ -183,11 +233,18 @@ func Start(cfg Config) (n *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, err
 	}
-	if n.state, err = loadOrCreateState(cfg); err != nil {
+	view, err := loadState(cfg.DataDir, cfg.ID)
+	if err != nil {
 		return nil, err
 	}
-	if n.ring, err = ring.New(n.state.Partitions); err != nil {
-		return nil, err
+	create := view == nil && len(cfg.Peers) > 0
+	if create {
+		if view, err = newView(cfg); err != nil {
+			return nil, err
+		}
+		if err := checkPeers(cfg.ID, view); err != nil {
+			return nil, err
+		}
 	}
 	if n.wal, err = wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentSize: cfg.WALSegmentSize, OnSync: n.metrics.ObserveWALSync}); err != nil {
 		return nil, err
@@ -197,17 +254,17 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	tr := newTracing(cfg.TracerProvider, cfg.TraceRaft)
 	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse,
-		DialOptions: append(identityDialOptions(n.state.ClusterID), chaosDialOptions()...)}
+		DialOptions: append(n.identityDialOptions(), chaosDialOptions()...)}
 	if cfg.TraceRaft {
 		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
 	}
-	if n.trans, err = transport.NewNode(raft.ServerAddress(n.state.addrOf(cfg.ID)), topts); err != nil {
+	if n.trans, err = transport.NewNode(raft.ServerAddress(cfg.Listen), topts); err != nil {
 		return nil, err
 	}
 	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
 	// to a 1 MiB value each.
-	n.grpc = grpc.NewServer(append(append(tr.serverOptions(), identityServerOptions(n.state.ClusterID)...),
+	n.grpc = grpc.NewServer(append(append(tr.serverOptions(), n.identityServerOptions()...),
 		grpc.MaxRecvMsgSize(72<<20),
 		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)
@@ -231,66 +288,168 @@ func Start(cfg Config) (n *Node, err error) {
 			n.log.Error("grpc server stopped", "error", err)
 		}
 	}()
-	if err := n.startReplicas(); err != nil {
-		return nil, err
+	if view != nil {
+		if err := n.startCluster(view, create); err != nil {
+			return nil, err
+		}
+	} else {
+		n.log.Info("node belongs to no cluster yet; waiting to be added with kvctl join", "id", cfg.ID, "addr", cfg.Listen)
 	}
 	if err := n.serveHTTP(); err != nil {
 		return nil, err
 	}
 	n.watch.Add(1)
 	go n.watchReady()
-	if cfg.BalanceInterval > 0 {
-		n.watch.Add(1)
-		go n.balancePrimaries()
-	}
-	n.log.Info("node started", "addr", cfg.Listen, "metrics_addr", n.MetricsAddr(), "partitions", n.state.Partitions, "hosted", len(n.replicas))
+	n.log.Info("node started", "addr", cfg.Listen, "metrics_addr", n.MetricsAddr(), "hosted", len(n.Partitions()))
 	return n, nil
 }
 
-func (n *Node) startReplicas() error {
-	asg := n.state.assignment
-	gate := make(chan struct{}, n.cfg.MaxSnapshotTransfers)
-	for _, p := range asg.PartitionsOf(ring.NodeID(n.cfg.ID)) {
-		tr, err := n.trans.Transport(uint32(p))
-		if err != nil {
-			return err
-		}
-		r, err := shard.Open(shard.Config{
-			Partition:          uint32(p),
-			NodeID:             raft.ServerID(n.cfg.ID),
-			Dir:                filepath.Join(n.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p)),
-			Backend:            n.cfg.RaftLog,
-			WAL:                n.wal,
-			Transport:          tr,
-			Clock:              n.clock,
-			Logger:             n.log,
-			Limits:             n.cfg.Limits,
-			HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
-			ElectionTimeout:    n.cfg.ElectionTimeout,
-			LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
-			CommitTimeout:      n.cfg.CommitTimeout,
-			SnapshotThreshold:  n.cfg.SnapshotThreshold,
-			SnapshotInterval:   n.cfg.SnapshotInterval,
-			TrailingLogs:       n.cfg.TrailingLogs,
-			OpTimeout:          n.cfg.OpTimeout,
-			Snapshots:          gate,
-			Reoffer:            n.reoffer,
-			OnSnapshot:         n.metrics.ObserveSnapshot,
-		})
-		if err != nil {
-			tr.Close()
-			return err
-		}
-		n.replicas[p] = r
-		var servers []raft.Server
-		for _, id := range asg.Replicas(p) {
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(n.state.addrOf(string(id)))})
-		}
-		if err := r.Bootstrap(servers); err != nil {
-			return fmt.Errorf("partition %d: bootstrap: %w", p, err)
+// startCluster starts the node's member of the metadata group, its replicas
+// and the loops that keep them in line with the metadata. create bootstraps
+// a new cluster's groups.
+func (n *Node) startCluster(view *cluster.State, create bool) error {
+	n.adoptMu.Lock()
+	defer n.adoptMu.Unlock()
+	if n.meta != nil {
+		return nil
+	}
+	select {
+	case <-n.stop:
+		return errors.New("node: closed")
+	default:
+	}
+	r, err := ring.New(view.Partitions)
+	if err != nil {
+		return err
+	}
+	n.ring.Store(r)
+	if err := n.setView(view, true); err != nil {
+		return err
+	}
+	tr, err := n.trans.Transport(cluster.Group)
+	if err != nil {
+		return err
+	}
+	meta, err := cluster.Open(cluster.Config{
+		NodeID:             n.cfg.ID,
+		Dir:                filepath.Join(n.cfg.DataDir, "meta"),
+		WAL:                n.wal,
+		Transport:          tr,
+		Logger:             n.log,
+		HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
+		ElectionTimeout:    n.cfg.ElectionTimeout,
+		LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
+		CommitTimeout:      n.cfg.CommitTimeout,
+		OnChange:           func(s *cluster.State) { n.setView(s, false) },
+	})
+	if err != nil {
+		tr.Close()
+		return err
+	}
+	n.meta = meta
+	if create {
+		if err := meta.Bootstrap(metaServers(view)); err != nil {
+			return fmt.Errorf("metadata group: bootstrap: %w", err)
 		}
 	}
+	if err := n.dropStrays(view); err != nil {
+		return err
+	}
+	for p := range ring.PartitionID(view.Partitions) {
+		if !view.Hosts(n.cfg.ID, p) {
+			continue
+		}
+		r, err := n.openReplica(p)
+		if err != nil {
+			return err
+		}
+		if create {
+			var servers []raft.Server
+			for _, id := range view.Placement().Replicas(p) {
+				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(view.Addr(string(id)))})
+			}
+			if err := r.Bootstrap(servers); err != nil {
+				return fmt.Errorf("partition %d: bootstrap: %w", p, err)
+			}
+		}
+	}
+	n.watch.Add(3)
+	go n.hostReplicas()
+	go n.heartbeat()
+	go n.manage()
+	if n.cfg.BalanceInterval > 0 {
+		n.watch.Add(1)
+		go n.balancePrimaries()
+	}
 	return nil
+}
+
+// metaServers is a new cluster's metadata group: its first MaxVoters
+// members by id vote, the rest follow.
+func metaServers(view *cluster.State) []raft.Server {
+	var servers []raft.Server
+	for i, m := range view.Members {
+		sf := raft.Voter
+		if i >= cluster.MaxVoters {
+			sf = raft.Nonvoter
+		}
+		servers = append(servers, raft.Server{Suffrage: sf, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Addr)})
+	}
+	return servers
+}
+
+// setView records a newer view: published, saved to cluster.json, and
+// handed to the replicas' reconciliation. An older or equal one is ignored
+// (a restarting member of the metadata group replays history), unless
+// force.
+func (n *Node) setView(s *cluster.State, force bool) error {
+	if s == nil {
+		return nil
+	}
+	n.viewMu.Lock()
+	defer n.viewMu.Unlock()
+	if cur := n.view.Load(); cur != nil && !force && s.Epoch <= cur.Epoch {
+		return nil
+	}
+	if err := saveState(n.cfg.DataDir, n.cfg.ID, s); err != nil {
+		n.log.Error("saving the cluster view", "epoch", s.Epoch, "error", err)
+		return err
+	}
+	n.view.Store(s)
+	select {
+	case n.viewCh <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config {
+	return shard.Config{
+		Partition:          uint32(p),
+		NodeID:             raft.ServerID(n.cfg.ID),
+		Dir:                n.partitionDir(p),
+		Backend:            n.cfg.RaftLog,
+		WAL:                n.wal,
+		Transport:          tr,
+		Clock:              n.clock,
+		Logger:             n.log,
+		Limits:             n.cfg.Limits,
+		HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
+		ElectionTimeout:    n.cfg.ElectionTimeout,
+		LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
+		CommitTimeout:      n.cfg.CommitTimeout,
+		SnapshotThreshold:  n.cfg.SnapshotThreshold,
+		SnapshotInterval:   n.cfg.SnapshotInterval,
+		TrailingLogs:       n.cfg.TrailingLogs,
+		OpTimeout:          n.cfg.OpTimeout,
+		Snapshots:          n.gate,
+		Reoffer:            n.reoffer,
+		OnSnapshot:         n.metrics.ObserveSnapshot,
+	}
+}
+
+func (n *Node) partitionDir(p ring.PartitionID) string {
+	return filepath.Join(n.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p))
 }
 
 // reoffer hands a fast write cut from a local log to the partition's primary.
@@ -309,31 +468,53 @@ func (n *Node) Addr() string { return n.lis.Addr().String() }
 // ID is the node's id.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// Lookup implements router.Directory.
-func (n *Node) Lookup(key []byte) ring.PartitionID { return n.ring.Lookup(key) }
+// Lookup implements router.Directory. A node that belongs to no cluster
+// yet maps every key to partition 0, which it neither hosts nor knows.
+func (n *Node) Lookup(key []byte) ring.PartitionID {
+	if r := n.ring.Load(); r != nil {
+		return r.Lookup(key)
+	}
+	return 0
+}
 
 // Replica implements router.Directory: this node's replica of p, or nil.
-func (n *Node) Replica(p ring.PartitionID) *shard.Replica { return n.replicas[p] }
+func (n *Node) Replica(p ring.PartitionID) *shard.Replica { return (*n.replicas.Load())[p] }
 
-// Addrs implements router.Directory.
+// Addrs implements router.Directory: the voters of p's recorded
+// configuration that are not down, the preferred primary first.
 func (n *Node) Addrs(p ring.PartitionID) []string {
-	asg := n.state.assignment
-	out := []string{n.state.addrOf(string(asg.Primary(p)))}
-	for _, id := range asg.Replicas(p) {
-		if id != asg.Primary(p) {
-			out = append(out, n.state.addrOf(string(id)))
+	view := n.view.Load()
+	if view == nil || int(p) >= view.Partitions {
+		return nil
+	}
+	var out []string
+	for _, sv := range view.Config[p] {
+		m := view.Member(sv.ID)
+		if !sv.Voter || m == nil || m.State == cluster.Down {
+			continue
+		}
+		if ring.NodeID(sv.ID) == view.Placement().Primary(p) {
+			out = append([]string{m.Addr}, out...)
+		} else {
+			out = append(out, m.Addr)
 		}
 	}
 	return out
 }
 
-// Placement is the cluster's partition placement as this node knows it.
-func (n *Node) Placement() *ring.Assignment { return n.state.assignment }
+// View is the cluster metadata as this node last saw it; nil while the node
+// belongs to no cluster.
+func (n *Node) View() *cluster.State { return n.view.Load() }
+
+// Fatal delivers the reason the node cannot go on (it was removed from its
+// cluster); the process should stop.
+func (n *Node) Fatal() <-chan error { return n.fatal }
 
 // Partitions lists the partitions this node hosts, in order.
 func (n *Node) Partitions() []ring.PartitionID {
-	ps := make([]ring.PartitionID, 0, len(n.replicas))
-	for p := range n.replicas {
+	reps := *n.replicas.Load()
+	ps := make([]ring.PartitionID, 0, len(reps))
+	for p := range reps {
 		ps = append(ps, p)
 	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i] < ps[j] })
@@ -350,7 +531,11 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	// Under adoptMu, so that an adoption either sees stop closed or has
+	// started its loops before Close waits for them.
+	n.adoptMu.Lock()
 	close(n.stop)
+	n.adoptMu.Unlock()
 	n.watch.Wait()
 	if n.health != nil {
 		n.health.Shutdown()
@@ -363,8 +548,9 @@ func (n *Node) Close() error {
 	} else if n.httpLis != nil {
 		n.httpLis.Close()
 	}
+	reps := *n.replicas.Load()
 	var wg sync.WaitGroup
-	for _, r := range n.replicas {
+	for _, r := range reps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -374,9 +560,14 @@ func (n *Node) Close() error {
 		}()
 	}
 	wg.Wait()
-	for _, r := range n.replicas {
+	for _, r := range reps {
 		errs = append(errs, r.Close())
 	}
+	n.adoptMu.Lock()
+	if n.meta != nil {
+		errs = append(errs, n.meta.Close())
+	}
+	n.adoptMu.Unlock()
 	if n.trans != nil {
 		errs = append(errs, n.trans.Close())
 	}

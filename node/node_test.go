@@ -128,7 +128,7 @@ func TestPrimariesSpreadEvenly(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{Partitions: 8, Tweak: func(cfg *node.Config) {
 		cfg.BalanceInterval = 200 * time.Millisecond
 	}})
-	asg := c.Nodes[0].Placement()
+	asg := c.Nodes[0].View().Placement()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		counts, misplaced := map[string]int{}, 0

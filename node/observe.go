@@ -66,9 +66,12 @@ func (t tracing) dialOptions() []grpc.DialOption {
 
 // metricReplicas lists the hosted replicas for a scrape.
 func (n *Node) metricReplicas() []metrics.Replica {
-	out := make([]metrics.Replica, 0, len(n.replicas))
+	reps := *n.replicas.Load()
+	out := make([]metrics.Replica, 0, len(reps))
 	for _, p := range n.Partitions() {
-		out = append(out, n.replicas[p])
+		if r := reps[p]; r != nil {
+			out = append(out, r)
+		}
 	}
 	return out
 }
@@ -78,8 +81,16 @@ func (n *Node) metricReplicas() []metrics.Replica {
 // be committed; otherwise an ErrNotReady naming the first partition that is
 // not and why.
 func (n *Node) Ready() error {
+	if n.view.Load() == nil {
+		return fmt.Errorf("%w: the node belongs to no cluster yet", ErrNotReady)
+	}
+	reps := *n.replicas.Load()
 	for _, p := range n.Partitions() {
-		st := n.replicas[p].Status()
+		r := reps[p]
+		if r == nil {
+			continue
+		}
+		st := r.Status()
 		if st.LeaderID == "" {
 			return fmt.Errorf("%w: partition %d: no leader known", ErrNotReady, p)
 		}

@@ -94,6 +94,29 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
+// AddNode starts a node that belongs to no cluster yet, as kvnode does
+// without --peers, and returns its index; Admin.Join adds it.
+func (c *Cluster) AddNode() int {
+	c.t.Helper()
+	i := len(c.Nodes)
+	cfg := c.cfgs[0]
+	cfg.ID = fmt.Sprintf("n%d", i+1)
+	cfg.Peers = nil
+	cfg.DataDir = filepath.Join(filepath.Dir(cfg.DataDir), cfg.ID)
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.ID, Level: hclog.Warn})
+	lis := listen(c.t, 1)[0]
+	cfg.Listen = lis.Addr().String()
+	cfg.MetricsAddr, cfg.MetricsListener = "", nil
+	c.cfgs = append(c.cfgs, cfg)
+	cfg.Listener = lis
+	n, err := node.Start(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.Nodes = append(c.Nodes, n)
+	return i
+}
+
 // listen opens n listeners on free loopback ports.
 func listen(t testing.TB, n int) []net.Listener {
 	t.Helper()
@@ -120,6 +143,9 @@ func (c *Cluster) WaitReady() {
 		for _, p := range n.Partitions() {
 			for {
 				r := n.Replica(p)
+				if r == nil {
+					break // moved off the node meanwhile
+				}
 				if id, _ := r.Leader(); id != "" {
 					break
 				}

@@ -78,6 +78,62 @@ func (RaftState) EnumDescriptor() ([]byte, []int) {
 	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type ReconfigureRequest_Op int32
+
+const (
+	// Change nothing; report the configuration.
+	ReconfigureRequest_OP_NONE                ReconfigureRequest_Op = 0
+	ReconfigureRequest_OP_ADD_LEARNER         ReconfigureRequest_Op = 1
+	ReconfigureRequest_OP_PROMOTE             ReconfigureRequest_Op = 2
+	ReconfigureRequest_OP_REMOVE              ReconfigureRequest_Op = 3
+	ReconfigureRequest_OP_TRANSFER_LEADERSHIP ReconfigureRequest_Op = 4
+)
+
+// Enum value maps for ReconfigureRequest_Op.
+var (
+	ReconfigureRequest_Op_name = map[int32]string{
+		0: "OP_NONE",
+		1: "OP_ADD_LEARNER",
+		2: "OP_PROMOTE",
+		3: "OP_REMOVE",
+		4: "OP_TRANSFER_LEADERSHIP",
+	}
+	ReconfigureRequest_Op_value = map[string]int32{
+		"OP_NONE":                0,
+		"OP_ADD_LEARNER":         1,
+		"OP_PROMOTE":             2,
+		"OP_REMOVE":              3,
+		"OP_TRANSFER_LEADERSHIP": 4,
+	}
+)
+
+func (x ReconfigureRequest_Op) Enum() *ReconfigureRequest_Op {
+	p := new(ReconfigureRequest_Op)
+	*p = x
+	return p
+}
+
+func (x ReconfigureRequest_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReconfigureRequest_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_ringkv_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (ReconfigureRequest_Op) Type() protoreflect.EnumType {
+	return &file_ringkv_v1_admin_proto_enumTypes[1]
+}
+
+func (x ReconfigureRequest_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReconfigureRequest_Op.Descriptor instead.
+func (ReconfigureRequest_Op) EnumDescriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{13, 0}
+}
+
 type ClusterMapRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -187,9 +243,13 @@ func (x *ClusterMapResponse) GetPartitionMap() []*PartitionMap {
 }
 
 type NodeInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// joining, up, suspect, down or leaving.
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// When the node entered its state, unix nanoseconds.
+	SinceUnixNano int64 `protobuf:"varint,4,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +298,20 @@ func (x *NodeInfo) GetAddress() string {
 	return ""
 }
 
+func (x *NodeInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
 type PartitionMap struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -245,8 +319,14 @@ type PartitionMap struct {
 	Replicas []string `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	// The primary (Raft leader) if the answering node knows it, else the
 	// preferred primary of the placement.
-	PrimaryId     string `protobuf:"bytes,3,opt,name=primary_id,json=primaryId,proto3" json:"primary_id,omitempty"`
-	PrimaryAddr   string `protobuf:"bytes,4,opt,name=primary_addr,json=primaryAddr,proto3" json:"primary_addr,omitempty"`
+	PrimaryId   string `protobuf:"bytes,3,opt,name=primary_id,json=primaryId,proto3" json:"primary_id,omitempty"`
+	PrimaryAddr string `protobuf:"bytes,4,opt,name=primary_addr,json=primaryAddr,proto3" json:"primary_addr,omitempty"`
+	// The Raft configuration the metadata group last recorded: the replicas
+	// above are its voters, these the non-voters still catching up.
+	Learners []string `protobuf:"bytes,5,rep,name=learners,proto3" json:"learners,omitempty"`
+	// Where the placement wants the replicas; differs from replicas while a
+	// move is in flight.
+	Target        []string `protobuf:"bytes,6,rep,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +389,605 @@ func (x *PartitionMap) GetPrimaryAddr() string {
 	return ""
 }
 
+func (x *PartitionMap) GetLearners() []string {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
+func (x *PartitionMap) GetTarget() []string {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+type JoinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *JoinRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type JoinResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The metadata epoch that recorded the join.
+	Epoch         uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JoinResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type LeaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveRequest) Reset() {
+	*x = LeaveRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveRequest) ProtoMessage() {}
+
+func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
+func (*LeaveRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LeaveRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type LeaveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResponse) Reset() {
+	*x = LeaveResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResponse) ProtoMessage() {}
+
+func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
+func (*LeaveResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LeaveResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type HeartbeatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	ClusterId     string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HeartbeatRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+type HeartbeatResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeartbeatResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type AdoptRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The id the node must have been started with.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The cluster's metadata (package cluster's encoding, checksummed).
+	State         []byte `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptRequest) Reset() {
+	*x = AdoptRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptRequest) ProtoMessage() {}
+
+func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
+func (*AdoptRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AdoptRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *AdoptRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AdoptRequest) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type AdoptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptResponse) Reset() {
+	*x = AdoptResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptResponse) ProtoMessage() {}
+
+func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
+func (*AdoptResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+type GroupMember struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Voter         bool                   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupMember) Reset() {
+	*x = GroupMember{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupMember) ProtoMessage() {}
+
+func (x *GroupMember) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupMember.ProtoReflect.Descriptor instead.
+func (*GroupMember) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GroupMember) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GroupMember) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *GroupMember) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+type ReconfigureRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Op        ReconfigureRequest_Op  `protobuf:"varint,2,opt,name=op,proto3,enum=ringkv.v1.ReconfigureRequest_Op" json:"op,omitempty"`
+	Id        string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	Address   string                 `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// The configuration index the change was planned against; the change is
+	// refused if the configuration changed since (0: no check).
+	ConfigIndex   uint64 `protobuf:"varint,5,opt,name=config_index,json=configIndex,proto3" json:"config_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconfigureRequest) Reset() {
+	*x = ReconfigureRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconfigureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconfigureRequest) ProtoMessage() {}
+
+func (x *ReconfigureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconfigureRequest.ProtoReflect.Descriptor instead.
+func (*ReconfigureRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReconfigureRequest) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *ReconfigureRequest) GetOp() ReconfigureRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return ReconfigureRequest_OP_NONE
+}
+
+func (x *ReconfigureRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReconfigureRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ReconfigureRequest) GetConfigIndex() uint64 {
+	if x != nil {
+		return x.ConfigIndex
+	}
+	return 0
+}
+
+type ReconfigureResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Servers       []*GroupMember         `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	ConfigIndex   uint64                 `protobuf:"varint,2,opt,name=config_index,json=configIndex,proto3" json:"config_index,omitempty"`
+	CommitIndex   uint64                 `protobuf:"varint,3,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconfigureResponse) Reset() {
+	*x = ReconfigureResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconfigureResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconfigureResponse) ProtoMessage() {}
+
+func (x *ReconfigureResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconfigureResponse.ProtoReflect.Descriptor instead.
+func (*ReconfigureResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReconfigureResponse) GetServers() []*GroupMember {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ReconfigureResponse) GetConfigIndex() uint64 {
+	if x != nil {
+		return x.ConfigIndex
+	}
+	return 0
+}
+
+func (x *ReconfigureResponse) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
 type ReofferRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -320,7 +999,7 @@ type ReofferRequest struct {
 
 func (x *ReofferRequest) Reset() {
 	*x = ReofferRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +1011,7 @@ func (x *ReofferRequest) String() string {
 func (*ReofferRequest) ProtoMessage() {}
 
 func (x *ReofferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +1024,7 @@ func (x *ReofferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReofferRequest.ProtoReflect.Descriptor instead.
 func (*ReofferRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReofferRequest) GetPartition() uint32 {
@@ -370,7 +1049,7 @@ type ReofferResponse struct {
 
 func (x *ReofferResponse) Reset() {
 	*x = ReofferResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +1061,7 @@ func (x *ReofferResponse) String() string {
 func (*ReofferResponse) ProtoMessage() {}
 
 func (x *ReofferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +1074,7 @@ func (x *ReofferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReofferResponse.ProtoReflect.Descriptor instead.
 func (*ReofferResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type StatusRequest struct {
@@ -406,7 +1085,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +1097,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +1110,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusResponse struct {
@@ -453,7 +1132,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +1144,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +1157,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -534,7 +1213,7 @@ type PartitionStatus struct {
 
 func (x *PartitionStatus) Reset() {
 	*x = PartitionStatus{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +1225,7 @@ func (x *PartitionStatus) String() string {
 func (*PartitionStatus) ProtoMessage() {}
 
 func (x *PartitionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +1238,7 @@ func (x *PartitionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStatus.ProtoReflect.Descriptor instead.
 func (*PartitionStatus) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PartitionStatus) GetPartition() uint32 {
@@ -630,16 +1309,63 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"partitions\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12)\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x13.ringkv.v1.NodeInfoR\x05nodes\x12<\n" +
-	"\rpartition_map\x18\x04 \x03(\v2\x17.ringkv.v1.PartitionMapR\fpartitionMap\"4\n" +
+	"\rpartition_map\x18\x04 \x03(\v2\x17.ringkv.v1.PartitionMapR\fpartitionMap\"r\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x8a\x01\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12&\n" +
+	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\"\xbe\x01\n" +
 	"\fPartitionMap\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\tR\breplicas\x12\x1d\n" +
 	"\n" +
 	"primary_id\x18\x03 \x01(\tR\tprimaryId\x12!\n" +
-	"\fprimary_addr\x18\x04 \x01(\tR\vprimaryAddr\"D\n" +
+	"\fprimary_addr\x18\x04 \x01(\tR\vprimaryAddr\x12\x1a\n" +
+	"\blearners\x18\x05 \x03(\tR\blearners\x12\x16\n" +
+	"\x06target\x18\x06 \x03(\tR\x06target\"7\n" +
+	"\vJoinRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"$\n" +
+	"\fJoinResponse\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"\x1e\n" +
+	"\fLeaveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"%\n" +
+	"\rLeaveResponse\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"d\n" +
+	"\x10HeartbeatRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\tR\tclusterId\")\n" +
+	"\x11HeartbeatResponse\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"\\\n" +
+	"\fAdoptRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\"\x0f\n" +
+	"\rAdoptResponse\"M\n" +
+	"\vGroupMember\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x93\x02\n" +
+	"\x12ReconfigureRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\x120\n" +
+	"\x02op\x18\x02 \x01(\x0e2 .ringkv.v1.ReconfigureRequest.OpR\x02op\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12!\n" +
+	"\fconfig_index\x18\x05 \x01(\x04R\vconfigIndex\"`\n" +
+	"\x02Op\x12\v\n" +
+	"\aOP_NONE\x10\x00\x12\x12\n" +
+	"\x0eOP_ADD_LEARNER\x10\x01\x12\x0e\n" +
+	"\n" +
+	"OP_PROMOTE\x10\x02\x12\r\n" +
+	"\tOP_REMOVE\x10\x03\x12\x1a\n" +
+	"\x16OP_TRANSFER_LEADERSHIP\x10\x04\"\x8d\x01\n" +
+	"\x13ReconfigureResponse\x120\n" +
+	"\aservers\x18\x01 \x03(\v2\x16.ringkv.v1.GroupMemberR\aservers\x12!\n" +
+	"\fconfig_index\x18\x02 \x01(\x04R\vconfigIndex\x12!\n" +
+	"\fcommit_index\x18\x03 \x01(\x04R\vcommitIndex\"D\n" +
 	"\x0eReofferRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\fR\x05entry\"\x11\n" +
@@ -669,12 +1395,17 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\x13RAFT_STATE_FOLLOWER\x10\x01\x12\x18\n" +
 	"\x14RAFT_STATE_CANDIDATE\x10\x02\x12\x15\n" +
 	"\x11RAFT_STATE_LEADER\x10\x03\x12\x17\n" +
-	"\x13RAFT_STATE_SHUTDOWN\x10\x042\xd3\x01\n" +
+	"\x13RAFT_STATE_SHUTDOWN\x10\x042\x9a\x04\n" +
 	"\x05Admin\x12=\n" +
 	"\x06Status\x12\x18.ringkv.v1.StatusRequest\x1a\x19.ringkv.v1.StatusResponse\x12I\n" +
 	"\n" +
 	"ClusterMap\x12\x1c.ringkv.v1.ClusterMapRequest\x1a\x1d.ringkv.v1.ClusterMapResponse\x12@\n" +
-	"\aReoffer\x12\x19.ringkv.v1.ReofferRequest\x1a\x1a.ringkv.v1.ReofferResponseB)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
+	"\aReoffer\x12\x19.ringkv.v1.ReofferRequest\x1a\x1a.ringkv.v1.ReofferResponse\x127\n" +
+	"\x04Join\x12\x16.ringkv.v1.JoinRequest\x1a\x17.ringkv.v1.JoinResponse\x12:\n" +
+	"\x05Leave\x12\x17.ringkv.v1.LeaveRequest\x1a\x18.ringkv.v1.LeaveResponse\x12F\n" +
+	"\tHeartbeat\x12\x1b.ringkv.v1.HeartbeatRequest\x1a\x1c.ringkv.v1.HeartbeatResponse\x12:\n" +
+	"\x05Adopt\x12\x17.ringkv.v1.AdoptRequest\x1a\x18.ringkv.v1.AdoptResponse\x12L\n" +
+	"\vReconfigure\x12\x1d.ringkv.v1.ReconfigureRequest\x1a\x1e.ringkv.v1.ReconfigureResponseB)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
 
 var (
 	file_ringkv_v1_admin_proto_rawDescOnce sync.Once
@@ -688,36 +1419,60 @@ func file_ringkv_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ringkv_v1_admin_proto_rawDescData
 }
 
-var file_ringkv_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ringkv_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_ringkv_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ringkv_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_ringkv_v1_admin_proto_goTypes = []any{
-	(RaftState)(0),             // 0: ringkv.v1.RaftState
-	(*ClusterMapRequest)(nil),  // 1: ringkv.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil), // 2: ringkv.v1.ClusterMapResponse
-	(*NodeInfo)(nil),           // 3: ringkv.v1.NodeInfo
-	(*PartitionMap)(nil),       // 4: ringkv.v1.PartitionMap
-	(*ReofferRequest)(nil),     // 5: ringkv.v1.ReofferRequest
-	(*ReofferResponse)(nil),    // 6: ringkv.v1.ReofferResponse
-	(*StatusRequest)(nil),      // 7: ringkv.v1.StatusRequest
-	(*StatusResponse)(nil),     // 8: ringkv.v1.StatusResponse
-	(*PartitionStatus)(nil),    // 9: ringkv.v1.PartitionStatus
+	(RaftState)(0),              // 0: ringkv.v1.RaftState
+	(ReconfigureRequest_Op)(0),  // 1: ringkv.v1.ReconfigureRequest.Op
+	(*ClusterMapRequest)(nil),   // 2: ringkv.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),  // 3: ringkv.v1.ClusterMapResponse
+	(*NodeInfo)(nil),            // 4: ringkv.v1.NodeInfo
+	(*PartitionMap)(nil),        // 5: ringkv.v1.PartitionMap
+	(*JoinRequest)(nil),         // 6: ringkv.v1.JoinRequest
+	(*JoinResponse)(nil),        // 7: ringkv.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 8: ringkv.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 9: ringkv.v1.LeaveResponse
+	(*HeartbeatRequest)(nil),    // 10: ringkv.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 11: ringkv.v1.HeartbeatResponse
+	(*AdoptRequest)(nil),        // 12: ringkv.v1.AdoptRequest
+	(*AdoptResponse)(nil),       // 13: ringkv.v1.AdoptResponse
+	(*GroupMember)(nil),         // 14: ringkv.v1.GroupMember
+	(*ReconfigureRequest)(nil),  // 15: ringkv.v1.ReconfigureRequest
+	(*ReconfigureResponse)(nil), // 16: ringkv.v1.ReconfigureResponse
+	(*ReofferRequest)(nil),      // 17: ringkv.v1.ReofferRequest
+	(*ReofferResponse)(nil),     // 18: ringkv.v1.ReofferResponse
+	(*StatusRequest)(nil),       // 19: ringkv.v1.StatusRequest
+	(*StatusResponse)(nil),      // 20: ringkv.v1.StatusResponse
+	(*PartitionStatus)(nil),     // 21: ringkv.v1.PartitionStatus
 }
 var file_ringkv_v1_admin_proto_depIdxs = []int32{
-	3, // 0: ringkv.v1.ClusterMapResponse.nodes:type_name -> ringkv.v1.NodeInfo
-	4, // 1: ringkv.v1.ClusterMapResponse.partition_map:type_name -> ringkv.v1.PartitionMap
-	9, // 2: ringkv.v1.StatusResponse.partitions:type_name -> ringkv.v1.PartitionStatus
-	0, // 3: ringkv.v1.PartitionStatus.state:type_name -> ringkv.v1.RaftState
-	7, // 4: ringkv.v1.Admin.Status:input_type -> ringkv.v1.StatusRequest
-	1, // 5: ringkv.v1.Admin.ClusterMap:input_type -> ringkv.v1.ClusterMapRequest
-	5, // 6: ringkv.v1.Admin.Reoffer:input_type -> ringkv.v1.ReofferRequest
-	8, // 7: ringkv.v1.Admin.Status:output_type -> ringkv.v1.StatusResponse
-	2, // 8: ringkv.v1.Admin.ClusterMap:output_type -> ringkv.v1.ClusterMapResponse
-	6, // 9: ringkv.v1.Admin.Reoffer:output_type -> ringkv.v1.ReofferResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4,  // 0: ringkv.v1.ClusterMapResponse.nodes:type_name -> ringkv.v1.NodeInfo
+	5,  // 1: ringkv.v1.ClusterMapResponse.partition_map:type_name -> ringkv.v1.PartitionMap
+	1,  // 2: ringkv.v1.ReconfigureRequest.op:type_name -> ringkv.v1.ReconfigureRequest.Op
+	14, // 3: ringkv.v1.ReconfigureResponse.servers:type_name -> ringkv.v1.GroupMember
+	21, // 4: ringkv.v1.StatusResponse.partitions:type_name -> ringkv.v1.PartitionStatus
+	0,  // 5: ringkv.v1.PartitionStatus.state:type_name -> ringkv.v1.RaftState
+	19, // 6: ringkv.v1.Admin.Status:input_type -> ringkv.v1.StatusRequest
+	2,  // 7: ringkv.v1.Admin.ClusterMap:input_type -> ringkv.v1.ClusterMapRequest
+	17, // 8: ringkv.v1.Admin.Reoffer:input_type -> ringkv.v1.ReofferRequest
+	6,  // 9: ringkv.v1.Admin.Join:input_type -> ringkv.v1.JoinRequest
+	8,  // 10: ringkv.v1.Admin.Leave:input_type -> ringkv.v1.LeaveRequest
+	10, // 11: ringkv.v1.Admin.Heartbeat:input_type -> ringkv.v1.HeartbeatRequest
+	12, // 12: ringkv.v1.Admin.Adopt:input_type -> ringkv.v1.AdoptRequest
+	15, // 13: ringkv.v1.Admin.Reconfigure:input_type -> ringkv.v1.ReconfigureRequest
+	20, // 14: ringkv.v1.Admin.Status:output_type -> ringkv.v1.StatusResponse
+	3,  // 15: ringkv.v1.Admin.ClusterMap:output_type -> ringkv.v1.ClusterMapResponse
+	18, // 16: ringkv.v1.Admin.Reoffer:output_type -> ringkv.v1.ReofferResponse
+	7,  // 17: ringkv.v1.Admin.Join:output_type -> ringkv.v1.JoinResponse
+	9,  // 18: ringkv.v1.Admin.Leave:output_type -> ringkv.v1.LeaveResponse
+	11, // 19: ringkv.v1.Admin.Heartbeat:output_type -> ringkv.v1.HeartbeatResponse
+	13, // 20: ringkv.v1.Admin.Adopt:output_type -> ringkv.v1.AdoptResponse
+	16, // 21: ringkv.v1.Admin.Reconfigure:output_type -> ringkv.v1.ReconfigureResponse
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_ringkv_v1_admin_proto_init() }
@@ -730,8 +1485,8 @@ func file_ringkv_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringkv_v1_admin_proto_rawDesc), len(file_ringkv_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      2,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

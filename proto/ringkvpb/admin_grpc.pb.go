@@ -19,17 +19,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Status_FullMethodName     = "/ringkv.v1.Admin/Status"
-	Admin_ClusterMap_FullMethodName = "/ringkv.v1.Admin/ClusterMap"
-	Admin_Reoffer_FullMethodName    = "/ringkv.v1.Admin/Reoffer"
+	Admin_Status_FullMethodName      = "/ringkv.v1.Admin/Status"
+	Admin_ClusterMap_FullMethodName  = "/ringkv.v1.Admin/ClusterMap"
+	Admin_Reoffer_FullMethodName     = "/ringkv.v1.Admin/Reoffer"
+	Admin_Join_FullMethodName        = "/ringkv.v1.Admin/Join"
+	Admin_Leave_FullMethodName       = "/ringkv.v1.Admin/Leave"
+	Admin_Heartbeat_FullMethodName   = "/ringkv.v1.Admin/Heartbeat"
+	Admin_Adopt_FullMethodName       = "/ringkv.v1.Admin/Adopt"
+	Admin_Reconfigure_FullMethodName = "/ringkv.v1.Admin/Reconfigure"
 )
 
 // AdminClient is the client API for Admin service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Admin is the operator API of one node. Membership changes (Join, Leave)
-// will be added to this service.
+// Admin is the operator API of one node, and the node-to-node API of
+// cluster membership. Join and Leave may be sent to any member: they are
+// forwarded to the leader of the metadata group, which records them and then
+// moves replicas.
 type AdminClient interface {
 	// Status reports the node and every partition replica it hosts.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -40,6 +47,21 @@ type AdminClient interface {
 	// acknowledged fast write that was cut from its log, to be proposed again
 	// with its original version and timestamp. Only the primary accepts it.
 	Reoffer(ctx context.Context, in *ReofferRequest, opts ...grpc.CallOption) (*ReofferResponse, error)
+	// Join adds a node, started without --peers, to the cluster. Idempotent:
+	// joining a member again with the same address succeeds.
+	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
+	// Leave decommissions a member: its replicas move to other nodes, then it
+	// is removed. Refused if fewer than 3 nodes would remain.
+	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// Heartbeat is node-to-node: every member reports to the metadata leader,
+	// which marks silent members suspect, then down.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Adopt is node-to-node: the metadata leader hands a node waiting to join
+	// the cluster's identity before adding it.
+	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
+	// Reconfigure is node-to-node: the metadata leader asks a partition's
+	// primary to change the Raft configuration one step of a replica move.
+	Reconfigure(ctx context.Context, in *ReconfigureRequest, opts ...grpc.CallOption) (*ReconfigureResponse, error)
 }
 
 type adminClient struct {
@@ -80,12 +102,64 @@ func (c *adminClient) Reoffer(ctx context.Context, in *ReofferRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinResponse)
+	err := c.cc.Invoke(ctx, Admin_Join_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveResponse)
+	err := c.cc.Invoke(ctx, Admin_Leave_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatResponse)
+	err := c.cc.Invoke(ctx, Admin_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdoptResponse)
+	err := c.cc.Invoke(ctx, Admin_Adopt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Reconfigure(ctx context.Context, in *ReconfigureRequest, opts ...grpc.CallOption) (*ReconfigureResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReconfigureResponse)
+	err := c.cc.Invoke(ctx, Admin_Reconfigure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
 //
-// Admin is the operator API of one node. Membership changes (Join, Leave)
-// will be added to this service.
+// Admin is the operator API of one node, and the node-to-node API of
+// cluster membership. Join and Leave may be sent to any member: they are
+// forwarded to the leader of the metadata group, which records them and then
+// moves replicas.
 type AdminServer interface {
 	// Status reports the node and every partition replica it hosts.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -96,6 +170,21 @@ type AdminServer interface {
 	// acknowledged fast write that was cut from its log, to be proposed again
 	// with its original version and timestamp. Only the primary accepts it.
 	Reoffer(context.Context, *ReofferRequest) (*ReofferResponse, error)
+	// Join adds a node, started without --peers, to the cluster. Idempotent:
+	// joining a member again with the same address succeeds.
+	Join(context.Context, *JoinRequest) (*JoinResponse, error)
+	// Leave decommissions a member: its replicas move to other nodes, then it
+	// is removed. Refused if fewer than 3 nodes would remain.
+	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// Heartbeat is node-to-node: every member reports to the metadata leader,
+	// which marks silent members suspect, then down.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Adopt is node-to-node: the metadata leader hands a node waiting to join
+	// the cluster's identity before adding it.
+	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
+	// Reconfigure is node-to-node: the metadata leader asks a partition's
+	// primary to change the Raft configuration one step of a replica move.
+	Reconfigure(context.Context, *ReconfigureRequest) (*ReconfigureResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -114,6 +203,21 @@ func (UnimplementedAdminServer) ClusterMap(context.Context, *ClusterMapRequest) 
 }
 func (UnimplementedAdminServer) Reoffer(context.Context, *ReofferRequest) (*ReofferResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reoffer not implemented")
+}
+func (UnimplementedAdminServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
+}
+func (UnimplementedAdminServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedAdminServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedAdminServer) Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Adopt not implemented")
+}
+func (UnimplementedAdminServer) Reconfigure(context.Context, *ReconfigureRequest) (*ReconfigureResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reconfigure not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -190,6 +294,96 @@ func _Admin_Reoffer_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Join(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Join_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Join(ctx, req.(*JoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Leave_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Leave(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Leave_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Leave(ctx, req.(*LeaveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Adopt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdoptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Adopt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Adopt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Adopt(ctx, req.(*AdoptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Reconfigure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReconfigureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Reconfigure(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Reconfigure_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Reconfigure(ctx, req.(*ReconfigureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +402,26 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reoffer",
 			Handler:    _Admin_Reoffer_Handler,
+		},
+		{
+			MethodName: "Join",
+			Handler:    _Admin_Join_Handler,
+		},
+		{
+			MethodName: "Leave",
+			Handler:    _Admin_Leave_Handler,
+		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _Admin_Heartbeat_Handler,
+		},
+		{
+			MethodName: "Adopt",
+			Handler:    _Admin_Adopt_Handler,
+		},
+		{
+			MethodName: "Reconfigure",
+			Handler:    _Admin_Reconfigure_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,204 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/client"
+	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/node"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
+)
+
+func fastMembership(cfg *node.Config) {
+	cfg.Timeouts = cluster.Timeouts{SuspectAfter: time.Second, DeadAfter: 2 * time.Second, ReplaceAfter: 4 * time.Second}
+	cfg.ManageInterval = 100 * time.Millisecond
+	cfg.BalanceInterval = 500 * time.Millisecond
+}
+
+// settled reports whether node n's view has every partition on its target
+// and the given member absent or present.
+func settled(n *node.Node) (bool, string) {
+	v := n.View()
+	if v == nil {
+		return false, "no view"
+	}
+	for p := range ring.PartitionID(v.Partitions) {
+		if v.Moving(p) {
+			return false, fmt.Sprintf("epoch %d: partition %d moving: config %v, target %v", v.Epoch, p, v.Config[p], v.Placement().Replicas(p))
+		}
+	}
+	return true, ""
+}
+
+// writer keeps strong writes going from several clients and remembers the
+// acknowledged ones.
+type writer struct {
+	mu     sync.Mutex
+	acked  map[string]string
+	errors map[string]int
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startWriters(t *testing.T, c *client.Client, clients int) *writer {
+	w := &writer{acked: map[string]string{}, errors: map[string]int{}, stop: make(chan struct{})}
+	for i := range clients {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				key, val := fmt.Sprintf("w%d/%d", i, k), fmt.Sprintf("v%d", k)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := c.Put(ctx, []byte(key), []byte(val), client.Strong)
+				cancel()
+				w.mu.Lock()
+				if err == nil {
+					w.acked[key] = val
+				} else {
+					w.errors[status.Code(err).String()]++
+				}
+				w.mu.Unlock()
+			}
+		}()
+	}
+	return w
+}
+
+func (w *writer) finish(t *testing.T, c *client.Client) {
+	t.Helper()
+	close(w.stop)
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.acked) == 0 {
+		t.Fatal("no write was acknowledged")
+	}
+	for k, v := range w.acked {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		it, err := c.Get(ctx, []byte(k), client.Quorum)
+		cancel()
+		if err != nil || string(it.Value) != v {
+			t.Fatalf("acknowledged %s=%s: read %q, %v", k, v, it.Value, err)
+		}
+	}
+	t.Logf("%d acknowledged strong writes all read back with quorum reads; errors by code: %v", len(w.acked), w.errors)
+}
+
+// minVoters samples every partition's Raft configuration on its primary,
+// and as the metadata records it on every node.
+func minVoters(nodes []*node.Node) int {
+	least := 99
+	for _, n := range nodes {
+		v := n.View()
+		if v == nil {
+			continue
+		}
+		for p := range v.Partitions {
+			k := 0
+			for _, sv := range v.Config[p] {
+				if sv.Voter {
+					k++
+				}
+			}
+			least = min(least, k)
+		}
+		for _, p := range n.Partitions() {
+			r := n.Replica(p)
+			if r == nil || !r.IsPrimary() {
+				continue
+			}
+			least = min(least, len(r.Status().Voters))
+		}
+	}
+	return least
+}
+
+func TestJoinAndLeaveUnderWrites(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Partitions: 8, Tweak: fastMembership})
+	cl, err := client.New(context.Background(), c.Addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	w := startWriters(t, cl, 4)
+	sampling := make(chan struct{})
+	least := make(chan int, 1)
+	added := make(chan *node.Node, 2)
+	go func() {
+		nodes := slices.Clone(c.Nodes)
+		m := 99
+		for {
+			select {
+			case <-sampling:
+				least <- m
+				return
+			case n := <-added:
+				nodes = append(nodes, n)
+			case <-time.After(20 * time.Millisecond):
+				m = min(m, minVoters(nodes))
+			}
+		}
+	}()
+	admin := pb.NewAdminClient(c.Conn(1))
+	ctx := context.Background()
+	for _, grow := range []int{4, 5} {
+		i := c.AddNode()
+		if i != grow-1 {
+			t.Fatalf("AddNode = %d", i)
+		}
+		id := c.Nodes[i].ID()
+		added <- c.Nodes[i]
+		for range 2 { // idempotent
+			if _, err := admin.Join(ctx, &pb.JoinRequest{Id: id, Address: c.Nodes[i].Addr()}); err != nil {
+				t.Fatalf("join %s: %v", id, err)
+			}
+		}
+		waitFor(t, 90*time.Second, id+" holds replicas and moves finish", func() (bool, string) {
+			if ok, why := settled(c.Nodes[0]); !ok {
+				return false, why
+			}
+			return len(c.Nodes[i].Partitions()) > 0, fmt.Sprintf("%s hosts %v", id, c.Nodes[i].Partitions())
+		})
+	}
+	for _, leave := range []string{"n1", "n2"} {
+		if _, err := admin.Leave(ctx, &pb.LeaveRequest{Id: leave}); err != nil {
+			t.Fatalf("leave %s: %v", leave, err)
+		}
+	}
+	_, err = admin.Leave(ctx, &pb.LeaveRequest{Id: "n3"})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a leave that would leave 2 nodes: %v, want FailedPrecondition", err)
+	}
+	t.Logf("refused: %v", err)
+	waitFor(t, 120*time.Second, "n1 and n2 removed", func() (bool, string) {
+		v := c.Nodes[2].View()
+		if v.Member("n1") != nil || v.Member("n2") != nil {
+			return false, fmt.Sprintf("epoch %d members %v", v.Epoch, v.Members)
+		}
+		return settled(c.Nodes[2])
+	})
+	close(sampling)
+	if m := <-least; m < 3 {
+		t.Errorf("a partition had %d voters at a sampled instant", m)
+	}
+	waitFor(t, 30*time.Second, "n1 and n2 hold nothing", func() (bool, string) {
+		return len(c.Nodes[0].Partitions())+len(c.Nodes[1].Partitions()) == 0,
+			fmt.Sprintf("n1 %v n2 %v", c.Nodes[0].Partitions(), c.Nodes[1].Partitions())
+	})
+	w.finish(t, cl)
+}
