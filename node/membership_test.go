@@ -46,8 +46,8 @@ type writer struct {
 	mu     sync.Mutex
 	acked  map[string]string
 	errors map[string]int
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	stop   chan struct{}
+	wg     sync.WaitGroup
 }
 
 func startWriters(t *testing.T, c *client.Client, clients int) *writer {
