@@ -26,6 +26,13 @@ type admin struct {
 func (a *admin) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := a.n
 	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.cfg.Listen, MetricsAddress: n.MetricsAddr(), ClusterId: n.clusterID()}
+	if v := n.view.Load(); v != nil {
+		resp.Epoch = v.Epoch
+	}
+	if meta := n.metaMember(); meta != nil {
+		id, _ := meta.Leader()
+		resp.MetadataLeader = string(id)
+	}
 	for _, p := range n.Partitions() {
 		r := n.Replica(p)
 		if r == nil {
@@ -103,13 +110,13 @@ func (a *admin) Reoffer(ctx context.Context, req *pb.ReofferRequest) (*pb.Reoffe
 // sends the request to the leader with remote.
 func onMetaLeader[T any](ctx context.Context, n *Node, local func() (T, error), remote func(pb.AdminClient) (T, error)) (T, error) {
 	var zero T
-	if n.meta == nil {
+	if n.metaMember() == nil {
 		return zero, status.Errorf(codes.FailedPrecondition, "node %s belongs to no cluster yet", n.cfg.ID)
 	}
-	if n.meta.IsLeader() {
+	if n.metaMember().IsLeader() {
 		return local()
 	}
-	id, addr := n.meta.Leader()
+	id, addr := n.metaMember().Leader()
 	if id == "" {
 		return zero, status.Error(codes.Unavailable, "the metadata group has no leader; retry")
 	}
@@ -154,7 +161,7 @@ func (a *admin) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse
 	}
 	n := a.n
 	return onMetaLeader(ctx, n, func() (*pb.JoinResponse, error) {
-		view := n.meta.State()
+		view := n.metaMember().State()
 		if m := view.Member(req.GetId()); m != nil && m.Addr == req.GetAddress() {
 			return &pb.JoinResponse{Epoch: view.Epoch}, nil
 		}
@@ -164,7 +171,7 @@ func (a *admin) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse
 		if err := n.adopt(ctx, req.GetId(), req.GetAddress(), view); err != nil {
 			return nil, err
 		}
-		next, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpJoin, ID: req.GetId(), Addr: req.GetAddress(), At: time.Now().UnixNano()})
+		next, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpJoin, ID: req.GetId(), Addr: req.GetAddress(), At: time.Now().UnixNano()})
 		if err != nil {
 			return nil, proposeStatus(err)
 		}
@@ -203,14 +210,14 @@ func (a *admin) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveRespo
 	}
 	n := a.n
 	return onMetaLeader(ctx, n, func() (*pb.LeaveResponse, error) {
-		view := n.meta.State()
+		view := n.metaMember().State()
 		if view.Member(req.GetId()) == nil {
 			if view.IsRemoved(req.GetId()) {
 				return &pb.LeaveResponse{Epoch: view.Epoch}, nil
 			}
 			return nil, status.Errorf(codes.NotFound, "id: node %s is not a member of cluster %s", req.GetId(), view.ClusterID)
 		}
-		next, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: req.GetId(), State: cluster.Leaving, At: time.Now().UnixNano()})
+		next, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: req.GetId(), State: cluster.Leaving, At: time.Now().UnixNano()})
 		if err != nil {
 			return nil, proposeStatus(err)
 		}
@@ -221,10 +228,10 @@ func (a *admin) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveRespo
 
 func (a *admin) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
 	n := a.n
-	if n.meta == nil || !n.meta.IsLeader() {
+	if n.metaMember() == nil || !n.metaMember().IsLeader() {
 		return nil, status.Error(codes.Unavailable, "not the metadata leader")
 	}
-	view := n.meta.State()
+	view := n.metaMember().State()
 	switch {
 	case view == nil:
 		return nil, status.Error(codes.Unavailable, "metadata not initialized yet")

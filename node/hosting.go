@@ -136,7 +136,7 @@ func (n *Node) heartbeat() {
 			return
 		case <-tick.C:
 		}
-		id, addr := n.meta.Leader()
+		id, addr := n.metaMember().Leader()
 		if id == "" {
 			continue
 		}

@@ -75,7 +75,7 @@ func (n *Node) manage() {
 			return
 		case <-tick.C:
 		}
-		leading := n.meta.IsLeader()
+		leading := n.metaMember().IsLeader()
 		n.mgr.lead(leading)
 		if !leading {
 			continue
@@ -89,22 +89,22 @@ func (n *Node) manage() {
 }
 
 func (n *Node) manageOnce(ctx context.Context) error {
-	view := n.meta.State()
+	view := n.metaMember().State()
 	if view == nil {
 		// A new cluster: every initial member recorded the same view.
-		_, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpInit, Init: n.view.Load()})
+		_, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpInit, Init: n.view.Load()})
 		return err
 	}
 	now := time.Now()
 	for _, m := range view.Members {
 		if want := cluster.Health(m, n.mgr.lastSeen(m), now, n.cfg.Timeouts); want != m.State {
 			n.log.Info("member health changed", "member", m.ID, "from", m.State, "to", want)
-			if _, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: m.ID, State: want, At: now.UnixNano()}); err != nil {
+			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: m.ID, State: want, At: now.UnixNano()}); err != nil {
 				return err
 			}
 		}
 	}
-	view = n.meta.State()
+	view = n.metaMember().State()
 	next, err := view.Plan(n.ring.Load(), now, n.cfg.Timeouts.ReplaceAfter)
 	if err != nil {
 		return err
@@ -115,7 +115,7 @@ func (n *Node) manageOnce(ctx context.Context) error {
 			return err
 		}
 		n.log.Info("new placement", "nodes", fmt.Sprint(next.Nodes()))
-		if view, err = n.meta.Propose(ctx, cluster.Command{Op: cluster.OpSetTarget, Target: enc}); err != nil {
+		if view, err = n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetTarget, Target: enc}); err != nil {
 			return err
 		}
 	}
@@ -123,11 +123,11 @@ func (n *Node) manageOnce(ctx context.Context) error {
 		return err
 	}
 	n.advanceMoves(ctx, view)
-	view = n.meta.State()
+	view = n.metaMember().State()
 	for _, m := range view.Members {
 		if (m.State == cluster.Leaving || m.State == cluster.Down) && !view.Holds(m.ID) {
 			n.log.Info("removing a member that holds no replicas", "member", m.ID, "state", m.State)
-			if _, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
+			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
 				return err
 			}
 		}
@@ -138,7 +138,7 @@ func (n *Node) manageOnce(ctx context.Context) error {
 // manageMetaGroup keeps every member in the metadata group: up to
 // MaxVoters healthy members vote, the others follow, removed ones go.
 func (n *Node) manageMetaGroup(view *cluster.State) error {
-	r := n.meta.Raft()
+	r := n.metaMember().Raft()
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return err
@@ -321,10 +321,10 @@ func serversOf(resp *pb.ReconfigureResponse) []cluster.Server {
 // recorded one.
 func (n *Node) recordConfig(ctx context.Context, p ring.PartitionID, resp *pb.ReconfigureResponse) error {
 	cfg := serversOf(resp)
-	if slices.Equal(n.meta.State().Config[p], cfg) {
+	if slices.Equal(n.metaMember().State().Config[p], cfg) {
 		return nil
 	}
-	_, err := n.meta.Propose(ctx, cluster.Command{Op: cluster.OpSetConfig, Partition: uint32(p), Config: cfg})
+	_, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetConfig, Partition: uint32(p), Config: cfg})
 	return err
 }
 

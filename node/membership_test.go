@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
+	"github.com/ringkv/ringkv/internal/ackcheck"
 	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/internal/testcluster"
 	"github.com/ringkv/ringkv/node"
@@ -38,65 +38,6 @@ func settled(n *node.Node) (bool, string) {
 		}
 	}
 	return true, ""
-}
-
-// writer keeps strong writes going from several clients and remembers the
-// acknowledged ones.
-type writer struct {
-	mu     sync.Mutex
-	acked  map[string]string
-	errors map[string]int
-	stop   chan struct{}
-	wg     sync.WaitGroup
-}
-
-func startWriters(t *testing.T, c *client.Client, clients int) *writer {
-	w := &writer{acked: map[string]string{}, errors: map[string]int{}, stop: make(chan struct{})}
-	for i := range clients {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for k := 0; ; k++ {
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
-				key, val := fmt.Sprintf("w%d/%d", i, k), fmt.Sprintf("v%d", k)
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_, err := c.Put(ctx, []byte(key), []byte(val), client.Strong)
-				cancel()
-				w.mu.Lock()
-				if err == nil {
-					w.acked[key] = val
-				} else {
-					w.errors[status.Code(err).String()]++
-				}
-				w.mu.Unlock()
-			}
-		}()
-	}
-	return w
-}
-
-func (w *writer) finish(t *testing.T, c *client.Client) {
-	t.Helper()
-	close(w.stop)
-	w.wg.Wait()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.acked) == 0 {
-		t.Fatal("no write was acknowledged")
-	}
-	for k, v := range w.acked {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		it, err := c.Get(ctx, []byte(k), client.Quorum)
-		cancel()
-		if err != nil || string(it.Value) != v {
-			t.Fatalf("acknowledged %s=%s: read %q, %v", k, v, it.Value, err)
-		}
-	}
-	t.Logf("%d acknowledged strong writes all read back with quorum reads; errors by code: %v", len(w.acked), w.errors)
 }
 
 // minVoters samples every partition's Raft configuration on its primary,
@@ -135,7 +76,7 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	w := startWriters(t, cl, 4)
+	w := ackcheck.Start(cl, 4)
 	sampling := make(chan struct{})
 	least := make(chan int, 1)
 	added := make(chan *node.Node, 2)
@@ -200,5 +141,5 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 		return len(c.Nodes[0].Partitions())+len(c.Nodes[1].Partitions()) == 0,
 			fmt.Sprintf("n1 %v n2 %v", c.Nodes[0].Partitions(), c.Nodes[1].Partitions())
 	})
-	w.finish(t, cl)
+	w.Finish(t)
 }

@@ -143,7 +143,7 @@ type Node struct {
 	viewMu  sync.Mutex    // serializes view changes and their saving
 	viewCh  chan struct{} // a new view awaits the replicas' reconciliation
 	ring    atomic.Pointer[ring.Ring]
-	meta    *cluster.Meta
+	meta    atomic.Pointer[cluster.Meta] // nil until the node belongs to a cluster
 	gate    chan struct{} // snapshot transfers in flight
 	wal     *wal.WAL
 	trans   *transport.Node
@@ -310,7 +310,7 @@ func Start(cfg Config) (n *Node, err error) {
 func (n *Node) startCluster(view *cluster.State, create bool) error {
 	n.adoptMu.Lock()
 	defer n.adoptMu.Unlock()
-	if n.meta != nil {
+	if n.meta.Load() != nil {
 		return nil
 	}
 	select {
@@ -346,7 +346,7 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		tr.Close()
 		return err
 	}
-	n.meta = meta
+	n.meta.Store(meta)
 	if create {
 		if err := meta.Bootstrap(metaServers(view)); err != nil {
 			return fmt.Errorf("metadata group: bootstrap: %w", err)
@@ -502,6 +502,10 @@ func (n *Node) Addrs(p ring.PartitionID) []string {
 	return out
 }
 
+// metaMember is the node's member of the metadata group, nil while the node
+// belongs to no cluster.
+func (n *Node) metaMember() *cluster.Meta { return n.meta.Load() }
+
 // View is the cluster metadata as this node last saw it; nil while the node
 // belongs to no cluster.
 func (n *Node) View() *cluster.State { return n.view.Load() }
@@ -563,11 +567,9 @@ func (n *Node) Close() error {
 	for _, r := range reps {
 		errs = append(errs, r.Close())
 	}
-	n.adoptMu.Lock()
-	if n.meta != nil {
-		errs = append(errs, n.meta.Close())
+	if meta := n.metaMember(); meta != nil {
+		errs = append(errs, meta.Close())
 	}
-	n.adoptMu.Unlock()
 	if n.trans != nil {
 		errs = append(errs, n.trans.Close())
 	}

@@ -11,7 +11,10 @@
 // line; every line names the node, and a partition's lines the partition.
 //
 // The same --peers on each initial node creates the cluster; a node whose
-// data dir is already initialized ignores --peers and rejoins. SIGTERM or
+// data dir is already initialized ignores --peers and rejoins. A node started
+// with neither waits until `kvctl join ID ADDR` adds it. A node removed from
+// its cluster (it left, or was down past --replace-after and replaced) is
+// refused by the others and exits with status 4. SIGTERM or
 // SIGINT shut down cleanly (leadership handed off first); SIGKILL loses no
 // acknowledged write, since every acknowledgement follows a WAL sync.
 package main
@@ -69,6 +72,10 @@ func run(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 5*time.Second, "how often to hand partitions to their preferred primaries, spreading primaries evenly (0: never)")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
 	fs.Uint64Var(&cfg.TrailingLogs, "trailing-logs", 10240, "log entries kept after a snapshot, so a short outage replays the log")
+	fs.DurationVar(&cfg.Timeouts.SuspectAfter, "suspect-after", 5*time.Second, "a node silent this long is suspect")
+	fs.DurationVar(&cfg.Timeouts.DeadAfter, "dead-after", 30*time.Second, "a node silent this long is down and dropped from routing")
+	fs.DurationVar(&cfg.Timeouts.ReplaceAfter, "replace-after", 10*time.Minute, "the replicas of a node down this long are re-created on other nodes")
+	fs.IntVar(&cfg.MaxMoves, "max-moves", 2, "partitions whose replicas move at the same time")
 	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", 1000, "entries a replica's applied index may trail its commit index while the node is ready")
 	fs.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -86,6 +93,12 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if cfg.ID == "" || cfg.DataDir == "" {
 		return usage("--id and --data-dir are required")
+	}
+	if cfg.Timeouts.SuspectAfter <= 0 || cfg.Timeouts.DeadAfter < cfg.Timeouts.SuspectAfter || cfg.Timeouts.ReplaceAfter < cfg.Timeouts.DeadAfter {
+		return usage("want 0 < --suspect-after (%v) <= --dead-after (%v) <= --replace-after (%v)", cfg.Timeouts.SuspectAfter, cfg.Timeouts.DeadAfter, cfg.Timeouts.ReplaceAfter)
+	}
+	if cfg.MaxMoves < 1 {
+		return usage("--max-moves %d: must be at least 1", cfg.MaxMoves)
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return usage("--listen %q: %v", cfg.Listen, err)
@@ -130,10 +143,15 @@ func run(args []string, stderr io.Writer) int {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	s := <-sig
-	log.Info("shutting down", "signal", s.String())
 	code := 0
-	if err := n.Close(); err != nil {
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case err := <-n.Fatal():
+		log.Error("stopping", "error", err)
+		code = 4
+	}
+	if err := n.Close(); err != nil && code == 0 {
 		log.Error("shutdown", "error", err)
 		code = 3
 	}

@@ -44,9 +44,10 @@ type Proc struct {
 	Args          []string
 	Conn          *grpc.ClientConn
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
+	exitCode int // of the last run, once done is closed
 	// watch sees every stderr line of the process.
 	watch func(line string)
 }
@@ -55,6 +56,7 @@ type Proc struct {
 type Cluster struct {
 	t          testing.TB
 	bin        string
+	opts       Options
 	Procs      []*Proc
 	Partitions int
 }
@@ -78,26 +80,14 @@ func Start(t testing.TB, bin string, opts Options) *Cluster {
 	if opts.Partitions == 0 {
 		opts.Partitions = 8
 	}
-	c := &Cluster{t: t, bin: bin, Partitions: opts.Partitions}
+	c := &Cluster{t: t, bin: bin, opts: opts, Partitions: opts.Partitions}
 	var peers []string
 	for i := range opts.Nodes {
-		p := &Proc{ID: fmt.Sprintf("n%d", i+1), Addr: freeAddr(t), Dir: filepath.Join(t.TempDir(), "data")}
+		p := c.newProc(i + 1)
 		peers = append(peers, p.ID+"="+p.Addr)
-		c.Procs = append(c.Procs, p)
 	}
 	for _, p := range c.Procs {
-		p.Args = append([]string{"--id", p.ID, "--listen", p.Addr, "--data-dir", p.Dir,
-			"--peers", strings.Join(peers, ","), "--partitions", fmt.Sprint(opts.Partitions), "--log-level", "warn",
-			"--heartbeat-timeout", "300ms", "--election-timeout", "300ms", "--leader-lease", "300ms"}, opts.Args...)
-		if opts.Watch != nil {
-			id := p.ID
-			p.watch = func(line string) { opts.Watch(id, line) }
-		}
-		conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Conn = conn
+		p.Args = append(p.Args, "--peers", strings.Join(peers, ","))
 		c.Start(p)
 	}
 	t.Cleanup(func() {
@@ -108,6 +98,57 @@ func Start(t testing.TB, bin string, opts Options) *Cluster {
 	})
 	c.WaitPrimaries(nil)
 	return c
+}
+
+// newProc prepares node n<i> on a free port, without starting it.
+func (c *Cluster) newProc(i int) *Proc {
+	p := &Proc{ID: fmt.Sprintf("n%d", i), Addr: freeAddr(c.t), Dir: filepath.Join(c.t.TempDir(), "data")}
+	p.Args = append([]string{"--id", p.ID, "--listen", p.Addr, "--data-dir", p.Dir,
+		"--partitions", fmt.Sprint(c.opts.Partitions), "--log-level", "warn",
+		"--heartbeat-timeout", "300ms", "--election-timeout", "300ms", "--leader-lease", "300ms"}, c.opts.Args...)
+	if c.opts.Watch != nil {
+		p.watch = func(line string) { c.opts.Watch(p.ID, line) }
+	}
+	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	p.Conn = conn
+	c.Procs = append(c.Procs, p)
+	return p
+}
+
+// AddProc starts a node with no --peers: it belongs to no cluster and waits
+// until Admin.Join adds it. It returns once the node answers Status. The
+// test's cleanup kills it.
+func (c *Cluster) AddProc() *Proc {
+	c.t.Helper()
+	p := c.newProc(len(c.Procs) + 1)
+	c.Start(p)
+	Eventually(c.t, 30*time.Second, p.ID+" answering", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := pb.NewAdminClient(p.Conn).Status(ctx, &pb.StatusRequest{})
+		return err == nil
+	})
+	return p
+}
+
+// WaitExit waits up to d for p's process to end by itself and returns its
+// exit status; ok is false if it still runs.
+func (c *Cluster) WaitExit(p *Proc, d time.Duration) (code int, ok bool) {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.cmd = nil
+		return p.exitCode, true
+	case <-time.After(d):
+		return 0, false
+	}
 }
 
 func freeAddr(t testing.TB) string {
@@ -137,6 +178,9 @@ func (c *Cluster) Start(p *Proc) {
 	done := make(chan struct{})
 	go func() {
 		cmd.Wait()
+		// Read only after done is closed, which orders this write first
+		// (Kill holds mu while it waits for done).
+		p.exitCode = cmd.ProcessState.ExitCode()
 		close(done)
 	}()
 	p.cmd, p.done = cmd, done

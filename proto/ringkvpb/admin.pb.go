@@ -1124,8 +1124,13 @@ type StatusResponse struct {
 	// The node's HTTP address for /metrics, /healthz and /readyz; empty when
 	// it serves none.
 	MetricsAddress string `protobuf:"bytes,4,opt,name=metrics_address,json=metricsAddress,proto3" json:"metrics_address,omitempty"`
-	// The identity of the cluster the node belongs to.
-	ClusterId     string `protobuf:"bytes,5,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The identity of the cluster the node belongs to; empty while the node
+	// waits to be added.
+	ClusterId string `protobuf:"bytes,5,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The leader of the metadata group as this node knows it (empty: none).
+	MetadataLeader string `protobuf:"bytes,6,opt,name=metadata_leader,json=metadataLeader,proto3" json:"metadata_leader,omitempty"`
+	// The epoch of this node's view of the cluster metadata.
+	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1193,6 +1198,20 @@ func (x *StatusResponse) GetClusterId() string {
 		return x.ClusterId
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetMetadataLeader() string {
+	if x != nil {
+		return x.MetadataLeader
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 // PartitionStatus describes one partition replica hosted by the node.
@@ -1370,7 +1389,7 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\fR\x05entry\"\x11\n" +
 	"\x0fReofferResponse\"\x0f\n" +
-	"\rStatusRequest\"\xc7\x01\n" +
+	"\rStatusRequest\"\x86\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12:\n" +
@@ -1379,7 +1398,9 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"partitions\x12'\n" +
 	"\x0fmetrics_address\x18\x04 \x01(\tR\x0emetricsAddress\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x05 \x01(\tR\tclusterId\"\x9b\x02\n" +
+	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12'\n" +
+	"\x0fmetadata_leader\x18\x06 \x01(\tR\x0emetadataLeader\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\"\x9b\x02\n" +
 	"\x0fPartitionStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.ringkv.v1.RaftStateR\x05state\x12\x1b\n" +
