@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
-	"github.com/ringkv/ringkv/internal/ackcheck"
 	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/internal/ackcheck"
 	"github.com/ringkv/ringkv/internal/testcluster"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"

@@ -144,7 +144,7 @@ type Node struct {
 	viewCh  chan struct{} // a new view awaits the replicas' reconciliation
 	ring    atomic.Pointer[ring.Ring]
 	meta    atomic.Pointer[cluster.Meta] // nil until the node belongs to a cluster
-	gate    chan struct{} // snapshot transfers in flight
+	gate    chan struct{}                // snapshot transfers in flight
 	wal     *wal.WAL
 	trans   *transport.Node
 	grpc    *grpc.Server
