@@ -1,9 +1,13 @@
 // Package client is the Go client of a ringkv cluster.
 //
 // A Client keeps the cluster's partition map (the ring and the primary of
-// every partition, fetched with Admin.ClusterMap) and sends each request
-// straight to the primary of its key's partition, over one shared gRPC
-// connection per node address.
+// every partition, fetched with Admin.ClusterMap from any node) and sends
+// each request straight to the primary of its key's partition, over one
+// shared gRPC connection per node address. The map follows the cluster's
+// metadata epoch: it is fetched again when a request meets a node that is
+// not the primary or cannot be reached (a move, a join or a leave changed
+// the placement), from the nodes of the latest map, and an answer with an
+// older epoch than the map in hand is never taken.
 //
 // Retries. Every call is bounded by its context and by a maximum number of
 // attempts (WithMaxAttempts):
@@ -452,6 +456,7 @@ func (c *Client) refresh(ctx context.Context, seen *clusterMap) (*clusterMap, er
 	}
 	candidates = append(candidates, c.seeds...)
 	var errs []error
+	olderOnly := false
 	tried := map[string]bool{}
 	for _, addr := range candidates {
 		if tried[addr] || ctx.Err() != nil {
@@ -463,6 +468,13 @@ func (c *Client) refresh(ctx context.Context, seen *clusterMap) (*clusterMap, er
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
+		// Epochs only grow: a node that has not caught up with the
+		// metadata yet would route by an older placement.
+		if seen != nil && m.resp.GetEpoch() < seen.resp.GetEpoch() {
+			olderOnly = true
+			errs = append(errs, fmt.Errorf("%s: map epoch %d is older than %d", addr, m.resp.GetEpoch(), seen.resp.GetEpoch()))
+			continue
+		}
 		c.mu.Lock()
 		c.m.Store(m)
 		c.stale.Store(false)
@@ -471,6 +483,8 @@ func (c *Client) refresh(ctx context.Context, seen *clusterMap) (*clusterMap, er
 	}
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
+	} else if olderOnly {
+		return seen, nil
 	}
 	return nil, fmt.Errorf("ringkv: no node answered ClusterMap: %w", errors.Join(errs...))
 }

@@ -26,6 +26,9 @@ type fakeNode struct {
 	addr    string
 	primary *atomic.Value // string, shared by the nodes of one test
 
+	epoch   atomic.Uint64 // of its ClusterMap answers; 0 answers 1
+	mapDown atomic.Bool   // ClusterMap fails with Unavailable
+
 	mu     sync.Mutex
 	script []error
 	calls  int
@@ -98,10 +101,13 @@ func (f *fakeNode) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.Clust
 	f.mu.Lock()
 	f.maps++
 	f.mu.Unlock()
+	if f.mapDown.Load() {
+		return nil, status.Error(codes.Unavailable, "map unavailable")
+	}
 	addr := f.primary.Load().(string)
 	return &pb.ClusterMapResponse{
 		Partitions:   1,
-		Epoch:        1,
+		Epoch:        max(f.epoch.Load(), 1),
 		Nodes:        []*pb.NodeInfo{{Id: "a", Address: addr}},
 		PartitionMap: []*pb.PartitionMap{{Partition: 0, Replicas: []string{"a"}, PrimaryId: "a", PrimaryAddr: addr}},
 	}, nil
@@ -331,5 +337,34 @@ func TestNewClusterMapRejectsBadMaps(t *testing.T) {
 				t.Fatalf("got %v, want ErrInvalidClusterMap mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRefreshNeverTakesAnOlderEpoch: a node that lags the metadata answers
+// with an older map; the client keeps the newer one it has.
+func TestRefreshNeverTakesAnOlderEpoch(t *testing.T) {
+	var primary atomic.Value
+	fresh, old := startFake(t, &primary), startFake(t, &primary)
+	primary.Store(fresh.addr)
+	fresh.epoch.Store(2)
+	c, err := New(context.Background(), []string{fresh.addr, old.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seen := c.m.Load()
+	if got := seen.resp.GetEpoch(); got != 2 {
+		t.Fatalf("first map has epoch %d, want 2", got)
+	}
+	fresh.mapDown.Store(true)
+	m, err := c.refresh(context.Background(), seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.resp.GetEpoch(); got != 2 || c.m.Load().resp.GetEpoch() != 2 {
+		t.Fatalf("after a refresh answered only by a lagging node: epoch %d, want 2", got)
+	}
+	if _, maps := old.counts(); maps == 0 {
+		t.Fatal("the lagging node was never asked")
 	}
 }
