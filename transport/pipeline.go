@@ -72,22 +72,17 @@ func (g *Group) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddres
 }
 
 // bounded runs a blocking stream operation, ending the whole stream if it
-// takes longer than Options.Timeout.
+// takes longer than Options.Timeout; a stream call takes no deadline of its
+// own. The error then says the deadline passed.
 func (p *pipeline) bounded(op func() error) error {
-	return bounded(p.ctx, p.cancel, p.g.node.opts.Timeout, op)
-}
-
-// bounded runs op, a blocking operation on a stream whose context is ctx,
-// and cancels that context if op takes longer than timeout: a stream call
-// takes no deadline of its own. The error then says the deadline passed.
-func bounded(ctx context.Context, cancel context.CancelCauseFunc, timeout time.Duration, op func() error) error {
+	timeout := p.g.node.opts.Timeout
 	t := time.AfterFunc(timeout, func() {
-		cancel(fmt.Errorf("transport: stream operation exceeded %v: %w", timeout, context.DeadlineExceeded))
+		p.cancel(fmt.Errorf("transport: pipeline operation exceeded %v: %w", timeout, context.DeadlineExceeded))
 	})
 	err := op()
 	t.Stop()
-	if err != nil && ctx.Err() != nil {
-		if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+	if err != nil && p.ctx.Err() != nil {
+		if cause := context.Cause(p.ctx); !errors.Is(cause, context.Canceled) {
 			return fmt.Errorf("%w (%w)", cause, err)
 		}
 	}
