@@ -56,6 +56,9 @@ type Options struct {
 	Replicas func() []Replica
 	// WALStats reads the node's WAL counters at scrape time.
 	WALStats func() wal.Stats
+	// MovesInFlight counts, at scrape time, the partitions whose replicas
+	// are moving; nil reports 0.
+	MovesInFlight func() int
 	// UpWindow is how recent the last contact with a node must be for
 	// ringkv_node_up to report it up. Default DefaultUpWindow.
 	UpWindow time.Duration
@@ -146,9 +149,14 @@ func New(opts Options) *Metrics {
 		matches: make(map[follower]uint64),
 		contact: make(map[raft.ServerID]time.Time),
 	}
-	moves := prometheus.NewGauge(prometheus.GaugeOpts{
+	moves := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ringkv_moves_in_flight",
-		Help: "Replica moves in progress. ringkv has no membership changes yet, so this is always 0.",
+		Help: "Partitions whose replicas are moving (their Raft configuration differs from the target placement), as this node's view of the cluster metadata records them.",
+	}, func() float64 {
+		if opts.MovesInFlight == nil {
+			return 0
+		}
+		return float64(opts.MovesInFlight())
 	})
 	m.reg.MustRegister(m.reqDuration, m.requests, m.walSync, m.walBatch, m.snapDur, m.snapSize, moves,
 		collector{m},

@@ -221,6 +221,17 @@ func Start(cfg Config) (n *Node, err error) {
 		Replicas: n.metricReplicas,
 		WALStats: func() wal.Stats { return n.wal.Stats() },
 		UpWindow: 3 * cfg.HeartbeatTimeout,
+		MovesInFlight: func() int {
+			k := 0
+			if v := n.view.Load(); v != nil {
+				for p := range ring.PartitionID(v.Partitions) {
+					if v.Moving(p) {
+						k++
+					}
+				}
+			}
+			return k
+		},
 	})
 	// Returning an error sets n to nil: close what was started through a
 	// copy.
