@@ -80,8 +80,8 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 	sampling := make(chan struct{})
 	least := make(chan int, 1)
 	added := make(chan *node.Node, 2)
+	nodes := slices.Clone(c.Nodes)
 	go func() {
-		nodes := slices.Clone(c.Nodes)
 		m := 99
 		for {
 			select {
