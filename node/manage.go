@@ -239,6 +239,11 @@ func (n *Node) moveStep(ctx context.Context, view *cluster.State, p ring.Partiti
 	}
 	config := serversOf(cur)
 	step := cluster.NextStep(config, view.Placement().Replicas(p), primary.id)
+	if m := view.Member(step.ID); (step.Kind == cluster.StepAddLearner || step.Kind == cluster.StepPromote) && (m == nil || m.State != cluster.Up) {
+		// A replica is only added on a node that is up; the placement
+		// leaves out a node once it is down for good.
+		return nil
+	}
 	req := &pb.ReconfigureRequest{Partition: uint32(p), Id: step.ID, Address: view.Addr(step.ID), ConfigIndex: cur.GetConfigIndex()}
 	switch step.Kind {
 	case cluster.StepNone:
