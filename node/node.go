@@ -574,6 +574,13 @@ func (n *Node) Close() error {
 			}
 		}()
 	}
+	if meta := n.metaMember(); meta != nil && meta.IsLeader() {
+		// Joins and moves in flight go on under the next leader at once,
+		// rather than after an election timeout.
+		if err := meta.Raft().LeadershipTransfer().Error(); err != nil {
+			n.log.Warn("metadata leadership transfer on shutdown", "error", err)
+		}
+	}
 	wg.Wait()
 	for _, r := range reps {
 		errs = append(errs, r.Close())
