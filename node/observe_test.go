@@ -25,21 +25,7 @@ import (
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %s", what, d, detail)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = testcluster.WaitFor
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()

@@ -5,9 +5,13 @@
 //	kvctl [--addr HOST:PORT] [--timeout D] get KEY [-c local|quorum] [--json]
 //	kvctl [--addr HOST:PORT] [--timeout D] del KEY [-c strong|fast]
 //	kvctl [--addr HOST:PORT] [--timeout D] status [--json]
+//	kvctl [--addr HOST:PORT] [--timeout D] join ID ADDR [--wait]
+//	kvctl [--addr HOST:PORT] [--timeout D] leave ID [--wait]
 //
 // --addr is any node of the cluster; it defaults to $RINGKV_ADDR, then
-// 127.0.0.1:7001. Flags may also follow the command and its arguments; "--"
+// 127.0.0.1:7001. --timeout bounds the whole command: 10s by default, 30m
+// for join and leave with --wait, since moving a node's replicas can take
+// that long. Flags may also follow the command and its arguments; "--"
 // ends the flags, so "kvctl put -- -k- v" stores the key "-k-". A VALUE of
 // "-" is read from stdin, byte for byte.
 //
@@ -22,9 +26,34 @@
 // wall_time is nanoseconds since the Unix epoch.
 //
 // status queries every node of the cluster map with Admin.Status and prints
-// the nodes, then per partition its primary (the replica that reports itself
-// leader) and every replica's role and applied index; --json prints the
-// same as one object. Unreachable nodes are shown, not fatal.
+// the nodes with their membership state (joining, up, suspect, down,
+// leaving) and how many partitions and primaries each holds; then per
+// partition its primary (the replica that reports itself leader), every
+// replica's role, applied index and lag, the learners (replicas being
+// added, still catching up) and, while the partition is moving, the target
+// its replicas move to; last the number of moves in flight. --json prints
+// the same as one object (a replica is as in "replicas", lag fields only
+// where the primary exports them):
+//
+//	{"epoch": 7, "moves_in_flight": 1,
+//	 "nodes": [{"id": "n1", "address": "h:7001", "state": "up", "partitions": 6, "primaries": 2}],
+//	 "partitions": [{"partition": 0, "primary": "n1",
+//	   "replicas": [{"node": "n1", "state": "leader", "term": 2, "applied_index": 9,
+//	                 "commit_index": 9, "last_log_index": 9}],
+//	   "learners": [], "target": ["n1", "n2", "n4"], "moving": true}]}
+//
+// A node that did not answer has an "error" and its replicas the state
+// "unreachable"; it is shown, not fatal.
+//
+// join sends Admin.Join for the node started without --peers at ADDR, to
+// become member ID; leave sends Admin.Leave, which moves ID's replicas to
+// other nodes and then removes it. Either prints the metadata epoch that
+// recorded it. A leave that would leave fewer than 3 nodes is refused with
+// exit status 3. With --wait the command follows the cluster map every
+// 500ms, printing a progress line on each change (rewritten in place on a
+// terminal), until no partition is moving and a joined node is up or a
+// leaving one is gone. Ctrl-C or --timeout stops the wait (exit status 3),
+// not the moves.
 //
 // Exit status: 0 ok, 1 key not found, 2 usage error, 3 any other error,
 // described in one line on stderr.
@@ -39,6 +68,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,11 +88,17 @@ const (
 
 const defaultAddr = "127.0.0.1:7001"
 
-const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D] COMMAND
+const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D (10s; 30m for --wait)] COMMAND
   put KEY VALUE [-c strong|fast]   store VALUE ("-": read stdin); prints the version
   get KEY [-c local|quorum] [--json]
   del KEY [-c strong|fast]         prints the version of the delete
-  status [--json]                  nodes, partitions, primaries, applied indexes, lag
+  status [--json]                  nodes (state, partitions, primaries), partitions
+                                   (primary, replicas, learners, applied indexes, lag,
+                                   target while moving), moves in flight
+  join ID ADDR [--wait]            add the node started at ADDR as ID; --wait follows
+                                   the replica moves until it is up and all settled
+  leave ID [--wait]                decommission ID; --wait follows until its replicas
+                                   moved off and it is removed
   metrics [--node ID] [--json]     request p50/p95/p99 per mode, WAL size, max lag
   health                           exit 0 if the node at --addr reports SERVING, else 3
   bench [--workload A|B|C|W|R] [--clients N] [--duration D] [--keys K] [--value-size B]
@@ -149,6 +185,8 @@ func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
 		return checkHealth(fs, rest, &opts, stdout)
 	case "bench":
 		return runBench(fs, rest, &opts, stdout, os.Stderr)
+	case "join", "leave":
+		return memberCmd(cmd, global, fs, rest, &opts, stdout)
 	default:
 		return usagef("unknown command %q", cmd)
 	}
@@ -303,14 +341,22 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 type statusReport struct {
-	Epoch      uint64            `json:"epoch"`
-	Nodes      []nodeStatus      `json:"nodes"`
-	Partitions []partitionStatus `json:"partitions"`
+	Epoch uint64 `json:"epoch"`
+	// MovesInFlight counts the partitions that are moving.
+	MovesInFlight int               `json:"moves_in_flight"`
+	Nodes         []nodeStatus      `json:"nodes"`
+	Partitions    []partitionStatus `json:"partitions"`
 }
 
 type nodeStatus struct {
 	ID      string `json:"id"`
 	Address string `json:"address"`
+	// State is the membership state the metadata group records.
+	State string `json:"state"`
+	// Partitions counts the partitions with the node among their replicas
+	// or learners; Primaries, those it is the primary of.
+	Partitions int `json:"partitions"`
+	Primaries  int `json:"primaries"`
 	// Error is why the node did not answer Status; empty if it did.
 	Error string `json:"error,omitempty"`
 }
@@ -319,8 +365,15 @@ type partitionStatus struct {
 	Partition uint32 `json:"partition"`
 	// Primary is the replica that reports itself leader, in the highest
 	// term if several do; empty if none does.
-	Primary  string          `json:"primary"`
+	Primary string `json:"primary"`
+	// Replicas are the voters of the recorded Raft configuration,
+	// Learners its non-voters, catching up to become voters.
 	Replicas []replicaStatus `json:"replicas"`
+	Learners []replicaStatus `json:"learners"`
+	// Target is where the placement wants the replicas; Moving says the
+	// replicas are not all there yet.
+	Target []string `json:"target"`
+	Moving bool     `json:"moving"`
 }
 
 type replicaStatus struct {
@@ -343,73 +396,115 @@ func statusCmd(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) 
 	if err != nil {
 		return err
 	}
-	rep := statusReport{Epoch: m.GetEpoch()}
-	// replicas[node][partition] as that node reports it.
+	// replicas[node][partition] as that node reports it; a node absent
+	// did not answer.
 	replicas := map[string]map[uint32]*pb.PartitionStatus{}
+	unreachable := map[string]string{}
 	lagOf := map[lagKey]*lag{}
 	for _, n := range m.GetNodes() {
-		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress()}
 		st, err := c.Status(ctx, n.GetAddress())
 		if err != nil {
-			ns.Error = err.Error()
-		} else {
-			// Lag is shown where the primary's metrics can be read; status
-			// works without them.
-			if st.GetMetricsAddress() != "" {
-				if fams, err := scrape(ctx, st.GetMetricsAddress(), n.GetAddress()); err == nil {
-					lags(fams, lagOf)
-				}
-			}
-			replicas[n.GetId()] = map[uint32]*pb.PartitionStatus{}
-			for _, ps := range st.GetPartitions() {
-				replicas[n.GetId()][ps.GetPartition()] = ps
+			unreachable[n.GetId()] = err.Error()
+			continue
+		}
+		// Lag is shown where the primary's metrics can be read; status
+		// works without them.
+		if st.GetMetricsAddress() != "" {
+			if fams, err := scrape(ctx, st.GetMetricsAddress(), n.GetAddress()); err == nil {
+				lags(fams, lagOf)
 			}
 		}
-		rep.Nodes = append(rep.Nodes, ns)
-	}
-	for _, pm := range m.GetPartitionMap() {
-		ps := partitionStatus{Partition: pm.GetPartition()}
-		var leaderTerm uint64
-		for _, id := range pm.GetReplicas() {
-			rs := replicaStatus{Node: id, State: "unreachable"}
-			if r := replicas[id][pm.GetPartition()]; r != nil {
-				rs = replicaStatus{
-					Node:         id,
-					State:        strings.ToLower(strings.TrimPrefix(r.GetState().String(), "RAFT_STATE_")),
-					Term:         r.GetTerm(),
-					AppliedIndex: r.GetAppliedIndex(),
-					CommitIndex:  r.GetCommitIndex(),
-					LastLogIndex: r.GetLastLogIndex(),
-				}
-				if r.GetState() == pb.RaftState_RAFT_STATE_LEADER && r.GetTerm() >= leaderTerm {
-					ps.Primary, leaderTerm = id, r.GetTerm()
-				}
-				if l := lagOf[lagKey{pm.GetPartition(), id}]; l != nil {
-					rs.LagEntries = &l.entries
-					if l.timed {
-						rs.LagSeconds = &l.seconds
-					}
-				}
-			}
-			ps.Replicas = append(ps.Replicas, rs)
+		replicas[n.GetId()] = map[uint32]*pb.PartitionStatus{}
+		for _, ps := range st.GetPartitions() {
+			replicas[n.GetId()][ps.GetPartition()] = ps
 		}
-		rep.Partitions = append(rep.Partitions, ps)
 	}
+	rep := buildStatus(m, replicas, unreachable, lagOf)
 	if asJSON {
 		return writeJSON(w, rep)
 	}
 	return printStatus(w, rep)
 }
 
+// buildStatus joins the cluster map with what each node reported of its
+// replicas (replicas[node][partition]), the nodes that did not answer and
+// the lags their primaries export.
+func buildStatus(m *pb.ClusterMapResponse, replicas map[string]map[uint32]*pb.PartitionStatus,
+	unreachable map[string]string, lagOf map[lagKey]*lag) statusReport {
+	rep := statusReport{Epoch: m.GetEpoch()}
+	for _, pm := range m.GetPartitionMap() {
+		p := pm.GetPartition()
+		ps := partitionStatus{
+			Partition: p,
+			Replicas:  []replicaStatus{},
+			Learners:  []replicaStatus{},
+			Target:    slices.DeleteFunc(slices.Clone(pm.GetTarget()), func(id string) bool { return id == "" }),
+			Moving:    isMoving(pm),
+		}
+		if ps.Target == nil {
+			ps.Target = []string{}
+		}
+		if ps.Moving {
+			rep.MovesInFlight++
+		}
+		var leaderTerm uint64
+		replicaOf := func(id string) replicaStatus {
+			r := replicas[id][p]
+			if r == nil {
+				return replicaStatus{Node: id, State: "unreachable"}
+			}
+			rs := replicaStatus{
+				Node:         id,
+				State:        strings.ToLower(strings.TrimPrefix(r.GetState().String(), "RAFT_STATE_")),
+				Term:         r.GetTerm(),
+				AppliedIndex: r.GetAppliedIndex(),
+				CommitIndex:  r.GetCommitIndex(),
+				LastLogIndex: r.GetLastLogIndex(),
+			}
+			if r.GetState() == pb.RaftState_RAFT_STATE_LEADER && r.GetTerm() >= leaderTerm {
+				ps.Primary, leaderTerm = id, r.GetTerm()
+			}
+			if l := lagOf[lagKey{p, id}]; l != nil {
+				rs.LagEntries = &l.entries
+				if l.timed {
+					rs.LagSeconds = &l.seconds
+				}
+			}
+			return rs
+		}
+		for _, id := range pm.GetReplicas() {
+			ps.Replicas = append(ps.Replicas, replicaOf(id))
+		}
+		for _, id := range pm.GetLearners() {
+			ps.Learners = append(ps.Learners, replicaOf(id))
+		}
+		rep.Partitions = append(rep.Partitions, ps)
+	}
+	for _, n := range m.GetNodes() {
+		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress(), State: n.GetState(), Error: unreachable[n.GetId()]}
+		for _, ps := range rep.Partitions {
+			if slices.ContainsFunc(ps.Replicas, func(r replicaStatus) bool { return r.Node == ns.ID }) ||
+				slices.ContainsFunc(ps.Learners, func(r replicaStatus) bool { return r.Node == ns.ID }) {
+				ns.Partitions++
+			}
+			if ps.Primary == ns.ID {
+				ns.Primaries++
+			}
+		}
+		rep.Nodes = append(rep.Nodes, ns)
+	}
+	return rep
+}
+
 func printStatus(w io.Writer, rep statusReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "NODE\tADDRESS\tSTATUS\n")
+	fmt.Fprintf(tw, "NODE\tADDRESS\tSTATE\tPARTITIONS\tPRIMARIES\tSTATUS\n")
 	for _, n := range rep.Nodes {
 		st := "ok"
 		if n.Error != "" {
 			st = "unreachable: " + n.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", n.ID, n.Address, st)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Address, n.State, n.Partitions, n.Primaries, st)
 	}
 	fmt.Fprintf(tw, "\nPARTITION\tPRIMARY\tREPLICAS (state/term/applied, lag entries/seconds)\n")
 	for _, p := range rep.Partitions {
@@ -419,16 +514,30 @@ func printStatus(w io.Writer, rep statusReport) error {
 		}
 		var rs []string
 		for _, r := range p.Replicas {
-			s := fmt.Sprintf("%s=%s/%d/%d", r.Node, r.State, r.Term, r.AppliedIndex)
-			if r.LagEntries != nil {
-				s += fmt.Sprintf(" lag %d", *r.LagEntries)
-				if r.LagSeconds != nil {
-					s += fmt.Sprintf("/%.3fs", *r.LagSeconds)
-				}
-			}
-			rs = append(rs, s)
+			rs = append(rs, replicaString(r))
+		}
+		for _, r := range p.Learners {
+			rs = append(rs, "learner "+replicaString(r))
+		}
+		if p.Moving {
+			rs = append(rs, "moving to "+joinIDs(p.Target))
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\n", p.Partition, primary, strings.Join(rs, "  "))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "\nmoves in flight: %d\n", rep.MovesInFlight)
+	return err
+}
+
+func replicaString(r replicaStatus) string {
+	s := fmt.Sprintf("%s=%s/%d/%d", r.Node, r.State, r.Term, r.AppliedIndex)
+	if r.LagEntries != nil {
+		s += fmt.Sprintf(" lag %d", *r.LagEntries)
+		if r.LagSeconds != nil {
+			s += fmt.Sprintf("/%.3fs", *r.LagSeconds)
+		}
+	}
+	return s
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,6 +56,11 @@ func TestCommands(t *testing.T) {
 		{"bad read consistency", nil, []string{"--addr", addr, "get", "k2", "-c", "strong"}, 2, "", `-c = "strong", want local, quorum`},
 		{"unknown flag", nil, []string{"--addr", addr, "get", "k2", "--bogus"}, 2, "", "bogus"},
 		{"bad timeout", nil, []string{"--addr", addr, "--timeout", "0s", "get", "k2"}, 2, "", "--timeout = 0s"},
+		{"join without address", nil, []string{"--addr", addr, "join", "n4"}, 2, "", "join takes 2 argument(s), got 1"},
+		{"leave without id", nil, []string{"--addr", addr, "leave", "--wait"}, 2, "", "leave takes 1 argument(s), got 0"},
+		{"leave two ids", nil, []string{"--addr", addr, "leave", "n1", "n2"}, 2, "", "leave takes 1 argument(s), got 2"},
+		{"bad timeout with wait", nil, []string{"--addr", addr, "--timeout", "0s", "leave", "n1", "--wait"}, 2, "", "--timeout = 0s"},
+		{"unknown join flag", nil, []string{"--addr", addr, "join", "n4", "h:1", "--json"}, 2, "", "json"},
 		{"usage errors wrote nothing", nil, []string{"--addr", addr, "get", "k2", "-c", "quorum"}, 1, "", "not found"},
 		{"help", nil, []string{"get", "-h"}, 0, "~usage: kvctl", ""},
 		{"server rejects oversize key", nil, []string{"--addr", addr, "put", strings.Repeat("k", 4097), "v"}, 3, "", "4096"},
@@ -210,14 +214,11 @@ func everyPrimaryApplied(rep statusReport) bool {
 }
 
 func TestUnreachableClusterFailsWithOneLine(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	r := kvctl(nil, "--addr", addr, "--timeout", "5s", "get", "k")
-	if r.code != 3 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, addr) {
-		t.Fatalf("got %+v, want exit 3 and one stderr line naming %s", r, addr)
+	addr := closedAddr(t)
+	for _, cmd := range [][]string{{"get", "k"}, {"leave", "n1", "--wait"}, {"join", "n4", "127.0.0.1:1"}} {
+		r := kvctl(nil, append([]string{"--addr", addr, "--timeout", "5s"}, cmd...)...)
+		if r.code != 3 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, addr) {
+			t.Fatalf("%s: got %+v, want exit 3 and one stderr line naming %s", cmd[0], r, addr)
+		}
 	}
 }
