@@ -4,10 +4,12 @@
 // every partition, fetched with Admin.ClusterMap from any node) and sends
 // each request straight to the primary of its key's partition, over one
 // shared gRPC connection per node address. The map follows the cluster's
-// metadata epoch: it is fetched again when a request meets a node that is
-// not the primary or cannot be reached (a move, a join or a leave changed
-// the placement), from the nodes of the latest map, and an answer with an
-// older epoch than the map in hand is never taken.
+// metadata epoch: a node that forwarded a request because the map named
+// the wrong primary says where the primary is (header ringkv-primary), and
+// the map is fetched again when a request meets a node that is not the
+// primary or cannot be reached (a move, a join or a leave changed the
+// placement), from the nodes of the latest map; an answer with an older
+// epoch than the map in hand is never taken.
 //
 // Retries. Every call is bounded by its context and by a maximum number of
 // attempts (WithMaxAttempts):
@@ -48,6 +50,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/hlc"
@@ -160,9 +163,9 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 	c := &Client{
 		cfg:        cfg,
 		seeds:      append([]string(nil), addrs...),
-		pool:       connpool.New(cfg.dialOpts...),
 		refreshing: make(chan struct{}, 1),
 	}
+	c.pool = connpool.New(append(cfg.dialOpts[:len(cfg.dialOpts):len(cfg.dialOpts)], grpc.WithChainUnaryInterceptor(c.learnPrimary))...)
 	if _, err := c.refresh(ctx, nil); err != nil {
 		c.pool.Close()
 		return nil, err
@@ -419,6 +422,24 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// learnPrimary reads the header a node sets when it forwarded a request
+// because this client's map named the wrong primary (an election moved it),
+// and records the primary it names, so the next request to the partition
+// goes straight there instead of taking two hops until some error forces a
+// refresh.
+func (c *Client) learnPrimary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	var md metadata.MD
+	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md))...)
+	if v := md.Get(pb.PrimaryHeader); len(v) == 1 {
+		if p, addr, ok := pb.ParsePrimary(v[0]); ok {
+			if m := c.m.Load(); m != nil && int(p) < len(m.primary) && m.primary[p] != addr {
+				c.setPrimary(m, ring.PartitionID(p), addr)
+			}
+		}
+	}
+	return err
 }
 
 // setPrimary records addr as p's primary, unless the map changed since the

@@ -231,3 +231,46 @@ func BenchmarkClient(b *testing.B) {
 		})
 	}
 }
+
+// TestForwardedRequestCorrectsTheMap: a client whose map names the wrong
+// primary (an election moved it) has its request forwarded, learns the
+// primary from the answer, and sends the next request straight there.
+func TestForwardedRequestCorrectsTheMap(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	ctx, cl, targets := newTracedClient(t, c)
+	for i := 0; ; i++ {
+		key := fmt.Appendf(nil, "stale-%d", i)
+		m := cl.m.Load()
+		p := m.ring.Lookup(key)
+		want, term := primaryAddr(c, p)
+		wrong := c.Addrs()[0]
+		if wrong == want {
+			wrong = c.Addrs()[1]
+		}
+		cl.setPrimary(m, p, wrong)
+		if _, err := cl.Put(ctx, key, key); err != nil {
+			t.Fatal(err)
+		}
+		first := targets.take()
+		if _, err := cl.Put(ctx, key, key); err != nil {
+			t.Fatal(err)
+		}
+		second := targets.take()
+		if now, t2 := primaryAddr(c, p); now != want || t2 != term {
+			if i > 20 {
+				t.Fatal("leadership kept moving")
+			}
+			continue // an election during the calls: nothing to judge
+		}
+		if len(first) != 1 || first[0] != wrong {
+			t.Fatalf("first put went to %v, want only the stale primary %s", first, wrong)
+		}
+		if got := cl.m.Load().primary[p]; got != want {
+			t.Fatalf("after a forwarded put the map names %s for partition %d, want %s", got, p, want)
+		}
+		if len(second) != 1 || second[0] != want {
+			t.Fatalf("second put went to %v, want only the primary %s", second, want)
+		}
+		return
+	}
+}

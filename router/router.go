@@ -29,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/fsm"
@@ -197,6 +198,11 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 		}
 		tried[addr] = true
 		resp, err := forward(ctx, rt, p, addr, hops, remote)
+		if err == nil && hops == 0 {
+			// The client's map is out of date: tell it where the primary
+			// is, so its next request goes straight there.
+			grpc.SetHeader(ctx, metadata.Pairs(pb.PrimaryHeader, pb.FormatPrimary(uint32(p), addr)))
+		}
 		// Only a NotPrimary answer is safe to pass on: after Unavailable a
 		// write's outcome is unknown, and retrying it elsewhere could apply
 		// it twice.
