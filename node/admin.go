@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -84,9 +85,21 @@ func (a *admin) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.ClusterM
 		for _, id := range asg.Replicas(p) {
 			pm.Target = append(pm.Target, string(id))
 		}
+		known := false
 		if r := n.Replica(p); r != nil {
 			if id, _ := r.Leader(); id != "" {
-				pm.PrimaryId = string(id)
+				pm.PrimaryId, known = string(id), true
+			}
+		}
+		if m := view.Member(pm.PrimaryId); !known && (m == nil || m.State == cluster.Down || !slices.Contains(pm.Replicas, pm.PrimaryId)) {
+			// Not known to lead, and not routable: name a live voter,
+			// which forwards to the primary.
+			pm.PrimaryId = ""
+			for _, id := range pm.Replicas {
+				if m := view.Member(id); m != nil && m.State != cluster.Down {
+					pm.PrimaryId = id
+					break
+				}
 			}
 		}
 		pm.PrimaryAddr = view.Addr(pm.PrimaryId)

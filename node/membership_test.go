@@ -143,3 +143,52 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 	})
 	w.Finish(t)
 }
+
+// TestDownNodeDroppedFromRouting stops a node of four: once it is down,
+// no node's cluster map names it as any partition's primary, and clients
+// keep writing to every partition.
+func TestDownNodeDroppedFromRouting(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Nodes: 4, Partitions: 8, Tweak: func(cfg *node.Config) {
+		fastMembership(cfg)
+		cfg.Timeouts.ReplaceAfter = time.Hour
+	}})
+	c.StopNode(3)
+	waitFor(t, 60*time.Second, "n4 down in every view", func() (bool, string) {
+		for _, n := range c.Nodes[:3] {
+			if m := n.View().Member("n4"); m == nil || m.State != cluster.Down {
+				return false, fmt.Sprintf("%s sees n4 as %+v", n.ID(), m)
+			}
+		}
+		return true, ""
+	})
+	for i := range 3 {
+		m, err := pb.NewAdminClient(c.Conn(i)).ClusterMap(context.Background(), &pb.ClusterMapRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pm := range m.GetPartitionMap() {
+			if pm.GetPrimaryId() == "n4" || pm.GetPrimaryAddr() == "" {
+				t.Errorf("n%d's map routes partition %d to %q at %q", i+1, pm.GetPartition(), pm.GetPrimaryId(), pm.GetPrimaryAddr())
+			}
+		}
+	}
+	cl, err := client.New(context.Background(), c.Addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	r, _ := ring.New(8)
+	for p, k := 0, 0; p < 8; k++ {
+		key := fmt.Appendf(nil, "k%d", k)
+		if int(r.Lookup(key)) != p {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		_, err := cl.Put(ctx, key, key, client.Strong)
+		cancel()
+		if err != nil {
+			t.Fatalf("partition %d with n4 down: %v", p, err)
+		}
+		p++
+	}
+}
