@@ -90,16 +90,7 @@ func (n *Node) dropStrays(view *cluster.State) error {
 // hostReplicas keeps the node's replicas in line with its view: it opens
 // those the view places here and drops the others.
 func (n *Node) hostReplicas() {
-	defer n.watch.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-n.viewCh:
-		case <-tick.C:
-		}
+	n.repeat(time.Second, n.viewCh, func() bool {
 		view := n.view.Load()
 		for p := range ring.PartitionID(view.Partitions) {
 			hosted := n.Replica(p) != nil
@@ -118,6 +109,26 @@ func (n *Node) hostReplicas() {
 				}
 			}
 		}
+		return true
+	})
+}
+
+// repeat calls fn every interval, and whenever wake fires, until the node
+// closes or fn returns false. It runs as one of the node's loops.
+func (n *Node) repeat(every time.Duration, wake <-chan struct{}, fn func() bool) {
+	defer n.watch.Done()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-wake:
+		case <-tick.C:
+		}
+		if !fn() {
+			return
+		}
 	}
 }
 
@@ -126,37 +137,30 @@ func (n *Node) hostReplicas() {
 // stops it: its replicas were re-created elsewhere, and it must not serve
 // or vote with stale data.
 func (n *Node) heartbeat() {
-	defer n.watch.Done()
 	every := min(max(n.cfg.Timeouts.SuspectAfter/5, 100*time.Millisecond), time.Second)
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		}
+	n.repeat(every, nil, func() bool {
 		id, addr := n.metaMember().Leader()
 		if id == "" {
-			continue
+			return true
 		}
 		if string(id) == n.cfg.ID {
 			n.mgr.heard(n.cfg.ID)
-			continue
+			return true
 		}
 		conn, err := n.pool.Dial(string(addr))
 		if err != nil {
-			continue
+			return true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), every)
+		defer cancel()
 		view := n.view.Load()
 		_, err = pb.NewAdminClient(conn).Heartbeat(ctx, &pb.HeartbeatRequest{NodeId: n.cfg.ID, Address: n.cfg.Listen, ClusterId: view.ClusterID})
-		cancel()
 		if status.Code(err) == codes.PermissionDenied {
 			n.fail(fmt.Errorf("the metadata leader %s refused this node: %s", id, status.Convert(err).Message()))
-			return
+			return false
 		}
-	}
+		return true
+	})
 }
 
 func (n *Node) fail(err error) {

@@ -66,26 +66,19 @@ func (m *manager) lead(leading bool) {
 // it is done, and every step is re-derived from the recorded and actual
 // state, so a new leader finishes what a failed one started.
 func (n *Node) manage() {
-	defer n.watch.Done()
-	tick := time.NewTicker(n.cfg.ManageInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		}
+	n.repeat(n.cfg.ManageInterval, nil, func() bool {
 		leading := n.metaMember().IsLeader()
 		n.mgr.lead(leading)
 		if !leading {
-			continue
+			return true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		if err := n.manageOnce(ctx); err != nil && !errors.Is(err, cluster.ErrNotLeader) {
 			n.log.Warn("cluster management", "error", err)
 		}
-		cancel()
-	}
+		return true
+	})
 }
 
 func (n *Node) manageOnce(ctx context.Context) error {
