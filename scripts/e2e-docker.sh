@@ -8,7 +8,7 @@
 #   scripts/e2e-docker.sh        # make e2e-docker
 #
 # Environment: SKIP_BUILD=1 reuses $RINGKV_IMAGE (default ringkv:dev) instead
-# of running scripts/build-image.sh; E2E_TIME_LIMIT (seconds, default 200)
+# of running scripts/build-image.sh; E2E_TIME_LIMIT (seconds, default 480: building the image takes minutes on a busy 2-core machine)
 # bounds the run, after which it is stopped and cleans up (at most 90s more).
 #
 # Skips (exit 0, saying why) when no Docker engine or compose tool answers.
@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${E2E_BOUNDED:-} ]]; then
-	E2E_BOUNDED=1 exec timeout --kill-after=90 "${E2E_TIME_LIMIT:-200}" "$0" "$@"
+	E2E_BOUNDED=1 exec timeout --kill-after=90 "${E2E_TIME_LIMIT:-480}" "$0" "$@"
 fi
 
 if ! timeout 20 docker info >/dev/null 2>&1; then
