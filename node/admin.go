@@ -26,7 +26,7 @@ type admin struct {
 
 func (a *admin) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := a.n
-	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.cfg.Listen, MetricsAddress: n.MetricsAddr(), ClusterId: n.clusterID()}
+	resp := &pb.StatusResponse{NodeId: n.cfg.ID, Address: n.advertise, MetricsAddress: n.MetricsAddr(), ClusterId: n.clusterID()}
 	if v := n.view.Load(); v != nil {
 		resp.Epoch = v.Epoch
 	}
@@ -205,7 +205,7 @@ func (n *Node) adopt(ctx context.Context, id, addr string, view *cluster.State) 
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = pb.NewAdminClient(conn).Adopt(cctx, &pb.AdoptRequest{ClusterId: view.ClusterID, NodeId: id, State: enc})
+	_, err = pb.NewAdminClient(conn).Adopt(cctx, &pb.AdoptRequest{ClusterId: view.ClusterID, NodeId: id, Address: addr, State: enc})
 	if err != nil {
 		st := status.Convert(err)
 		code := st.Code()
@@ -263,6 +263,9 @@ func (a *admin) Adopt(_ context.Context, req *pb.AdoptRequest) (*pb.AdoptRespons
 	n := a.n
 	if req.GetNodeId() != n.cfg.ID {
 		return nil, status.Errorf(codes.InvalidArgument, "node_id: this node was started as %q, not %q", n.cfg.ID, req.GetNodeId())
+	}
+	if req.GetAddress() != "" && req.GetAddress() != n.advertise {
+		return nil, status.Errorf(codes.FailedPrecondition, "address: this node advertises %s to its peers, not %s: join it with that address, or restart it with --advertise-addr %s", n.advertise, req.GetAddress(), req.GetAddress())
 	}
 	if cur := n.clusterID(); cur != "" {
 		if cur == req.GetClusterId() {

@@ -154,7 +154,7 @@ func (n *Node) heartbeat() {
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		defer cancel()
 		view := n.view.Load()
-		_, err = pb.NewAdminClient(conn).Heartbeat(ctx, &pb.HeartbeatRequest{NodeId: n.cfg.ID, Address: n.cfg.Listen, ClusterId: view.ClusterID})
+		_, err = pb.NewAdminClient(conn).Heartbeat(ctx, &pb.HeartbeatRequest{NodeId: n.cfg.ID, Address: n.advertise, ClusterId: view.ClusterID})
 		if status.Code(err) == codes.PermissionDenied {
 			n.fail(fmt.Errorf("the metadata leader %s refused this node: %s", id, status.Convert(err).Message()))
 			return false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,5 +191,21 @@ func TestDownNodeDroppedFromRouting(t *testing.T) {
 			t.Fatalf("partition %d with n4 down: %v", p, err)
 		}
 		p++
+	}
+}
+
+// TestJoinRefusesAnAddressTheNodeDoesNotAdvertise: the cluster would reach
+// the node at an address its Raft groups do not announce.
+func TestJoinRefusesAnAddressTheNodeDoesNotAdvertise(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: fastMembership})
+	i := c.AddNode()
+	// The same listener, under a name the node does not announce.
+	other := strings.Replace(c.Nodes[i].Addr(), "127.0.0.1", "localhost", 1)
+	_, err := pb.NewAdminClient(c.Conn(0)).Join(context.Background(), &pb.JoinRequest{Id: c.Nodes[i].ID(), Address: other})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "advertise") {
+		t.Fatalf("join at a wrong address: %v, want FailedPrecondition naming the advertised address", err)
+	}
+	if v := c.Nodes[0].View(); v.Member(c.Nodes[i].ID()) != nil {
+		t.Fatalf("the refused node became a member: %+v", v.Members)
 	}
 }

@@ -67,9 +67,13 @@ type Peer struct {
 
 // Config describes a node. Zero values take the defaults of shard.Config.
 type Config struct {
-	ID      string
-	Listen  string // gRPC address, host:port; the address peers reach this node at
-	DataDir string
+	ID     string
+	Listen string // gRPC address to listen on, host:port
+	// Advertise is the address peers and clients reach this node at. By
+	// default: the node's address in the cluster metadata (its --peers
+	// entry, or the address it joined with), else Listen.
+	Advertise string
+	DataDir   string
 	// Peers creates the cluster on first start (every initial node gets the
 	// same list, itself included). Ignored once DataDir is initialized.
 	Peers      []Peer
@@ -137,29 +141,30 @@ var ErrNotReady = errors.New("not ready")
 
 // Node is a running ringkv server.
 type Node struct {
-	cfg     Config
-	log     hclog.Logger
-	view    atomic.Pointer[cluster.State]
-	viewMu  sync.Mutex    // serializes view changes and their saving
-	viewCh  chan struct{} // a new view awaits the replicas' reconciliation
-	ring    atomic.Pointer[ring.Ring]
-	meta    atomic.Pointer[cluster.Meta] // nil until the node belongs to a cluster
-	gate    chan struct{}                // snapshot transfers in flight
-	wal     *wal.WAL
-	trans   *transport.Node
-	grpc    *grpc.Server
-	lis     net.Listener
-	pool    *connpool.Pool
-	health  *health.Server
-	clock   *hlc.Clock
-	served  chan struct{}
-	metrics *metrics.Metrics
-	http    *http.Server
-	httpLis net.Listener
-	stop    chan struct{} // closed by Close; stops the background loops
-	watch   sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	cfg       Config
+	advertise string // the address the node's Raft groups announce
+	log       hclog.Logger
+	view      atomic.Pointer[cluster.State]
+	viewMu    sync.Mutex    // serializes view changes and their saving
+	viewCh    chan struct{} // a new view awaits the replicas' reconciliation
+	ring      atomic.Pointer[ring.Ring]
+	meta      atomic.Pointer[cluster.Meta] // nil until the node belongs to a cluster
+	gate      chan struct{}                // snapshot transfers in flight
+	wal       *wal.WAL
+	trans     *transport.Node
+	grpc      *grpc.Server
+	lis       net.Listener
+	pool      *connpool.Pool
+	health    *health.Server
+	clock     *hlc.Clock
+	served    chan struct{}
+	metrics   *metrics.Metrics
+	http      *http.Server
+	httpLis   net.Listener
+	stop      chan struct{} // closed by Close; stops the background loops
+	watch     sync.WaitGroup
+	closeMu   sync.Mutex
+	closed    bool
 	// adopted guards the start of the cluster's parts on a node that waited
 	// to be adopted.
 	adoptMu sync.Mutex
@@ -269,7 +274,14 @@ func Start(cfg Config) (n *Node, err error) {
 	if cfg.TraceRaft {
 		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
 	}
-	if n.trans, err = transport.NewNode(raft.ServerAddress(cfg.Listen), topts); err != nil {
+	n.advertise = cfg.Advertise
+	if n.advertise == "" && view != nil {
+		n.advertise = view.Addr(cfg.ID)
+	}
+	if n.advertise == "" {
+		n.advertise = cfg.Listen
+	}
+	if n.trans, err = transport.NewNode(raft.ServerAddress(n.advertise), topts); err != nil {
 		return nil, err
 	}
 	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
@@ -304,14 +316,14 @@ func Start(cfg Config) (n *Node, err error) {
 			return nil, err
 		}
 	} else {
-		n.log.Info("node belongs to no cluster yet; waiting to be added with kvctl join", "id", cfg.ID, "addr", cfg.Listen)
+		n.log.Info("node belongs to no cluster yet; waiting to be added with kvctl join", "id", cfg.ID, "addr", n.advertise)
 	}
 	if err := n.serveHTTP(); err != nil {
 		return nil, err
 	}
 	n.watch.Add(1)
 	go n.watchReady()
-	n.log.Info("node started", "addr", cfg.Listen, "metrics_addr", n.MetricsAddr(), "hosted", len(n.Partitions()))
+	n.log.Info("node started", "addr", n.advertise, "metrics_addr", n.MetricsAddr(), "hosted", len(n.Partitions()))
 	return n, nil
 }
 

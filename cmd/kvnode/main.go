@@ -57,6 +57,7 @@ func run(args []string, stderr io.Writer) int {
 	)
 	fs.StringVar(&cfg.ID, "id", "", "node id (required)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7001", "gRPC address (client, Raft and admin traffic)")
+	fs.StringVar(&cfg.Advertise, "advertise-addr", "", "address peers and clients reach this node at (default: its --peers entry, or --listen)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (required)")
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")

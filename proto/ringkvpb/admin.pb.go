@@ -698,7 +698,10 @@ type AdoptRequest struct {
 	// The id the node must have been started with.
 	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	// The cluster's metadata (package cluster's encoding, checksummed).
-	State         []byte `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	State []byte `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// The address the node is joined with; it must be the one the node
+	// advertises.
+	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -752,6 +755,13 @@ func (x *AdoptRequest) GetState() []byte {
 		return x.State
 	}
 	return nil
+}
+
+func (x *AdoptRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
 }
 
 type AdoptResponse struct {
@@ -1357,12 +1367,13 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x03 \x01(\tR\tclusterId\")\n" +
 	"\x11HeartbeatResponse\x12\x14\n" +
-	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"\\\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"v\n" +
 	"\fAdoptRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\fR\x05state\"\x0f\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\"\x0f\n" +
 	"\rAdoptResponse\"M\n" +
 	"\vGroupMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
