@@ -241,6 +241,11 @@ func (a *admin) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveRespo
 
 func (a *admin) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
 	n := a.n
+	// Any member refuses a removed node: one removed from the metadata
+	// group no longer learns who leads it.
+	if v := n.view.Load(); v != nil && v.IsRemoved(req.GetNodeId()) {
+		return nil, removedStatus(req.GetNodeId(), v.ClusterID)
+	}
 	if n.metaMember() == nil || !n.metaMember().IsLeader() {
 		return nil, status.Error(codes.Unavailable, "not the metadata leader")
 	}
@@ -251,12 +256,16 @@ func (a *admin) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.Hear
 	case req.GetClusterId() != view.ClusterID:
 		return nil, status.Errorf(codes.PermissionDenied, "cluster id mismatch: this is cluster %s, the heartbeat is from cluster %q", view.ClusterID, req.GetClusterId())
 	case view.IsRemoved(req.GetNodeId()):
-		return nil, status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s (it left, or its replicas were re-created elsewhere); to use this machine again, wipe its data dir and join it with a new id", req.GetNodeId(), view.ClusterID)
+		return nil, removedStatus(req.GetNodeId(), view.ClusterID)
 	case view.Member(req.GetNodeId()) == nil:
 		return nil, status.Errorf(codes.NotFound, "node_id: %s is not a member of cluster %s", req.GetNodeId(), view.ClusterID)
 	}
 	n.mgr.heard(req.GetNodeId())
 	return &pb.HeartbeatResponse{Epoch: view.Epoch}, nil
+}
+
+func removedStatus(id, clusterID string) error {
+	return status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s (it left, or its replicas were re-created elsewhere); to use this machine again, wipe its data dir and join it with a new id", id, clusterID)
 }
 
 func (a *admin) Adopt(_ context.Context, req *pb.AdoptRequest) (*pb.AdoptResponse, error) {

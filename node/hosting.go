@@ -7,9 +7,11 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -138,14 +140,25 @@ func (n *Node) repeat(every time.Duration, wake <-chan struct{}, fn func() bool)
 // or vote with stale data.
 func (n *Node) heartbeat() {
 	every := min(max(n.cfg.Timeouts.SuspectAfter/5, 100*time.Millisecond), time.Second)
+	round := 0
 	n.repeat(every, nil, func() bool {
+		round++
 		id, addr := n.metaMember().Leader()
-		if id == "" {
-			return true
-		}
 		if string(id) == n.cfg.ID {
 			n.mgr.heard(n.cfg.ID)
 			return true
+		}
+		view := n.view.Load()
+		if id == "" {
+			// No leader known — maybe this node was removed from the
+			// metadata group: ask the members in turn, any of which
+			// refuses a removed node.
+			others := slices.DeleteFunc(slices.Clone(view.Members), func(m cluster.Member) bool { return m.ID == n.cfg.ID })
+			if len(others) == 0 {
+				return true
+			}
+			m := others[round%len(others)]
+			id, addr = raft.ServerID(m.ID), raft.ServerAddress(m.Addr)
 		}
 		conn, err := n.pool.Dial(string(addr))
 		if err != nil {
@@ -153,7 +166,6 @@ func (n *Node) heartbeat() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		defer cancel()
-		view := n.view.Load()
 		_, err = pb.NewAdminClient(conn).Heartbeat(ctx, &pb.HeartbeatRequest{NodeId: n.cfg.ID, Address: n.advertise, ClusterId: view.ClusterID})
 		if status.Code(err) == codes.PermissionDenied {
 			n.fail(fmt.Errorf("the metadata leader %s refused this node: %s", id, status.Convert(err).Message()))
