@@ -140,6 +140,9 @@ func onMetaLeader[T any](ctx context.Context, n *Node, local func() (T, error), 
 	return remote(pb.NewAdminClient(conn))
 }
 
+// errMetaBehind: a new metadata leader has not applied the metadata yet.
+var errMetaBehind = status.Error(codes.Unavailable, "the metadata leader has not caught up yet; retry")
+
 // proposeStatus maps a metadata proposal's error to a gRPC status.
 func proposeStatus(err error) error {
 	switch {
@@ -175,6 +178,9 @@ func (a *admin) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse
 	n := a.n
 	return onMetaLeader(ctx, n, func() (*pb.JoinResponse, error) {
 		view := n.metaMember().State()
+		if view == nil {
+			return nil, errMetaBehind
+		}
 		if m := view.Member(req.GetId()); m != nil && m.Addr == req.GetAddress() {
 			return &pb.JoinResponse{Epoch: view.Epoch}, nil
 		}
@@ -224,6 +230,9 @@ func (a *admin) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveRespo
 	n := a.n
 	return onMetaLeader(ctx, n, func() (*pb.LeaveResponse, error) {
 		view := n.metaMember().State()
+		if view == nil {
+			return nil, errMetaBehind
+		}
 		if view.Member(req.GetId()) == nil {
 			if view.IsRemoved(req.GetId()) {
 				return &pb.LeaveResponse{Epoch: view.Epoch}, nil
