@@ -287,7 +287,7 @@ func Start(cfg Config) (n *Node, err error) {
 	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
 	// to a 1 MiB value each.
-	n.grpc = grpc.NewServer(append(append(tr.serverOptions(), n.identityServerOptions()...),
+	n.grpc = grpc.NewServer(append(append(append(tr.serverOptions(), n.identityServerOptions()...), transport.ServerOptions()...),
 		grpc.MaxRecvMsgSize(72<<20),
 		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)

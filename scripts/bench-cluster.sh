@@ -7,14 +7,19 @@
 # Env: ROW_SECONDS (each row's duration, default 10), CLIENTS (default 64),
 # KEYS (default 100000), KVNODE_FLAGS (extra kvnode flags).
 #
-# Sourced (as bench-vs-etcd.sh does) it only defines the helpers: free_ports,
-# wait_until, stop_pids, ringkv_build, ringkv_start, ringkv_stop.
+# Sourced (as the other bench scripts do) it only defines the helpers:
+# free_ports, wait_until, stop_pids, ringkv_build, ringkv_start,
+# ringkv_start_node, cpu_ticks, bench_init, ringkv_stop.
 set -euo pipefail
 
 # free_ports N prints N distinct TCP ports of 127.0.0.1 that nothing listens
 # on, probing upwards from a random base so that concurrent runs rarely meet.
+# The ports lie below the kernel's ephemeral range: a port some outgoing
+# connection uses locally looks free to the probe, yet cannot be bound.
 free_ports() {
-	local want=$1 port=$((20000 + RANDOM % 20000)) found=0
+	local want=$1 low found=0 port
+	read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+	port=$((10000 + RANDOM % (low - 11000)))
 	while ((found < want)); do
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			echo "$port"
@@ -69,22 +74,49 @@ ringkv_build() {
 }
 
 # ringkv_start DIR starts 3 nodes with data under DIR and logs in DIR/n*.log,
-# sets RINGKV_PIDS and RINGKV_ADDR, and waits until every partition has a
-# primary (at most 60 s).
+# sets RINGKV_PIDS, RINGKV_PORTS, RINGKV_PEERS and RINGKV_ADDR, and waits until
+# every partition has a primary (at most 60 s).
 ringkv_start() {
-	local dir=$1 i peers="" ports
-	mapfile -t ports < <(free_ports 3)
-	for i in 1 2 3; do peers+="${peers:+,}n$i=127.0.0.1:${ports[i - 1]}"; done
+	local dir=$1 i
+	mapfile -t RINGKV_PORTS < <(free_ports 3)
+	RINGKV_PEERS=""
+	for i in 1 2 3; do RINGKV_PEERS+="${RINGKV_PEERS:+,}n$i=127.0.0.1:${RINGKV_PORTS[i - 1]}"; done
 	RINGKV_PIDS=()
-	for i in 1 2 3; do
-		mkdir -p "$dir/n$i"
-		# shellcheck disable=SC2086 # KVNODE_FLAGS is a list of flags
-		bin/kvnode --id "n$i" --listen "127.0.0.1:${ports[i - 1]}" --data-dir "$dir/n$i" \
-			--peers "$peers" --log-level warn ${KVNODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
-		RINGKV_PIDS+=($!)
-	done
-	export RINGKV_ADDR=127.0.0.1:${ports[0]}
+	for i in 1 2 3; do ringkv_start_node "$i" "$dir"; done
+	export RINGKV_ADDR=127.0.0.1:${RINGKV_PORTS[0]}
 	wait_until "ringkv did not elect a primary for every partition" "$dir" "${RINGKV_PIDS[*]}" ringkv_ready
+}
+
+# ringkv_start_node I DIR starts (or restarts) node nI of the cluster
+# ringkv_start made, with data in DIR/nI and its log appended to DIR/nI.log;
+# its PID goes into RINGKV_PIDS[I-1].
+ringkv_start_node() {
+	local i=$1 dir=$2
+	mkdir -p "$dir/n$i"
+	# shellcheck disable=SC2086 # KVNODE_FLAGS is a list of flags
+	bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
+		--peers "$RINGKV_PEERS" --log-level warn ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
+	RINGKV_PIDS[i - 1]=$!
+}
+
+# cpu_ticks PID... prints the sum of utime and stime of each PID, in clock
+# ticks, one per line.
+cpu_ticks() {
+	local pid
+	for pid in "$@"; do
+		# Fields 14 and 15 after the command name, which may hold spaces.
+		sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'
+	done
+}
+
+# bench_init makes the temp dir BENCH_TMP, removes it and stops the cluster
+# on exit, and builds the binaries unless NO_BUILD is set.
+bench_init() {
+	BENCH_TMP=$(mktemp -d)
+	RINGKV_PIDS=()
+	trap 'ringkv_stop; rm -rf "$BENCH_TMP"' EXIT
+	trap 'exit 130' INT TERM
+	[[ -n "${NO_BUILD:-}" ]] || ringkv_build
 }
 
 ringkv_stop() {

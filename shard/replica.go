@@ -123,8 +123,6 @@ type Replica struct {
 	// readers that wait for an index.
 	applied broadcast
 
-	// proposeMu serializes version assignment on the primary.
-	proposeMu sync.Mutex
 	nextReqID atomic.Uint64
 
 	pendingMu sync.Mutex

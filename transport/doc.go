@@ -17,7 +17,8 @@
 //     connections stay up for the other groups. Closing the Node closes every
 //     Group and every connection, but never the caller's gRPC server.
 //   - Every outgoing call is bounded in time: unary RPCs by Options.Timeout,
-//     each pipelined AppendEntries send and response by Options.Timeout,
+//     each pipelined AppendEntries send and response and each heartbeat's
+//     round trip by Options.Timeout,
 //     InstallSnapshot by Options.Timeout per 256 KiB of snapshot, as
 //     raft.NetworkTransport does.
 //   - A pipeline is one gRPC bidirectional stream per (peer, partition); the
@@ -26,6 +27,12 @@
 //   - Heartbeats (an AppendEntries with no entries and no log position) skip
 //     the consumer channel through raft's heartbeat handler, as in
 //     raft.NetworkTransport, so they never wait behind a large AppendEntries.
+//     A group sends its heartbeats to a peer over one long-lived pipeline
+//     stream of their own, reopened after a failure, rather than as one
+//     unary RPC each: raft sends one every HeartbeatTimeout/10 per group and
+//     follower, which dominates an idle node's CPU.
+//   - Connections dialed by a Node use fixed HTTP/2 windows; ServerOptions
+//     gives the server side the same.
 //   - Snapshots travel in chunks of Options.SnapshotChunkSize, so a snapshot
 //     larger than the gRPC message limit installs; the receiver gives raft an
 //     io.Reader that yields exactly the announced number of bytes and reports

@@ -29,6 +29,9 @@ type Group struct {
 
 	heartbeatMu sync.Mutex
 	heartbeatFn func(raft.RPC)
+
+	heartbeatsMu sync.Mutex
+	heartbeats   map[raft.ServerAddress]*heartbeatStream
 }
 
 var (
@@ -78,8 +81,13 @@ func (g *Group) Close() error {
 // AppendEntries implements raft.Transport.
 func (g *Group) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	start := time.Now()
-	err := call(g, "AppendEntries", target, appendEntriesRequestToProto(g.partition, args),
-		pb.RaftClient.AppendEntries, appendEntriesResponseFromProto, resp)
+	var err error
+	if isHeartbeat(args) {
+		err = g.heartbeat(target, args, resp)
+	} else {
+		err = call(g, "AppendEntries", target, appendEntriesRequestToProto(g.partition, args),
+			pb.RaftClient.AppendEntries, appendEntriesResponseFromProto, resp)
+	}
 	if err == nil {
 		g.observe(id, target, resp, time.Since(start))
 	}
@@ -251,21 +259,24 @@ func (g *Group) closedError() error {
 }
 
 // heartbeatHandler returns raft's heartbeat fast path if cmd is a heartbeat
-// and raft installed one. The test is raft.NetworkTransport's.
+// and raft installed one.
 func (g *Group) heartbeatHandler(cmd any) func(raft.RPC) {
 	req, ok := cmd.(*raft.AppendEntriesRequest)
-	if !ok {
-		return nil
-	}
-	leader := req.Addr
-	if len(leader) == 0 {
-		leader = req.Leader
-	}
-	if req.Term == 0 || len(leader) == 0 || req.PrevLogEntry != 0 || req.PrevLogTerm != 0 ||
-		len(req.Entries) != 0 || req.LeaderCommitIndex != 0 {
+	if !ok || !isHeartbeat(req) {
 		return nil
 	}
 	g.heartbeatMu.Lock()
 	defer g.heartbeatMu.Unlock()
 	return g.heartbeatFn
+}
+
+// isHeartbeat reports whether req is one of raft's heartbeats. The test is
+// raft.NetworkTransport's.
+func isHeartbeat(req *raft.AppendEntriesRequest) bool {
+	leader := req.Addr
+	if len(leader) == 0 {
+		leader = req.Leader
+	}
+	return req.Term != 0 && len(leader) != 0 && req.PrevLogEntry == 0 && req.PrevLogTerm == 0 &&
+		len(req.Entries) == 0 && req.LeaderCommitIndex == 0
 }

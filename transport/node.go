@@ -29,6 +29,14 @@ const (
 	// gRPC's default 4 MiB receive limit.
 	MaxSnapshotChunkSize = 4<<20 - 1<<10
 
+	// StreamWindow and ConnWindow are the fixed HTTP/2 flow-control
+	// windows of Raft connections, per stream and per connection: the
+	// ceiling gRPC's estimator would grow them to, so an 8 MiB append or
+	// a stream of 1 MiB snapshot chunks never waits for a window update on
+	// a fast link.
+	StreamWindow = 16 << 20
+	ConnWindow   = 64 << 20
+
 	// snapshotTimeoutScale is the snapshot size that earns one more
 	// Options.Timeout of InstallSnapshot time (raft.DefaultTimeoutScale).
 	snapshotTimeoutScale = raft.DefaultTimeoutScale
@@ -161,6 +169,12 @@ func NewNode(local raft.ServerAddress, opts Options) (*Node, error) {
 			},
 			MinConnectTimeout: opts.Timeout,
 		}),
+		// Fixed windows turn off gRPC's bandwidth estimator, which answers
+		// nearly every message of a sparse stream (a heartbeat) with a
+		// PING and a window update: more frames, syscalls and wake-ups
+		// than the heartbeat itself.
+		grpc.WithInitialWindowSize(StreamWindow),
+		grpc.WithInitialConnWindowSize(ConnWindow),
 	}, opts.DialOptions...)
 	return &Node{
 		local:    local,
@@ -169,6 +183,13 @@ func NewNode(local raft.ServerAddress, opts Options) (*Node, error) {
 		groups:   make(map[uint32]*Group),
 		peers:    make(map[raft.ServerAddress]peer),
 	}, nil
+}
+
+// ServerOptions are the options the gRPC server carrying the Raft service
+// should get: the same fixed flow-control windows as the connections a Node
+// dials (StreamWindow, ConnWindow), for the same reason.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.InitialWindowSize(StreamWindow), grpc.InitialConnWindowSize(ConnWindow)}
 }
 
 // Register adds the Raft service to s. Call it once, before s.Serve.

@@ -21,6 +21,8 @@ type pipeline struct {
 	stream pb.Raft_AppendEntriesPipelineClient
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// The sender (raft's goroutine) and receive each block on the stream.
+	sendDog, recvDog *watchdog
 
 	inflight chan *appendFuture
 	done     chan raft.AppendFuture
@@ -58,8 +60,10 @@ func (g *Group) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddres
 		done:     make(chan raft.AppendFuture, maxInFlight),
 		closed:   make(chan struct{}),
 	}
+	timeout := g.node.opts.Timeout
+	p.sendDog, p.recvDog = newWatchdog(ctx, cancel, timeout), newWatchdog(ctx, cancel, timeout)
 	// Opening the stream waits for the connection, so it gets a deadline.
-	err = p.bounded(func() (err error) {
+	err = p.sendDog.run(func() (err error) {
 		p.stream, err = client.AppendEntriesPipeline(ctx)
 		return err
 	})
@@ -71,18 +75,34 @@ func (g *Group) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddres
 	return p, nil
 }
 
-// bounded runs a blocking stream operation, ending the whole stream if it
-// takes longer than Options.Timeout; a stream call takes no deadline of its
-// own. The error then says the deadline passed.
-func (p *pipeline) bounded(op func() error) error {
-	timeout := p.g.node.opts.Timeout
-	t := time.AfterFunc(timeout, func() {
-		p.cancel(fmt.Errorf("transport: pipeline operation exceeded %v: %w", timeout, context.DeadlineExceeded))
+// watchdog bounds blocking operations on one stream, one at a time, and
+// ends the whole stream if one takes longer than its timeout: a stream call
+// takes no deadline of its own. It reuses one timer; a new timer per
+// operation was a visible share of a busy pipeline's allocations.
+type watchdog struct {
+	ctx     context.Context
+	timeout time.Duration
+	t       *time.Timer
+}
+
+// newWatchdog returns a watchdog for the stream whose context is ctx and
+// which cancel ends.
+func newWatchdog(ctx context.Context, cancel context.CancelCauseFunc, timeout time.Duration) *watchdog {
+	w := &watchdog{ctx: ctx, timeout: timeout}
+	w.t = time.AfterFunc(timeout, func() {
+		cancel(fmt.Errorf("transport: stream operation exceeded %v: %w", timeout, context.DeadlineExceeded))
 	})
+	w.t.Stop()
+	return w
+}
+
+// run runs op; if op failed because the deadline passed, the error says so.
+func (w *watchdog) run(op func() error) error {
+	w.t.Reset(w.timeout)
 	err := op()
-	t.Stop()
-	if err != nil && p.ctx.Err() != nil {
-		if cause := context.Cause(p.ctx); !errors.Is(cause, context.Canceled) {
+	w.t.Stop()
+	if err != nil && w.ctx.Err() != nil {
+		if cause := context.Cause(w.ctx); !errors.Is(cause, context.Canceled) {
 			return fmt.Errorf("%w (%w)", cause, err)
 		}
 	}
@@ -93,7 +113,7 @@ func (p *pipeline) bounded(op func() error) error {
 // requests are outstanding.
 func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
 	f := &appendFuture{start: time.Now(), req: args, resp: resp, done: make(chan struct{})}
-	err := p.bounded(func() error {
+	err := p.sendDog.run(func() error {
 		return p.stream.Send(appendEntriesRequestToProto(p.g.partition, args))
 	})
 	if err != nil {
@@ -140,7 +160,7 @@ func (p *pipeline) receive() {
 			}
 		}
 		var out *pb.AppendEntriesResponse
-		err := p.bounded(func() (err error) {
+		err := p.recvDog.run(func() (err error) {
 			out, err = p.stream.Recv()
 			return err
 		})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
 func TestNewNodeRejectsBadOptions(t *testing.T) {
@@ -242,6 +245,72 @@ func TestHeartbeatFastPath(t *testing.T) {
 	resp = raft.AppendEntriesResponse{}
 	if err := g.AppendEntries("b", b.addr, req, &resp); err != nil || resp.LastLog != 7 {
 		t.Fatalf("AppendEntries = %v, %+v; want the consumer's answer", err, resp)
+	}
+}
+
+// TestHeartbeatsShareAStream checks that a group's heartbeats to a peer
+// travel over one long-lived stream rather than one RPC each, and that after
+// a failed heartbeat, which ends the stream, the next one opens a new stream.
+func TestHeartbeatsShareAStream(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	count := func(method string) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[method]++
+	}
+	counted := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(calls)
+	}
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{},
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			count(info.FullMethod)
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			count(info.FullMethod)
+			return h(srv, ss)
+		}))
+	g := a.group(t, 1)
+	var refuse atomic.Bool
+	b.group(t, 1).SetHeartbeatHandler(func(rpc raft.RPC) {
+		if refuse.Load() {
+			rpc.Respond(nil, errors.New("refused"))
+			return
+		}
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+	})
+	beat := func() error {
+		var resp raft.AppendEntriesResponse
+		err := g.AppendEntries("b", b.addr, heartbeat(1, a.addr), &resp)
+		if err == nil && !resp.Success {
+			t.Fatalf("heartbeat answered %+v, want the handler's answer", resp)
+		}
+		return err
+	}
+	const pipe, unary = pb.Raft_AppendEntriesPipeline_FullMethodName, pb.Raft_AppendEntries_FullMethodName
+	for range 5 {
+		if err := beat(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := counted(); got[pipe] != 1 || got[unary] != 0 {
+		t.Fatalf("5 heartbeats made %v; want one stream and no unary call", got)
+	}
+
+	refuse.Store(true)
+	if err := beat(); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("refused heartbeat = %v, want the handler's error", err)
+	}
+	refuse.Store(false)
+	if err := beat(); err != nil {
+		t.Fatal(err)
+	}
+	if got := counted(); got[pipe] != 2 || got[unary] != 0 {
+		t.Fatalf("after a refused heartbeat: %v; want a second stream and no unary call", got)
 	}
 }
 

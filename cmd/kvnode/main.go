@@ -63,10 +63,14 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")
 	fs.IntVar(&cfg.Partitions, "partitions", 16, "partitions of a new cluster (power of two)")
 	fs.StringVar(&raftLog, "raft-log", string(shard.LogWAL), "where Raft logs live: wal (the node's shared WAL) or boltdb (baseline)")
-	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 500*time.Millisecond, "Raft heartbeat timeout")
-	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", 500*time.Millisecond, "Raft election timeout")
+	// Raft sends a heartbeat every heartbeat-timeout/10 per partition and
+	// replica, which is most of an idle node's CPU; a primary's loss is
+	// noticed in about two heartbeat timeouts (docs/benchmarks.md measures
+	// both).
+	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", time.Second, "Raft heartbeat timeout")
+	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", time.Second, "Raft election timeout")
 	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease", 500*time.Millisecond, "a primary cut off from its replicas for this long steps down")
-	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", 50*time.Millisecond, "how long an idle primary waits before telling replicas the commit index again")
+	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", time.Second, "how long an idle primary waits before telling replicas the commit index again")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --metrics-addr")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 3*time.Second, "bound for a strong write or quorum read that cannot reach a majority")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
