@@ -112,18 +112,21 @@ func (n *Node) manageOnce(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := n.manageMetaGroup(view); err != nil {
-		return err
-	}
+	// A failed change of the metadata group's own membership (a peer
+	// that does not answer) must not hold up the replica moves.
+	metaErr := n.manageMetaGroup(view)
 	n.advanceMoves(ctx, view)
 	view = n.metaMember().State()
 	for _, m := range view.Members {
 		if (m.State == cluster.Leaving || m.State == cluster.Down) && !view.Holds(m.ID) {
 			n.log.Info("removing a member that holds no replicas", "member", m.ID, "state", m.State)
 			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
-				return err
+				return errors.Join(metaErr, err)
 			}
 		}
+	}
+	if metaErr != nil {
+		return fmt.Errorf("metadata group membership: %w", metaErr)
 	}
 	return nil
 }
