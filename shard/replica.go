@@ -123,6 +123,8 @@ type Replica struct {
 	// readers that wait for an index.
 	applied broadcast
 
+	// proposeMu serializes version assignment on the primary.
+	proposeMu sync.Mutex
 	nextReqID atomic.Uint64
 
 	pendingMu sync.Mutex

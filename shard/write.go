@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/raft"
 	"go.opentelemetry.io/otel/attribute"
 
@@ -102,8 +100,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 
 	// Versions are assigned and proposed in one critical section so that two
 	// writes to a key get consecutive versions in log order.
-	mu := proposeLock(key)
-	mu.Lock()
+	r.proposeMu.Lock()
 	stamp := fsm.Stamp{Version: r.currentVersion(key) + 1, Timestamp: r.cfg.Clock.Now()}
 	var cmd fsm.Command
 	if del {
@@ -123,7 +120,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	}
 	r.pendingMu.Unlock()
 	future := r.raft.Apply(encodeEntry(flags, cmd), r.cfg.OpTimeout)
-	mu.Unlock()
+	r.proposeMu.Unlock()
 
 	if prop != nil {
 		defer r.forget(reqID)
@@ -148,20 +145,6 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		return fsm.Stamp{}, r.proposeError(mode, err)
 	}
 	return writeResult(r.cfg.Partition, stamp, future.Response())
-}
-
-// proposeLocks serialize version assignment and proposal per key (by hash),
-// not per replica: raft.Apply returns only once raft's leader loop has taken
-// the entry, and the loop takes none while it stores the previous batch. With
-// one lock per replica, the writers of a partition queued on the lock instead
-// of on raft's apply channel, so the loop found a single entry to take after
-// each store: one entry per partition per fsync. Writes to different keys now
-// wait on the channel together and are stored together. The locks are shared
-// by all replicas of the process; a key always maps to one partition.
-var proposeLocks [1024]sync.Mutex
-
-func proposeLock(key []byte) *sync.Mutex {
-	return &proposeLocks[xxhash.Sum64(key)%uint64(len(proposeLocks))]
 }
 
 // futureDone is closed once future has its outcome; raft's futures block
