@@ -30,22 +30,35 @@ func TestPutTracedAcrossNodes(t *testing.T) {
 		t.Cleanup(func() { tp.Shutdown(context.Background()) })
 		cfg.TracerProvider = tp
 	}})
-	coord := c.Nodes[0]
+	// A key whose primary is known and is not the coordinator, which must
+	// forward; any node may coordinate (one node may lead every partition).
 	var key []byte
 	var primary string
-	for i := 0; primary == ""; i++ {
-		key = []byte(fmt.Sprintf("traced/%d", i))
-		p := coord.Lookup(key)
-		if coord.Replica(p).IsPrimary() {
-			continue
+	coordIdx := -1
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; coordIdx < 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("no partition with a known primary after 30s")
 		}
-		for _, n := range c.Nodes[1:] {
+		key = []byte(fmt.Sprintf("traced/%d", i))
+		p := c.Nodes[0].Lookup(key)
+		for _, n := range c.Nodes {
 			if n.Replica(p).IsPrimary() {
 				primary = n.ID()
 			}
 		}
+		for ci, n := range c.Nodes {
+			if primary != "" && n.ID() != primary {
+				coordIdx = ci
+				break
+			}
+		}
+		if coordIdx < 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
-	if _, err := pb.NewKVClient(c.Conn(0)).Put(context.Background(), &pb.PutRequest{Key: key, Value: []byte("v")}); err != nil {
+	coord := c.Nodes[coordIdx]
+	if _, err := pb.NewKVClient(c.Conn(coordIdx)).Put(context.Background(), &pb.PutRequest{Key: key, Value: []byte("v")}); err != nil {
 		t.Fatal(err)
 	}
 

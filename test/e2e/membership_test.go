@@ -21,8 +21,10 @@ func membershipArgs(replaceAfter string) []string {
 	return []string{"--suspect-after", "1s", "--dead-after", "2s", "--replace-after", replaceAfter, "--balance-interval", "500ms"}
 }
 
-// clusterMap asks any running process for the cluster map.
+// clusterMap asks every running process for the cluster map and returns
+// the newest (a node may lag the metadata by an epoch or two).
 func clusterMap(c *proccluster.Cluster) *pb.ClusterMapResponse {
+	var newest *pb.ClusterMapResponse
 	for _, p := range c.Procs {
 		if !p.Running() {
 			continue
@@ -30,11 +32,11 @@ func clusterMap(c *proccluster.Cluster) *pb.ClusterMapResponse {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		m, err := pb.NewAdminClient(p.Conn).ClusterMap(ctx, &pb.ClusterMapRequest{})
 		cancel()
-		if err == nil {
-			return m
+		if err == nil && m.GetEpoch() >= newest.GetEpoch() {
+			newest = m
 		}
 	}
-	return nil
+	return newest
 }
 
 // settled reports whether no partition is moving and every node in want is
@@ -55,10 +57,21 @@ func settled(m *pb.ClusterMapResponse, want ...string) (bool, string) {
 			return false, fmt.Sprintf("epoch %d: members %v, want %v up", m.GetEpoch(), members, want)
 		}
 	}
+	held := map[string]int{}
 	for _, pm := range m.GetPartitionMap() {
 		if len(pm.GetLearners()) > 0 || !sameSet(pm.GetReplicas(), pm.GetTarget()) {
 			return false, fmt.Sprintf("epoch %d: partition %d moving: replicas %v learners %v target %v",
 				m.GetEpoch(), pm.GetPartition(), pm.GetReplicas(), pm.GetLearners(), pm.GetTarget())
+		}
+		for _, id := range pm.GetReplicas() {
+			held[id]++
+		}
+	}
+	// A node just up is placed a round later: settled means it holds
+	// replicas too.
+	for _, id := range want {
+		if held[id] == 0 {
+			return false, fmt.Sprintf("epoch %d: %s holds no replica yet", m.GetEpoch(), id)
 		}
 	}
 	return true, ""
