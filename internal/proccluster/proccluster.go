@@ -151,13 +151,29 @@ func (c *Cluster) WaitExit(p *Proc, d time.Duration) (code int, ok bool) {
 	}
 }
 
+// handedOut holds every address freeAddr returned in this process: the
+// kernel may give a port that was just closed to the next listener, and two
+// nodes must never be handed the same one.
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[string]bool{}
+)
+
 func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOutMu.Lock()
+	defer handedOutMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut[addr] {
+			handedOut[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // Start (re)starts p with its arguments.
