@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -269,5 +270,37 @@ func TestMovesKeepThreeVoters(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestMoving(t *testing.T) {
+	s, _ := newState(t, "n1", "n2", "n3", "n4")
+	target := s.Placement().Replicas(0)
+	var out ring.NodeID // a member outside partition 0's target
+	for _, id := range []ring.NodeID{"n1", "n2", "n3", "n4"} {
+		if !slices.Contains(target[:], id) {
+			out = id
+		}
+	}
+	v := func(id ring.NodeID) Server { return Server{ID: string(id), Voter: true} }
+	l := func(id ring.NodeID) Server { return Server{ID: string(id)} }
+	for _, tc := range []struct {
+		name   string
+		config []Server
+		want   bool
+	}{
+		{"settled", []Server{v(target[0]), v(target[1]), v(target[2])}, false},
+		{"settled, other order", []Server{v(target[2]), v(target[0]), v(target[1])}, false},
+		{"learner catching up", []Server{v(target[0]), v(target[1]), v(out), l(target[2])}, true},
+		{"four voters before a removal", []Server{v(target[0]), v(target[1]), v(target[2]), v(out)}, true},
+		{"target not reached", []Server{v(target[0]), v(target[1]), v(out)}, true},
+		{"learner on the target only", []Server{v(target[0]), v(target[1]), l(target[2])}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := mustApply(t, s, Command{Op: OpSetConfig, Partition: 0, Config: tc.config})
+			if got := next.Moving(0); got != tc.want {
+				t.Fatalf("Moving with config %v, target %v = %v, want %v", tc.config, target, got, tc.want)
+			}
+		})
 	}
 }

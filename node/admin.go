@@ -74,7 +74,7 @@ func (a *admin) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.ClusterM
 		resp.Nodes = append(resp.Nodes, &pb.NodeInfo{Id: m.ID, Address: m.Addr, State: string(m.State), SinceUnixNano: m.Since})
 	}
 	for p := range ring.PartitionID(view.Partitions) {
-		pm := &pb.PartitionMap{Partition: uint32(p), PrimaryId: string(asg.Primary(p))}
+		pm := &pb.PartitionMap{Partition: uint32(p), PrimaryId: string(asg.Primary(p)), Moving: view.Moving(p)}
 		for _, sv := range view.Config[p] {
 			if sv.Voter {
 				pm.Replicas = append(pm.Replicas, sv.ID)

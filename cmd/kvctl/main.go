@@ -439,7 +439,7 @@ func buildStatus(m *pb.ClusterMapResponse, replicas map[string]map[uint32]*pb.Pa
 			Replicas:  []replicaStatus{},
 			Learners:  []replicaStatus{},
 			Target:    slices.DeleteFunc(slices.Clone(pm.GetTarget()), func(id string) bool { return id == "" }),
-			Moving:    isMoving(pm),
+			Moving:    pm.GetMoving(),
 		}
 		if ps.Target == nil {
 			ps.Target = []string{}

@@ -171,7 +171,7 @@ func summarize(m *pb.ClusterMapResponse, id string) summary {
 		}
 	}
 	for _, pm := range m.GetPartitionMap() {
-		if isMoving(pm) {
+		if pm.GetMoving() {
 			s.moving++
 		}
 		if slices.Contains(pm.GetReplicas(), id) || slices.Contains(pm.GetLearners(), id) {
@@ -354,25 +354,6 @@ func nextAddrs(m *pb.ClusterMapResponse, id string, old []string) []string {
 		}
 	}
 	return out
-}
-
-// isMoving reports whether a partition's replicas are not yet where the
-// placement wants them: a learner is catching up, or the recorded voters
-// differ from the target.
-func isMoving(pm *pb.PartitionMap) bool {
-	if len(pm.GetLearners()) > 0 {
-		return true
-	}
-	var target []string
-	for _, id := range pm.GetTarget() {
-		if id != "" {
-			target = append(target, id)
-		}
-	}
-	replicas := slices.Clone(pm.GetReplicas())
-	slices.Sort(target)
-	slices.Sort(replicas)
-	return !slices.Equal(replicas, slices.Compact(target))
 }
 
 // joinIDs joins ids with commas, "-" for none.

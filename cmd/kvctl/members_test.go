@@ -267,29 +267,6 @@ func TestWaitStopsWithContext(t *testing.T) {
 	}
 }
 
-func TestIsMoving(t *testing.T) {
-	tests := []struct {
-		name                       string
-		replicas, learners, target []string
-		want                       bool
-	}{
-		{"settled", []string{"n1", "n2", "n3"}, nil, []string{"n1", "n2", "n3"}, false},
-		{"settled, other order", []string{"n3", "n1", "n2"}, nil, []string{"n1", "n2", "n3"}, false},
-		{"learner catching up", []string{"n1", "n2", "n3"}, []string{"n4"}, []string{"n1", "n2", "n4"}, true},
-		{"four voters before a removal", []string{"n1", "n2", "n3", "n4"}, nil, []string{"n1", "n2", "n4"}, true},
-		{"target not reached", []string{"n1", "n2", "n3"}, nil, []string{"n1", "n2", "n4"}, true},
-		{"learner on the target only", []string{"n1", "n2"}, []string{"n3"}, []string{"n1", "n2", "n3"}, true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			pm := &pb.PartitionMap{Replicas: tc.replicas, Learners: tc.learners, Target: tc.target}
-			if got := isMoving(pm); got != tc.want {
-				t.Fatalf("isMoving(%v) = %v, want %v", pm, got, tc.want)
-			}
-		})
-	}
-}
-
 // TestStatusOfAMove builds the status of a cluster caught mid-move, which
 // the in-process clusters pass through too quickly to observe reliably.
 func TestStatusOfAMove(t *testing.T) {
@@ -301,7 +278,7 @@ func TestStatusOfAMove(t *testing.T) {
 			{Id: "n3", Address: "h3:1", State: "leaving"}, {Id: "n4", Address: "h4:1", State: "up"},
 		},
 		PartitionMap: []*pb.PartitionMap{
-			{Partition: 0, Replicas: []string{"n1", "n2", "n3"}, Learners: []string{"n4"}, Target: []string{"n1", "n2", "n4"}},
+			{Partition: 0, Replicas: []string{"n1", "n2", "n3"}, Learners: []string{"n4"}, Target: []string{"n1", "n2", "n4"}, Moving: true},
 			{Partition: 1, Replicas: []string{"n2", "n1", "n4"}, Target: []string{"n1", "n2", "n4"}},
 		},
 	}

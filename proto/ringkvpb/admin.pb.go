@@ -326,7 +326,10 @@ type PartitionMap struct {
 	Learners []string `protobuf:"bytes,5,rep,name=learners,proto3" json:"learners,omitempty"`
 	// Where the placement wants the replicas; differs from replicas while a
 	// move is in flight.
-	Target        []string `protobuf:"bytes,6,rep,name=target,proto3" json:"target,omitempty"`
+	Target []string `protobuf:"bytes,6,rep,name=target,proto3" json:"target,omitempty"`
+	// A move is in flight: a learner is catching up, or the voters are not
+	// yet the target.
+	Moving        bool `protobuf:"varint,7,opt,name=moving,proto3" json:"moving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +404,13 @@ func (x *PartitionMap) GetTarget() []string {
 		return x.Target
 	}
 	return nil
+}
+
+func (x *PartitionMap) GetMoving() bool {
+	if x != nil {
+		return x.Moving
+	}
+	return false
 }
 
 type JoinRequest struct {
@@ -1343,7 +1353,7 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12&\n" +
-	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\"\xbe\x01\n" +
+	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\"\xd6\x01\n" +
 	"\fPartitionMap\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\tR\breplicas\x12\x1d\n" +
@@ -1351,7 +1361,8 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"primary_id\x18\x03 \x01(\tR\tprimaryId\x12!\n" +
 	"\fprimary_addr\x18\x04 \x01(\tR\vprimaryAddr\x12\x1a\n" +
 	"\blearners\x18\x05 \x03(\tR\blearners\x12\x16\n" +
-	"\x06target\x18\x06 \x03(\tR\x06target\"7\n" +
+	"\x06target\x18\x06 \x03(\tR\x06target\x12\x16\n" +
+	"\x06moving\x18\a \x01(\bR\x06moving\"7\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"$\n" +

@@ -59,7 +59,7 @@ func settled(m *pb.ClusterMapResponse, want ...string) (bool, string) {
 	}
 	held := map[string]int{}
 	for _, pm := range m.GetPartitionMap() {
-		if len(pm.GetLearners()) > 0 || !sameSet(pm.GetReplicas(), pm.GetTarget()) {
+		if pm.GetMoving() {
 			return false, fmt.Sprintf("epoch %d: partition %d moving: replicas %v learners %v target %v",
 				m.GetEpoch(), pm.GetPartition(), pm.GetReplicas(), pm.GetLearners(), pm.GetTarget())
 		}
@@ -75,22 +75,6 @@ func settled(m *pb.ClusterMapResponse, want ...string) (bool, string) {
 		}
 	}
 	return true, ""
-}
-
-func sameSet(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	in := map[string]bool{}
-	for _, x := range a {
-		in[x] = true
-	}
-	for _, x := range b {
-		if !in[x] {
-			return false
-		}
-	}
-	return true
 }
 
 func waitSettled(t *testing.T, c *proccluster.Cluster, d time.Duration, want ...string) {
@@ -283,7 +267,7 @@ func TestKillMetadataLeaderMidJoin(t *testing.T) {
 		}
 		m := clusterMap(c)
 		for _, pm := range m.GetPartitionMap() {
-			if len(pm.GetLearners()) > 0 || !sameSet(pm.GetReplicas(), pm.GetTarget()) {
+			if pm.GetMoving() {
 				return leader != "" && leader != p.ID
 			}
 		}
