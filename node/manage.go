@@ -273,15 +273,15 @@ type primaryConn struct {
 // findPrimary asks p's replicas, those not down first, which one leads,
 // and returns it with its configuration.
 func (n *Node) findPrimary(ctx context.Context, view *cluster.State, p ring.PartitionID) (primaryConn, *pb.ReconfigureResponse, error) {
-	var candidates []string
+	var candidates []cluster.Member
 	for _, sv := range view.Config[p] {
 		if m := view.Member(sv.ID); m != nil && m.State != cluster.Down {
-			candidates = append(candidates, m.Addr)
+			candidates = append(candidates, *m)
 		}
 	}
 	var last error = fmt.Errorf("partition %d: no replica reachable", p)
 	for i := 0; i < len(candidates) && i < 8; i++ {
-		conn, err := n.pool.Dial(candidates[i])
+		conn, err := n.pool.Dial(candidates[i].Addr)
 		if err != nil {
 			last = err
 			continue
@@ -291,23 +291,17 @@ func (n *Node) findPrimary(ctx context.Context, view *cluster.State, p ring.Part
 		resp, err := admin.Reconfigure(cctx, &pb.ReconfigureRequest{Partition: uint32(p)})
 		cancel()
 		if err == nil {
-			return primaryConn{id: idAt(view, candidates[i]), admin: admin}, resp, nil
+			return primaryConn{id: candidates[i].ID, admin: admin}, resp, nil
 		}
 		last = err
-		if np := pb.NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" && !slices.Contains(candidates[i+1:], np.GetPrimaryAddr()) {
-			candidates = append(candidates, np.GetPrimaryAddr())
+		if np := pb.NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" {
+			hint := cluster.Member{ID: np.GetPrimaryId(), Addr: np.GetPrimaryAddr()}
+			if !slices.ContainsFunc(candidates[i+1:], func(m cluster.Member) bool { return m.ID == hint.ID }) {
+				candidates = append(candidates, hint)
+			}
 		}
 	}
 	return primaryConn{}, nil, last
-}
-
-func idAt(view *cluster.State, addr string) string {
-	for _, m := range view.Members {
-		if m.Addr == addr {
-			return m.ID
-		}
-	}
-	return ""
 }
 
 func serversOf(resp *pb.ReconfigureResponse) []cluster.Server {
