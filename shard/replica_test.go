@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -507,5 +508,47 @@ func TestWriteResult(t *testing.T) {
 	}
 	if _, err := writeResult(7, mine, "junk"); err == nil {
 		t.Fatal("an unexpected response type was accepted")
+	}
+}
+
+// TestCurrentVersionNeverMissesAnAppliedWrite races currentVersion against
+// writes that apply and leave the overlay: a version proposed before the
+// call must be seen, in the overlay or in the store, however the apply
+// interleaves — or it would be handed out twice.
+func TestCurrentVersionNeverMissesAnAppliedWrite(t *testing.T) {
+	store, err := fsm.New(fsm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Replica{store: store, overlay: map[string]*pendingKey{}}
+	key := []byte("k")
+	const n = 200000
+	var proposed atomic.Uint64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for v := uint64(1); v <= n; v++ {
+			r.pendingMu.Lock()
+			r.overlay[string(key)] = &pendingKey{version: v}
+			r.pendingMu.Unlock()
+			proposed.Store(v)
+			put := fsm.Put{Key: key, Value: key, Stamp: fsm.Stamp{Version: v, Timestamp: hlc.Timestamp{WallTime: int64(v)}}}
+			if _, err := r.store.Apply(v, put); err != nil {
+				t.Error(err)
+				return
+			}
+			r.retireOverlay(put)
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		want := proposed.Load()
+		if got := r.currentVersion(key); got < want {
+			t.Fatalf("currentVersion = %d after version %d was proposed", got, want)
+		}
 	}
 }

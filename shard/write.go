@@ -198,17 +198,21 @@ func (r *Replica) forget(reqID uint64) {
 }
 
 // currentVersion is the key's newest version: proposed on this primary, or
-// applied (a tombstone counts).
+// applied (a tombstone counts). The overlay is read before the store: a
+// write is retired from the overlay only after the store applied it, so
+// one of the two reads sees it. In the other order the write could apply
+// and retire between them, and be seen by neither — its version would be
+// handed out again.
 func (r *Replica) currentVersion(key []byte) uint64 {
 	var v uint64
-	if it, ok := r.store.Lookup(key); ok {
-		v = it.Version
-	}
 	r.pendingMu.Lock()
-	if pk := r.overlay[string(key)]; pk != nil && pk.version > v {
+	if pk := r.overlay[string(key)]; pk != nil {
 		v = pk.version
 	}
 	r.pendingMu.Unlock()
+	if it, ok := r.store.Lookup(key); ok && it.Version > v {
+		v = it.Version
+	}
 	return v
 }
 
