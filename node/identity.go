@@ -64,39 +64,58 @@ func (n *Node) identityDialOptions() []grpc.DialOption {
 // identityServerOptions refuse Raft RPCs stamped with another cluster's id
 // or a removed node's id.
 func (n *Node) identityServerOptions() []grpc.ServerOption {
-	raftPrefix := "/" + pb.Raft_ServiceDesc.ServiceName + "/"
-	check := func(ctx context.Context, method string) error {
-		if !strings.HasPrefix(method, raftPrefix) {
-			return nil
-		}
-		view := n.view.Load()
-		if view == nil {
-			return status.Errorf(codes.FailedPrecondition, "node %s belongs to no cluster yet: it waits to be added with kvctl join", n.cfg.ID)
-		}
-		md, _ := metadata.FromIncomingContext(ctx)
-		got := md.Get(clusterIDHeader)
-		if len(got) != 1 || got[0] != view.ClusterID {
-			return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", view.ClusterID, strings.Join(got, ","))
-		}
-		if from := md.Get(nodeIDHeader); len(from) == 1 && view.IsRemoved(from[0]) {
-			return status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s; it cannot take part again", from[0], view.ClusterID)
-		}
-		return nil
-	}
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-			if err := check(ctx, info.FullMethod); err != nil {
+			if err := n.checkIdentity(ctx, info.FullMethod); err != nil {
 				return nil, err
 			}
 			return handler(ctx, req)
 		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			if err := check(ss.Context(), info.FullMethod); err != nil {
-				return err
-			}
-			return handler(srv, ss)
-		}),
+		grpc.ChainStreamInterceptor(n.checkStreamIdentity),
 	}
+}
+
+func (n *Node) checkIdentity(ctx context.Context, method string) error {
+	if !strings.HasPrefix(method, "/"+pb.Raft_ServiceDesc.ServiceName+"/") {
+		return nil
+	}
+	view := n.view.Load()
+	if view == nil {
+		return status.Errorf(codes.FailedPrecondition, "node %s belongs to no cluster yet: it waits to be added with kvctl join", n.cfg.ID)
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	got := md.Get(clusterIDHeader)
+	if len(got) != 1 || got[0] != view.ClusterID {
+		return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", view.ClusterID, strings.Join(got, ","))
+	}
+	if from := md.Get(nodeIDHeader); len(from) == 1 && view.IsRemoved(from[0]) {
+		return status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s; it cannot take part again", from[0], view.ClusterID)
+	}
+	return nil
+}
+
+// checkStreamIdentity checks a stream when it opens and again on every
+// message: heartbeat and pipeline streams live as long as their peer does,
+// so a node removed after it opened one would otherwise go on being heard
+// — a removed metadata leader kept its followers from electing a new one
+// that way.
+func (n *Node) checkStreamIdentity(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := n.checkIdentity(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, &checkedStream{ServerStream: ss, check: func() error { return n.checkIdentity(ss.Context(), info.FullMethod) }})
+}
+
+type checkedStream struct {
+	grpc.ServerStream
+	check func() error
+}
+
+func (s *checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.check()
 }
 
 // checkPeers refuses to create a cluster whose members already belong to

@@ -119,6 +119,13 @@ func (n *Node) manageOnce(ctx context.Context) error {
 	view = n.metaMember().State()
 	for _, m := range view.Members {
 		if (m.State == cluster.Leaving || m.State == cluster.Down) && !view.Holds(m.ID) {
+			if m.ID == n.cfg.ID {
+				// Once removed, this node is refused by every peer and
+				// could hand leadership to none of them: hand it over
+				// first, and the next leader removes this node.
+				n.log.Info("handing metadata leadership over before this node is removed")
+				return errors.Join(metaErr, n.metaMember().Raft().LeadershipTransfer().Error())
+			}
 			n.log.Info("removing a member that holds no replicas", "member", m.ID, "state", m.State)
 			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
 				return errors.Join(metaErr, err)

@@ -70,6 +70,18 @@ func minVoters(nodes []*node.Node) int {
 	return least
 }
 
+// retryUnavailable calls f until it answers other than Unavailable, as
+// kvctl does while a young cluster's metadata group elects its leader.
+func retryUnavailable(t *testing.T, f func() error) error {
+	t.Helper()
+	var err error
+	waitFor(t, 30*time.Second, "an answer other than Unavailable", func() (bool, string) {
+		err = f()
+		return status.Code(err) != codes.Unavailable, fmt.Sprint(err)
+	})
+	return err
+}
+
 func TestJoinAndLeaveUnderWrites(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{Partitions: 8, Tweak: fastMembership})
 	cl, err := client.New(context.Background(), c.Addrs())
@@ -106,7 +118,10 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 		id := c.Nodes[i].ID()
 		added <- c.Nodes[i]
 		for range 2 { // idempotent
-			if _, err := admin.Join(ctx, &pb.JoinRequest{Id: id, Address: c.Nodes[i].Addr()}); err != nil {
+			if err := retryUnavailable(t, func() error {
+				_, err := admin.Join(ctx, &pb.JoinRequest{Id: id, Address: c.Nodes[i].Addr()})
+				return err
+			}); err != nil {
 				t.Fatalf("join %s: %v", id, err)
 			}
 		}
@@ -118,11 +133,17 @@ func TestJoinAndLeaveUnderWrites(t *testing.T) {
 		})
 	}
 	for _, leave := range []string{"n1", "n2"} {
-		if _, err := admin.Leave(ctx, &pb.LeaveRequest{Id: leave}); err != nil {
+		if err := retryUnavailable(t, func() error {
+			_, err := admin.Leave(ctx, &pb.LeaveRequest{Id: leave})
+			return err
+		}); err != nil {
 			t.Fatalf("leave %s: %v", leave, err)
 		}
 	}
-	_, err = admin.Leave(ctx, &pb.LeaveRequest{Id: "n3"})
+	err = retryUnavailable(t, func() error {
+		_, err := admin.Leave(ctx, &pb.LeaveRequest{Id: "n3"})
+		return err
+	})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("a leave that would leave 2 nodes: %v, want FailedPrecondition", err)
 	}
@@ -201,11 +222,52 @@ func TestJoinRefusesAnAddressTheNodeDoesNotAdvertise(t *testing.T) {
 	i := c.AddNode()
 	// The same listener, under a name the node does not announce.
 	other := strings.Replace(c.Nodes[i].Addr(), "127.0.0.1", "localhost", 1)
-	_, err := pb.NewAdminClient(c.Conn(0)).Join(context.Background(), &pb.JoinRequest{Id: c.Nodes[i].ID(), Address: other})
+	err := retryUnavailable(t, func() error {
+		_, err := pb.NewAdminClient(c.Conn(0)).Join(context.Background(), &pb.JoinRequest{Id: c.Nodes[i].ID(), Address: other})
+		return err
+	})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "advertise") {
 		t.Fatalf("join at a wrong address: %v, want FailedPrecondition naming the advertised address", err)
 	}
 	if v := c.Nodes[0].View(); v.Member(c.Nodes[i].ID()) != nil {
 		t.Fatalf("the refused node became a member: %+v", v.Members)
 	}
+}
+
+// TestMetadataLeaderLeaves: the node that runs the moves is the one
+// leaving. It must hand leadership over before it is removed — once
+// removed, every peer refuses it — and then learn that it was removed.
+func TestMetadataLeaderLeaves(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Nodes: 4, Partitions: 8, Tweak: fastMembership})
+	var leader string
+	waitFor(t, 30*time.Second, "a metadata leader", func() (bool, string) {
+		st, err := pb.NewAdminClient(c.Conn(0)).Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		leader = st.GetMetadataLeader()
+		return leader != "", "none yet"
+	})
+	i := slices.IndexFunc(c.Nodes, func(n *node.Node) bool { return n.ID() == leader })
+	stay := c.Nodes[(i+1)%4]
+	if err := retryUnavailable(t, func() error {
+		_, err := pb.NewAdminClient(c.Conn(i)).Leave(context.Background(), &pb.LeaveRequest{Id: leader})
+		return err
+	}); err != nil {
+		t.Fatalf("leave %s: %v", leader, err)
+	}
+	select {
+	case err := <-c.Nodes[i].Fatal():
+		t.Logf("%s: %v", leader, err)
+	case <-time.After(120 * time.Second):
+		v := stay.View()
+		t.Fatalf("%s was not told it was removed; %s sees epoch %d, members %v, removed %v", leader, stay.ID(), v.Epoch, v.Members, v.Removed)
+	}
+	waitFor(t, 60*time.Second, leader+" removed and moves finished", func() (bool, string) {
+		v := stay.View()
+		if !v.IsRemoved(leader) || len(v.Members) != 3 {
+			return false, fmt.Sprintf("epoch %d members %v", v.Epoch, v.Members)
+		}
+		return settled(stay)
+	})
 }
