@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -123,9 +124,13 @@ type Replica struct {
 	// readers that wait for an index.
 	applied broadcast
 
-	// proposeMu serializes version assignment on the primary.
-	proposeMu sync.Mutex
-	nextReqID atomic.Uint64
+	// proposeMu serializes version assignment on the primary, per key:
+	// a key's writes take one stripe, chosen by proposeSeed. Writes to
+	// different keys need no order between them, and proposing them
+	// concurrently lets raft batch them into one log write.
+	proposeMu   [proposeStripes]sync.Mutex
+	proposeSeed maphash.Seed
+	nextReqID   atomic.Uint64
 
 	pendingMu sync.Mutex
 	pending   map[uint64]*proposal // fast writes awaiting their WAL sync, by request id
@@ -198,6 +203,7 @@ func Open(cfg Config) (*Replica, error) {
 		closeCh:   make(chan struct{}),
 	}
 	r.nextReqID.Store(rand.Uint64())
+	r.proposeSeed = maphash.MakeSeed()
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
