@@ -10,11 +10,16 @@
 //     the key's current one; an equal Stamp is the same write applied again
 //     and changes nothing. Deletes leave versioned tombstones, removed only
 //     by a PurgeTombstones command carrying its cutoff.
-//   - Snapshots never wait for writers and never stop them: after every
-//     Apply that changed a key the store publishes an immutable
-//     copy-on-write clone of its B-tree (an O(1) operation) through an
-//     atomic pointer. Snapshot reads, Range, Len and AppliedIndex go through
-//     one such published Snapshot and see each Apply whole or not at all.
+//   - A Snapshot is an immutable copy-on-write clone of the B-tree (an
+//     O(1) operation) and never stops writers. The clone is taken when a
+//     reader first asks for a Snapshot after a change, not after every
+//     Apply: a clone marks every node shared, and the writes after it copy
+//     their paths, which behind every Apply was a third of a write-heavy
+//     node's allocations. So taking a Snapshot may wait for the Apply in
+//     progress (never for a Restore, which builds its state aside). After
+//     every Apply the store publishes the applied index and key counts
+//     through an atomic pointer; Snapshot reads, Range, Len and
+//     AppliedIndex see each Apply whole or not at all.
 //   - Store.Get and Store.Lookup, the latest-state point reads, go through a
 //     hash index beside the tree instead (see index.go). The writer updates
 //     it write by write, before publishing the Snapshot that carries the
@@ -216,9 +221,7 @@ type state struct {
 	Snapshot
 	tombstones *btree.BTreeG[item]
 	points     *index
-	// dirty says the tree changed since it was last published, so that an
-	// Apply that changed nothing republishes the same tree rather than
-	// cloning it.
+	// dirty says the tree changed since it was last cloned.
 	dirty bool
 }
 
@@ -227,7 +230,7 @@ func newState() state {
 		Snapshot:   Snapshot{tree: btree.NewG(btreeDegree, lessKey)},
 		tombstones: btree.NewG(btreeDegree, lessTombstone),
 		points:     newIndex(),
-		dirty:      true, // never published
+		dirty:      true, // never cloned
 	}
 }
 
@@ -305,7 +308,7 @@ type Store struct {
 // published is what readers load: a Snapshot, and the point index current
 // with it. Every publication until the next Restore shares the writer's
 // index; Restore's carries a new one, so readers switch tree and index in
-// one atomic load.
+// one atomic load. The Snapshot's tree is nil until a reader needs it.
 type published struct {
 	Snapshot
 	points *index
@@ -328,23 +331,38 @@ func (s *Store) install(w state) {
 	s.publish()
 }
 
-// publish makes the writer's state visible to readers. Cloning marks every
-// current node shared, so the next write copies its path instead of touching
-// what readers see. A tree that has not changed since the last publish is
-// that published clone's twin, so the new Snapshot shares the clone.
+// publish makes the writer's state visible to readers, all but its tree:
+// a tree that has not changed since it was last cloned is that clone's
+// twin, which the new publication shares; a changed one is cloned only by
+// Snapshot.
 func (s *Store) publish() {
 	p := &published{Snapshot: s.w.Snapshot, points: s.w.points}
-	if s.w.dirty {
-		p.tree = s.w.tree.Clone()
-		s.w.dirty = false
-	} else {
+	p.tree = nil // the writer's own, not for readers
+	if !s.w.dirty {
 		p.tree = s.cur.Load().tree
 	}
 	s.cur.Store(p)
 }
 
-// Snapshot returns the current state as an immutable view in O(1).
-func (s *Store) Snapshot() *Snapshot { return &s.cur.Load().Snapshot }
+// Snapshot returns the current state as an immutable view in O(1). If the
+// tree changed since the last Snapshot it is cloned first, under the
+// writer's lock: under it, the publication is the writer's state.
+func (s *Store) Snapshot() *Snapshot {
+	if p := s.cur.Load(); p.tree != nil {
+		return &p.Snapshot
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.cur.Load()
+	if p.tree == nil {
+		q := *p
+		q.tree = s.w.tree.Clone()
+		s.w.dirty = false
+		s.cur.Store(&q)
+		p = &q
+	}
+	return &p.Snapshot
+}
 
 // Get returns key's latest live value; a tombstone reads as not found. Unlike
 // Snapshot().Get it reads the point index: it reflects every write of the
@@ -367,13 +385,13 @@ func (s *Store) Lookup(key []byte) (Item, bool) {
 func (s *Store) Range(start, end []byte, fn func(Item) bool) { s.Snapshot().Range(start, end, fn) }
 
 // Len returns the number of live keys.
-func (s *Store) Len() int { return s.Snapshot().Len() }
+func (s *Store) Len() int { return s.cur.Load().Len() }
 
 // Tombstones returns the number of tombstones awaiting purge.
-func (s *Store) Tombstones() int { return s.Snapshot().Tombstones() }
+func (s *Store) Tombstones() int { return s.cur.Load().Tombstones() }
 
 // AppliedIndex returns the index of the last log entry applied or restored.
-func (s *Store) AppliedIndex() uint64 { return s.Snapshot().AppliedIndex() }
+func (s *Store) AppliedIndex() uint64 { return s.cur.Load().AppliedIndex() }
 
 // Validate checks cmd against the store's limits, as Apply will.
 func (s *Store) Validate(cmd Command) error { return s.cfg.validate(cmd) }
