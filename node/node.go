@@ -270,7 +270,11 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	tr := newTracing(cfg.TracerProvider, cfg.TraceRaft)
 	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse,
-		DialOptions: append(n.identityDialOptions(), chaosDialOptions()...)}
+		DialOptions: append(n.identityDialOptions(), chaosDialOptions()...),
+		// raft sends a group's heartbeats HeartbeatTimeout/10 to /5 apart;
+		// waiting up to half the shortest gap lets a node's groups share
+		// their heartbeats' messages and keeps them well inside the lease.
+		HeartbeatWindow: cfg.HeartbeatTimeout / 20}
 	if cfg.TraceRaft {
 		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
 	}

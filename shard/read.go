@@ -138,7 +138,12 @@ func (v *verifier) leader(ctx context.Context) error {
 	}
 }
 
-func (v *verifier) run(r *raft.Raft, closeCh <-chan struct{}) {
+// expediter is a transport that may hold heartbeats back to send them
+// together (transport.Group does); a leadership check, which a read waits
+// on, has its heartbeats sent at once.
+type expediter interface{ Expedite() (done func()) }
+
+func (v *verifier) run(r *raft.Raft, tr raft.Transport, closeCh <-chan struct{}) {
 	v.init()
 	for {
 		select {
@@ -154,7 +159,12 @@ func (v *verifier) run(r *raft.Raft, closeCh <-chan struct{}) {
 		if rd == nil {
 			continue
 		}
+		done := func() {}
+		if e, ok := tr.(expediter); ok {
+			done = e.Expedite()
+		}
 		rd.err = r.VerifyLeader().Error()
+		done()
 		close(rd.done)
 	}
 }

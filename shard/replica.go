@@ -253,7 +253,7 @@ func Open(cfg Config) (*Replica, error) {
 	go r.runReoffers()
 	go func() {
 		defer r.wg.Done()
-		r.verify.run(r.raft, r.closeCh)
+		r.verify.run(r.raft, cfg.Transport, r.closeCh)
 	}()
 	return r, nil
 }

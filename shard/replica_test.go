@@ -552,3 +552,37 @@ func TestCurrentVersionNeverMissesAnAppliedWrite(t *testing.T) {
 		}
 	}
 }
+
+// expediteCounter is a transport that, like transport.Group, can be asked
+// to send heartbeats at once.
+type expediteCounter struct {
+	*raft.InmemTransport
+	calls, open atomic.Int32
+}
+
+func (e *expediteCounter) Expedite() func() {
+	e.calls.Add(1)
+	e.open.Add(1)
+	return func() { e.open.Add(-1) }
+}
+
+// TestQuorumReadExpeditesHeartbeats: the leadership check of a quorum read
+// asks the transport to send its heartbeats at once, and lets go after.
+func TestQuorumReadExpeditesHeartbeats(t *testing.T) {
+	counters := map[raft.ServerID]*expediteCounter{}
+	g := newGroup(t, func(c *Config) {
+		e := &expediteCounter{InmemTransport: c.Transport.(*raft.InmemTransport)}
+		counters[c.NodeID] = e
+		c.Transport = e
+	})
+	l := g.leader()
+	if _, err := l.Put(context.Background(), []byte("k"), []byte("v"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Get(context.Background(), []byte("k"), Quorum); err != nil {
+		t.Fatal(err)
+	}
+	if e := counters[l.cfg.NodeID]; e.calls.Load() == 0 || e.open.Load() != 0 {
+		t.Fatalf("a quorum read made %d Expedite calls, %d still open; want at least one, none open", e.calls.Load(), e.open.Load())
+	}
+}

@@ -27,10 +27,14 @@
 //   - Heartbeats (an AppendEntries with no entries and no log position) skip
 //     the consumer channel through raft's heartbeat handler, as in
 //     raft.NetworkTransport, so they never wait behind a large AppendEntries.
-//     A group sends its heartbeats to a peer over one long-lived pipeline
-//     stream of their own, reopened after a failure, rather than as one
-//     unary RPC each: raft sends one every HeartbeatTimeout/10 per group and
-//     follower, which dominates an idle node's CPU.
+//     raft sends one every HeartbeatTimeout/10 per group and follower, which
+//     dominates an idle node's CPU, so the heartbeats of all a node's groups
+//     to one peer node share one long-lived Heartbeats stream (reopened
+//     after a failure), and each waits up to Options.HeartbeatWindow to
+//     travel in one message with others. A group whose leadership check a
+//     read waits on is expedited (Group.Expedite): its heartbeats, and all
+//     waiting ones, go at once. Each heartbeat of a batch is answered, or
+//     fails, on its own.
 //   - Connections dialed by a Node use fixed HTTP/2 windows; ServerOptions
 //     gives the server side the same.
 //   - Snapshots travel in chunks of Options.SnapshotChunkSize, so a snapshot

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -30,8 +31,8 @@ type Group struct {
 	heartbeatMu sync.Mutex
 	heartbeatFn func(raft.RPC)
 
-	heartbeatsMu sync.Mutex
-	heartbeats   map[raft.ServerAddress]*heartbeatStream
+	// expedited counts Expedite calls not yet done.
+	expedited atomic.Int32
 }
 
 var (

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -100,6 +101,13 @@ type Options struct {
 	// message. Zero means DefaultSnapshotChunkSize.
 	SnapshotChunkSize int
 
+	// HeartbeatWindow is how long a heartbeat may wait for others to the
+	// same peer node, to travel in one message with them. Zero sends each
+	// at once. It delays the heartbeats raft sends on a timer, never those
+	// of an expedited Group (see Group.Expedite); keep it well under the
+	// leader lease, which heartbeat answers renew.
+	HeartbeatWindow time.Duration
+
 	// OnAppendResponse, if set, is called synchronously for every
 	// AppendEntries response received; it must not block.
 	OnAppendResponse func(AppendResponse)
@@ -111,6 +119,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.HeartbeatWindow < 0 || o.HeartbeatWindow >= o.Timeout {
+		return o, &OptionError{Field: "HeartbeatWindow", Value: o.HeartbeatWindow, Limit: fmt.Sprintf("must be in [0, Timeout = %v)", o.Timeout)}
 	}
 	if o.MaxInFlight < 0 {
 		return o, &OptionError{Field: "MaxInFlight", Value: o.MaxInFlight, Limit: "must not be negative"}
@@ -141,6 +152,12 @@ type Node struct {
 
 	peersMu sync.RWMutex
 	peers   map[raft.ServerAddress]peer
+
+	// ctx ends with Close; it is the parent of the heartbeat streams.
+	ctx            context.Context
+	cancel         context.CancelFunc
+	heartbeatersMu sync.Mutex
+	heartbeaters   map[raft.ServerAddress]*heartbeater
 }
 
 type peer struct {
@@ -176,12 +193,16 @@ func NewNode(local raft.ServerAddress, opts Options) (*Node, error) {
 		grpc.WithInitialWindowSize(StreamWindow),
 		grpc.WithInitialConnWindowSize(ConnWindow),
 	}, opts.DialOptions...)
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{
-		local:    local,
-		opts:     opts,
-		dialOpts: dialOpts,
-		groups:   make(map[uint32]*Group),
-		peers:    make(map[raft.ServerAddress]peer),
+		local:        local,
+		opts:         opts,
+		dialOpts:     dialOpts,
+		groups:       make(map[uint32]*Group),
+		peers:        make(map[raft.ServerAddress]peer),
+		ctx:          ctx,
+		cancel:       cancel,
+		heartbeaters: make(map[raft.ServerAddress]*heartbeater),
 	}, nil
 }
 
@@ -233,6 +254,9 @@ func (n *Node) Close() error {
 	for _, g := range groups {
 		g.cancel()
 	}
+	n.heartbeatersMu.Lock()
+	n.cancel()
+	n.heartbeatersMu.Unlock()
 
 	n.peersMu.Lock()
 	peers := n.peers
@@ -253,13 +277,17 @@ func (n *Node) lookup(partition uint32) (*Group, error) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	if n.closed {
-		return nil, status.Errorf(codes.Unavailable, "transport: node %s is closed", n.local)
+		return nil, n.closedError()
 	}
 	g, ok := n.groups[partition]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "transport: partition %d is not hosted on %s", partition, n.local)
 	}
 	return g, nil
+}
+
+func (n *Node) closedError() error {
+	return status.Errorf(codes.Unavailable, "transport: node %s is closed", n.local)
 }
 
 func (n *Node) unregister(g *Group) {

@@ -124,19 +124,20 @@ func (s countSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (countSnapshot) Release() {}
 
-// msgCounter counts the messages each gRPC method received on a server.
+// msgCounter counts, per gRPC method, the streams opened on a server and
+// the messages received on them.
 type msgCounter struct {
-	mu   sync.Mutex
-	msgs map[string]int
+	mu            sync.Mutex
+	streams, msgs map[string]int
 }
 
-func (c *msgCounter) add(method string) {
+func (c *msgCounter) add(m *map[string]int, method string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.msgs == nil {
-		c.msgs = make(map[string]int)
+	if *m == nil {
+		*m = make(map[string]int)
 	}
-	c.msgs[method]++
+	(*m)[method]++
 }
 
 func (c *msgCounter) get(method string) int {
@@ -145,8 +146,15 @@ func (c *msgCounter) get(method string) int {
 	return c.msgs[method]
 }
 
+func (c *msgCounter) streamsOf(method string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.streams[method]
+}
+
 func (c *msgCounter) serverOption() grpc.ServerOption {
 	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		c.add(&c.streams, info.FullMethod)
 		return handler(srv, &countingStream{ServerStream: ss, counter: c, method: info.FullMethod})
 	})
 }
@@ -160,7 +168,7 @@ type countingStream struct {
 func (s *countingStream) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
 	if err == nil {
-		s.counter.add(s.method)
+		s.counter.add(&s.counter.msgs, s.method)
 	}
 	return err
 }

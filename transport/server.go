@@ -90,6 +90,53 @@ func (s *server) AppendEntriesPipeline(stream pb.Raft_AppendEntriesPipelineServe
 	}
 }
 
+// Heartbeats answers each batch of heartbeats with one message, a result
+// per heartbeat in batch order. A heartbeat goes through raft's heartbeat
+// fast path, which never waits behind the group's log; anything else in a
+// batch is refused, so one slow group cannot hold up the others. Once this
+// node's transport is closed, the next batch ends the stream.
+func (s *server) Heartbeats(stream pb.Raft_HeartbeatsServer) error {
+	ctx := stream.Context()
+	for {
+		batch, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		// Ending the stream lets this node's gRPC server stop gracefully;
+		// the peer's next batch finds no server.
+		if s.node.ctx.Err() != nil {
+			return s.node.closedError()
+		}
+		out := &pb.HeartbeatResults{Results: make([]*pb.HeartbeatResult, len(batch.GetHeartbeats()))}
+		for i, req := range batch.GetHeartbeats() {
+			out.Results[i] = s.heartbeat(ctx, req)
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *server) heartbeat(ctx context.Context, req *pb.AppendEntriesRequest) *pb.HeartbeatResult {
+	cmd := appendEntriesRequestFromProto(req)
+	var err error
+	if !isHeartbeat(cmd) {
+		err = status.Errorf(codes.InvalidArgument, "transport: partition %d: a Heartbeats batch carried an AppendEntries that is not a heartbeat", req.GetPartition())
+	} else if g, lerr := s.node.lookup(req.GetPartition()); lerr != nil {
+		err = lerr
+	} else {
+		var resp *raft.AppendEntriesResponse
+		if resp, err = dispatch[raft.AppendEntriesResponse](ctx, g, cmd, nil); err == nil {
+			return &pb.HeartbeatResult{Response: appendEntriesResponseToProto(resp)}
+		}
+	}
+	st := status.Convert(err)
+	return &pb.HeartbeatResult{Code: uint32(st.Code()), Message: st.Message()}
+}
+
 func (s *server) InstallSnapshot(stream pb.Raft_InstallSnapshotServer) error {
 	first, err := stream.Recv()
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +34,8 @@ func TestNewNodeRejectsBadOptions(t *testing.T) {
 		{"negative in-flight", "127.0.0.1:1", Options{MaxInFlight: -1}, "MaxInFlight"},
 		{"negative chunk", "127.0.0.1:1", Options{SnapshotChunkSize: -1}, "SnapshotChunkSize"},
 		{"chunk over limit", "127.0.0.1:1", Options{SnapshotChunkSize: MaxSnapshotChunkSize + 1}, "SnapshotChunkSize"},
+		{"negative heartbeat window", "127.0.0.1:1", Options{HeartbeatWindow: -1}, "HeartbeatWindow"},
+		{"heartbeat window past timeout", "127.0.0.1:1", Options{Timeout: time.Second, HeartbeatWindow: time.Second}, "HeartbeatWindow"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,69 +249,144 @@ func TestHeartbeatFastPath(t *testing.T) {
 	}
 }
 
-// TestHeartbeatsShareAStream checks that a group's heartbeats to a peer
-// travel over one long-lived stream rather than one RPC each, and that after
-// a failed heartbeat, which ends the stream, the next one opens a new stream.
-func TestHeartbeatsShareAStream(t *testing.T) {
-	var mu sync.Mutex
-	calls := map[string]int{}
-	count := func(method string) {
-		mu.Lock()
-		defer mu.Unlock()
-		calls[method]++
+// pendingHeartbeats is how many heartbeats wait in a's heartbeater for b.
+func pendingHeartbeats(a *testNode, b raft.ServerAddress) int {
+	h, err := a.node.heartbeater(b)
+	if err != nil {
+		return -1
 	}
-	counted := func() map[string]int {
-		mu.Lock()
-		defer mu.Unlock()
-		return maps.Clone(calls)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.pending)
+}
+
+// slowWindow holds heartbeats back longer than any wait of these tests, so
+// a heartbeat that went out did so because something sent it early.
+var slowWindow = Options{Timeout: 10 * waitTimeout, HeartbeatWindow: 5 * waitTimeout}
+
+// TestHeartbeatsShareANodeStream: the heartbeats of several groups to one
+// peer node wait for each other and travel as one message on one stream;
+// each gets its own group's answer, an error included, and an error answer
+// leaves the stream up.
+func TestHeartbeatsShareANodeStream(t *testing.T) {
+	var counts msgCounter
+	a := startNode(t, "a", slowWindow)
+	b := startNode(t, "b", Options{}, counts.serverOption())
+	const groups = 4
+	senders := make([]*Group, groups)
+	for p := range uint32(groups) {
+		senders[p] = a.group(t, p)
+		b.group(t, p).SetHeartbeatHandler(func(rpc raft.RPC) {
+			if p == 3 {
+				rpc.Respond(nil, errors.New("refused by partition 3"))
+				return
+			}
+			rpc.Respond(&raft.AppendEntriesResponse{Term: 1, LastLog: uint64(p), Success: true}, nil)
+		})
 	}
-	a := startNode(t, "a", Options{})
-	b := startNode(t, "b", Options{},
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			count(info.FullMethod)
-			return h(ctx, req)
-		}),
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			count(info.FullMethod)
-			return h(srv, ss)
-		}))
-	g := a.group(t, 1)
-	var refuse atomic.Bool
-	b.group(t, 1).SetHeartbeatHandler(func(rpc raft.RPC) {
-		if refuse.Load() {
-			rpc.Respond(nil, errors.New("refused"))
-			return
-		}
-		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
-	})
-	beat := func() error {
-		var resp raft.AppendEntriesResponse
-		err := g.AppendEntries("b", b.addr, heartbeat(1, a.addr), &resp)
-		if err == nil && !resp.Success {
-			t.Fatalf("heartbeat answered %+v, want the handler's answer", resp)
-		}
-		return err
+	errs := make(chan error, groups)
+	for p, g := range senders {
+		go func() {
+			var resp raft.AppendEntriesResponse
+			err := g.AppendEntries("b", b.addr, heartbeat(1, a.addr), &resp)
+			if err == nil && resp.LastLog != uint64(p) {
+				err = fmt.Errorf("partition %d answered %+v", p, resp)
+			}
+			errs <- err
+		}()
 	}
-	const pipe, unary = pb.Raft_AppendEntriesPipeline_FullMethodName, pb.Raft_AppendEntries_FullMethodName
-	for range 5 {
-		if err := beat(); err != nil {
+	waitFor(t, "every heartbeat waiting", func() bool { return pendingHeartbeats(a, b.addr) == groups })
+	done := senders[0].Expedite()
+	defer done()
+	for range groups {
+		if err := within(t, "heartbeat", func() error { return <-errs }); err != nil && !strings.Contains(err.Error(), "refused by partition 3") {
 			t.Fatal(err)
 		}
 	}
-	if got := counted(); got[pipe] != 1 || got[unary] != 0 {
-		t.Fatalf("5 heartbeats made %v; want one stream and no unary call", got)
+	const method = pb.Raft_Heartbeats_FullMethodName
+	if s, m := counts.streamsOf(method), counts.get(method); s != 1 || m != 1 {
+		t.Fatalf("%d heartbeats made %d streams and %d messages; want 1 and 1", groups, s, m)
 	}
-
-	refuse.Store(true)
-	if err := beat(); err == nil || !strings.Contains(err.Error(), "refused") {
-		t.Fatalf("refused heartbeat = %v, want the handler's error", err)
-	}
-	refuse.Store(false)
-	if err := beat(); err != nil {
+	var resp raft.AppendEntriesResponse
+	if err := within(t, "heartbeat", func() error { return senders[0].AppendEntries("b", b.addr, heartbeat(1, a.addr), &resp) }); err != nil {
 		t.Fatal(err)
 	}
-	if got := counted(); got[pipe] != 2 || got[unary] != 0 {
-		t.Fatalf("after a refused heartbeat: %v; want a second stream and no unary call", got)
+	if s := counts.streamsOf(method); s != 1 {
+		t.Fatalf("after an error answer: %d streams, want the first one still", s)
+	}
+}
+
+// TestExpeditedHeartbeatGoesAtOnce: an expedited group's heartbeats do not
+// wait for the window; once done, they wait again.
+func TestExpeditedHeartbeatGoesAtOnce(t *testing.T) {
+	a := startNode(t, "a", slowWindow)
+	b := startNode(t, "b", Options{})
+	g := a.group(t, 1)
+	b.group(t, 1).SetHeartbeatHandler(func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+	})
+	beat := func() error {
+		return g.AppendEntries("b", b.addr, heartbeat(1, a.addr), new(raft.AppendEntriesResponse))
+	}
+	done := g.Expedite()
+	if err := within(t, "expedited heartbeat", beat); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	errc := make(chan error, 1)
+	go func() { errc <- beat() }()
+	waitFor(t, "the heartbeat waiting", func() bool { return pendingHeartbeats(a, b.addr) == 1 })
+	select {
+	case err := <-errc:
+		t.Fatalf("a heartbeat after done went at once: %v", err)
+	default:
+	}
+}
+
+// TestClosingFailsWaitingHeartbeats: heartbeats waiting for the window
+// fail with raft.ErrTransportShutdown when their node closes.
+func TestClosingFailsWaitingHeartbeats(t *testing.T) {
+	a := startNode(t, "a", slowWindow)
+	b := startNode(t, "b", Options{})
+	g := a.group(t, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- g.AppendEntries("b", b.addr, heartbeat(1, a.addr), new(raft.AppendEntriesResponse)) }()
+	waitFor(t, "the heartbeat waiting", func() bool { return pendingHeartbeats(a, b.addr) == 1 })
+	if err := a.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, "heartbeat", func() error { return <-errc }); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("heartbeat after Close = %v, want raft.ErrTransportShutdown", err)
+	}
+}
+
+// TestHeartbeatsRefuseOtherAppends: a Heartbeats batch carries heartbeats
+// only; anything else is refused without reaching raft.
+func TestHeartbeatsRefuseOtherAppends(t *testing.T) {
+	b := startNode(t, "b", Options{})
+	b.group(t, 1)
+	a := startNode(t, "a", Options{})
+	client, err := a.node.client(b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	stream, err := client.Heartbeats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := heartbeat(1, a.addr)
+	req.PrevLogEntry = 5
+	if err := stream.Send(&pb.HeartbeatBatch{Heartbeats: []*pb.AppendEntriesRequest{appendEntriesRequestToProto(1, req)}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := out.GetResults(); len(r) != 1 || codes.Code(r[0].GetCode()) != codes.InvalidArgument {
+		t.Fatalf("an append in a Heartbeats batch answered %v, want InvalidArgument", r)
 	}
 }
 
@@ -530,5 +606,35 @@ func TestDialOptionsApplied(t *testing.T) {
 	}
 	if calls.Load() != 1 {
 		t.Fatalf("interceptor saw %d calls, want 1", calls.Load())
+	}
+}
+
+// TestClosedNodeEndsHeartbeatStreams: once a node's transport is closed,
+// the next batch a peer sends ends that peer's stream, so the node's gRPC
+// server can stop gracefully instead of waiting on it.
+func TestClosedNodeEndsHeartbeatStreams(t *testing.T) {
+	var counts msgCounter
+	a := startNode(t, "a", Options{})
+	b := startNode(t, "b", Options{}, counts.serverOption())
+	g := a.group(t, 1)
+	b.group(t, 1).SetHeartbeatHandler(func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+	})
+	beat := func() error {
+		return g.AppendEntries("b", b.addr, heartbeat(1, a.addr), new(raft.AppendEntriesResponse))
+	}
+	if err := within(t, "heartbeat", beat); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := within(t, "heartbeat", beat); status.Code(errors.Unwrap(err)) != codes.Unavailable && !strings.Contains(fmt.Sprint(err), "is closed") {
+			t.Fatalf("heartbeat to a closed node = %v, want Unavailable", err)
+		}
+	}
+	if s := counts.streamsOf(pb.Raft_Heartbeats_FullMethodName); s != 2 {
+		t.Fatalf("%d streams opened; want 2: the first ended by the close, the second by its first batch", s)
 	}
 }

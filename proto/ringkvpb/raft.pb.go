@@ -406,6 +406,161 @@ func (x *AppendEntriesResponse) GetNoRetryBackoff() bool {
 	return false
 }
 
+// HeartbeatBatch is heartbeats (AppendEntries with no entries and no log
+// position) of one or more partitions.
+type HeartbeatBatch struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Heartbeats    []*AppendEntriesRequest `protobuf:"bytes,1,rep,name=heartbeats,proto3" json:"heartbeats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatBatch) Reset() {
+	*x = HeartbeatBatch{}
+	mi := &file_ringkv_v1_raft_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatBatch) ProtoMessage() {}
+
+func (x *HeartbeatBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_raft_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatBatch.ProtoReflect.Descriptor instead.
+func (*HeartbeatBatch) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HeartbeatBatch) GetHeartbeats() []*AppendEntriesRequest {
+	if x != nil {
+		return x.Heartbeats
+	}
+	return nil
+}
+
+// HeartbeatResults answers a HeartbeatBatch: one result per heartbeat, in
+// the batch's order.
+type HeartbeatResults struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*HeartbeatResult     `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResults) Reset() {
+	*x = HeartbeatResults{}
+	mi := &file_ringkv_v1_raft_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResults) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResults) ProtoMessage() {}
+
+func (x *HeartbeatResults) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_raft_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResults.ProtoReflect.Descriptor instead.
+func (*HeartbeatResults) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HeartbeatResults) GetResults() []*HeartbeatResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// HeartbeatResult is a heartbeat's response, or, if code is not OK (0), the
+// gRPC status code and message the heartbeat failed with (NotFound: the
+// peer does not host the partition).
+type HeartbeatResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      *AppendEntriesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Code          uint32                 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResult) Reset() {
+	*x = HeartbeatResult{}
+	mi := &file_ringkv_v1_raft_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResult) ProtoMessage() {}
+
+func (x *HeartbeatResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_raft_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResult.ProtoReflect.Descriptor instead.
+func (*HeartbeatResult) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HeartbeatResult) GetResponse() *AppendEntriesResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *HeartbeatResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *HeartbeatResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // RequestVoteRequest mirrors raft.RequestVoteRequest.
 type RequestVoteRequest struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -422,7 +577,7 @@ type RequestVoteRequest struct {
 
 func (x *RequestVoteRequest) Reset() {
 	*x = RequestVoteRequest{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[4]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +589,7 @@ func (x *RequestVoteRequest) String() string {
 func (*RequestVoteRequest) ProtoMessage() {}
 
 func (x *RequestVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[4]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +602,7 @@ func (x *RequestVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestVoteRequest.ProtoReflect.Descriptor instead.
 func (*RequestVoteRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RequestVoteRequest) GetPartition() uint32 {
@@ -512,7 +667,7 @@ type RequestVoteResponse struct {
 
 func (x *RequestVoteResponse) Reset() {
 	*x = RequestVoteResponse{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[5]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +679,7 @@ func (x *RequestVoteResponse) String() string {
 func (*RequestVoteResponse) ProtoMessage() {}
 
 func (x *RequestVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[5]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +692,7 @@ func (x *RequestVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestVoteResponse.ProtoReflect.Descriptor instead.
 func (*RequestVoteResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RequestVoteResponse) GetHeader() *RPCHeader {
@@ -582,7 +737,7 @@ type RequestPreVoteRequest struct {
 
 func (x *RequestPreVoteRequest) Reset() {
 	*x = RequestPreVoteRequest{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[6]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +749,7 @@ func (x *RequestPreVoteRequest) String() string {
 func (*RequestPreVoteRequest) ProtoMessage() {}
 
 func (x *RequestPreVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[6]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +762,7 @@ func (x *RequestPreVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPreVoteRequest.ProtoReflect.Descriptor instead.
 func (*RequestPreVoteRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{6}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RequestPreVoteRequest) GetPartition() uint32 {
@@ -657,7 +812,7 @@ type RequestPreVoteResponse struct {
 
 func (x *RequestPreVoteResponse) Reset() {
 	*x = RequestPreVoteResponse{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[7]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +824,7 @@ func (x *RequestPreVoteResponse) String() string {
 func (*RequestPreVoteResponse) ProtoMessage() {}
 
 func (x *RequestPreVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[7]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +837,7 @@ func (x *RequestPreVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPreVoteResponse.ProtoReflect.Descriptor instead.
 func (*RequestPreVoteResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{7}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RequestPreVoteResponse) GetHeader() *RPCHeader {
@@ -717,7 +872,7 @@ type TimeoutNowRequest struct {
 
 func (x *TimeoutNowRequest) Reset() {
 	*x = TimeoutNowRequest{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[8]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +884,7 @@ func (x *TimeoutNowRequest) String() string {
 func (*TimeoutNowRequest) ProtoMessage() {}
 
 func (x *TimeoutNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[8]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +897,7 @@ func (x *TimeoutNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeoutNowRequest.ProtoReflect.Descriptor instead.
 func (*TimeoutNowRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{8}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TimeoutNowRequest) GetPartition() uint32 {
@@ -769,7 +924,7 @@ type TimeoutNowResponse struct {
 
 func (x *TimeoutNowResponse) Reset() {
 	*x = TimeoutNowResponse{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[9]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +936,7 @@ func (x *TimeoutNowResponse) String() string {
 func (*TimeoutNowResponse) ProtoMessage() {}
 
 func (x *TimeoutNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[9]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +949,7 @@ func (x *TimeoutNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeoutNowResponse.ProtoReflect.Descriptor instead.
 func (*TimeoutNowResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{9}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TimeoutNowResponse) GetHeader() *RPCHeader {
@@ -825,7 +980,7 @@ type InstallSnapshotRequest struct {
 
 func (x *InstallSnapshotRequest) Reset() {
 	*x = InstallSnapshotRequest{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[10]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +992,7 @@ func (x *InstallSnapshotRequest) String() string {
 func (*InstallSnapshotRequest) ProtoMessage() {}
 
 func (x *InstallSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[10]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1005,7 @@ func (x *InstallSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*InstallSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InstallSnapshotRequest) GetPartition() uint32 {
@@ -944,7 +1099,7 @@ type InstallSnapshotChunk struct {
 
 func (x *InstallSnapshotChunk) Reset() {
 	*x = InstallSnapshotChunk{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[11]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1111,7 @@ func (x *InstallSnapshotChunk) String() string {
 func (*InstallSnapshotChunk) ProtoMessage() {}
 
 func (x *InstallSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[11]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1124,7 @@ func (x *InstallSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*InstallSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{11}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InstallSnapshotChunk) GetChunk() isInstallSnapshotChunk_Chunk {
@@ -1027,7 +1182,7 @@ type InstallSnapshotResponse struct {
 
 func (x *InstallSnapshotResponse) Reset() {
 	*x = InstallSnapshotResponse{}
-	mi := &file_ringkv_v1_raft_proto_msgTypes[12]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1194,7 @@ func (x *InstallSnapshotResponse) String() string {
 func (*InstallSnapshotResponse) ProtoMessage() {}
 
 func (x *InstallSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_raft_proto_msgTypes[12]
+	mi := &file_ringkv_v1_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1207,7 @@ func (x *InstallSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*InstallSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{12}
+	return file_ringkv_v1_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InstallSnapshotResponse) GetHeader() *RPCHeader {
@@ -1109,7 +1264,17 @@ const file_ringkv_v1_raft_proto_rawDesc = "" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x19\n" +
 	"\blast_log\x18\x03 \x01(\x04R\alastLog\x12\x18\n" +
 	"\asuccess\x18\x04 \x01(\bR\asuccess\x12(\n" +
-	"\x10no_retry_backoff\x18\x05 \x01(\bR\x0enoRetryBackoff\"\x8d\x02\n" +
+	"\x10no_retry_backoff\x18\x05 \x01(\bR\x0enoRetryBackoff\"Q\n" +
+	"\x0eHeartbeatBatch\x12?\n" +
+	"\n" +
+	"heartbeats\x18\x01 \x03(\v2\x1f.ringkv.v1.AppendEntriesRequestR\n" +
+	"heartbeats\"H\n" +
+	"\x10HeartbeatResults\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.ringkv.v1.HeartbeatResultR\aresults\"}\n" +
+	"\x0fHeartbeatResult\x12<\n" +
+	"\bresponse\x18\x01 \x01(\v2 .ringkv.v1.AppendEntriesResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x8d\x02\n" +
 	"\x12RequestVoteRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12,\n" +
 	"\x06header\x18\x02 \x01(\v2\x14.ringkv.v1.RPCHeaderR\x06header\x12\x12\n" +
@@ -1165,10 +1330,12 @@ const file_ringkv_v1_raft_proto_rawDesc = "" +
 	"\x1cLOG_TYPE_ADD_PEER_DEPRECATED\x10\x02\x12#\n" +
 	"\x1fLOG_TYPE_REMOVE_PEER_DEPRECATED\x10\x03\x12\x14\n" +
 	"\x10LOG_TYPE_BARRIER\x10\x04\x12\x1a\n" +
-	"\x16LOG_TYPE_CONFIGURATION\x10\x052\x84\x04\n" +
+	"\x16LOG_TYPE_CONFIGURATION\x10\x052\xce\x04\n" +
 	"\x04Raft\x12R\n" +
 	"\rAppendEntries\x12\x1f.ringkv.v1.AppendEntriesRequest\x1a .ringkv.v1.AppendEntriesResponse\x12^\n" +
-	"\x15AppendEntriesPipeline\x12\x1f.ringkv.v1.AppendEntriesRequest\x1a .ringkv.v1.AppendEntriesResponse(\x010\x01\x12L\n" +
+	"\x15AppendEntriesPipeline\x12\x1f.ringkv.v1.AppendEntriesRequest\x1a .ringkv.v1.AppendEntriesResponse(\x010\x01\x12H\n" +
+	"\n" +
+	"Heartbeats\x12\x19.ringkv.v1.HeartbeatBatch\x1a\x1b.ringkv.v1.HeartbeatResults(\x010\x01\x12L\n" +
 	"\vRequestVote\x12\x1d.ringkv.v1.RequestVoteRequest\x1a\x1e.ringkv.v1.RequestVoteResponse\x12U\n" +
 	"\x0eRequestPreVote\x12 .ringkv.v1.RequestPreVoteRequest\x1a!.ringkv.v1.RequestPreVoteResponse\x12I\n" +
 	"\n" +
@@ -1188,54 +1355,62 @@ func file_ringkv_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_ringkv_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ringkv_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ringkv_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_ringkv_v1_raft_proto_goTypes = []any{
 	(LogType)(0),                    // 0: ringkv.v1.LogType
 	(*RPCHeader)(nil),               // 1: ringkv.v1.RPCHeader
 	(*Log)(nil),                     // 2: ringkv.v1.Log
 	(*AppendEntriesRequest)(nil),    // 3: ringkv.v1.AppendEntriesRequest
 	(*AppendEntriesResponse)(nil),   // 4: ringkv.v1.AppendEntriesResponse
-	(*RequestVoteRequest)(nil),      // 5: ringkv.v1.RequestVoteRequest
-	(*RequestVoteResponse)(nil),     // 6: ringkv.v1.RequestVoteResponse
-	(*RequestPreVoteRequest)(nil),   // 7: ringkv.v1.RequestPreVoteRequest
-	(*RequestPreVoteResponse)(nil),  // 8: ringkv.v1.RequestPreVoteResponse
-	(*TimeoutNowRequest)(nil),       // 9: ringkv.v1.TimeoutNowRequest
-	(*TimeoutNowResponse)(nil),      // 10: ringkv.v1.TimeoutNowResponse
-	(*InstallSnapshotRequest)(nil),  // 11: ringkv.v1.InstallSnapshotRequest
-	(*InstallSnapshotChunk)(nil),    // 12: ringkv.v1.InstallSnapshotChunk
-	(*InstallSnapshotResponse)(nil), // 13: ringkv.v1.InstallSnapshotResponse
+	(*HeartbeatBatch)(nil),          // 5: ringkv.v1.HeartbeatBatch
+	(*HeartbeatResults)(nil),        // 6: ringkv.v1.HeartbeatResults
+	(*HeartbeatResult)(nil),         // 7: ringkv.v1.HeartbeatResult
+	(*RequestVoteRequest)(nil),      // 8: ringkv.v1.RequestVoteRequest
+	(*RequestVoteResponse)(nil),     // 9: ringkv.v1.RequestVoteResponse
+	(*RequestPreVoteRequest)(nil),   // 10: ringkv.v1.RequestPreVoteRequest
+	(*RequestPreVoteResponse)(nil),  // 11: ringkv.v1.RequestPreVoteResponse
+	(*TimeoutNowRequest)(nil),       // 12: ringkv.v1.TimeoutNowRequest
+	(*TimeoutNowResponse)(nil),      // 13: ringkv.v1.TimeoutNowResponse
+	(*InstallSnapshotRequest)(nil),  // 14: ringkv.v1.InstallSnapshotRequest
+	(*InstallSnapshotChunk)(nil),    // 15: ringkv.v1.InstallSnapshotChunk
+	(*InstallSnapshotResponse)(nil), // 16: ringkv.v1.InstallSnapshotResponse
 }
 var file_ringkv_v1_raft_proto_depIdxs = []int32{
 	0,  // 0: ringkv.v1.Log.type:type_name -> ringkv.v1.LogType
 	1,  // 1: ringkv.v1.AppendEntriesRequest.header:type_name -> ringkv.v1.RPCHeader
 	2,  // 2: ringkv.v1.AppendEntriesRequest.entries:type_name -> ringkv.v1.Log
 	1,  // 3: ringkv.v1.AppendEntriesResponse.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 4: ringkv.v1.RequestVoteRequest.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 5: ringkv.v1.RequestVoteResponse.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 6: ringkv.v1.RequestPreVoteRequest.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 7: ringkv.v1.RequestPreVoteResponse.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 8: ringkv.v1.TimeoutNowRequest.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 9: ringkv.v1.TimeoutNowResponse.header:type_name -> ringkv.v1.RPCHeader
-	1,  // 10: ringkv.v1.InstallSnapshotRequest.header:type_name -> ringkv.v1.RPCHeader
-	11, // 11: ringkv.v1.InstallSnapshotChunk.request:type_name -> ringkv.v1.InstallSnapshotRequest
-	1,  // 12: ringkv.v1.InstallSnapshotResponse.header:type_name -> ringkv.v1.RPCHeader
-	3,  // 13: ringkv.v1.Raft.AppendEntries:input_type -> ringkv.v1.AppendEntriesRequest
-	3,  // 14: ringkv.v1.Raft.AppendEntriesPipeline:input_type -> ringkv.v1.AppendEntriesRequest
-	5,  // 15: ringkv.v1.Raft.RequestVote:input_type -> ringkv.v1.RequestVoteRequest
-	7,  // 16: ringkv.v1.Raft.RequestPreVote:input_type -> ringkv.v1.RequestPreVoteRequest
-	9,  // 17: ringkv.v1.Raft.TimeoutNow:input_type -> ringkv.v1.TimeoutNowRequest
-	12, // 18: ringkv.v1.Raft.InstallSnapshot:input_type -> ringkv.v1.InstallSnapshotChunk
-	4,  // 19: ringkv.v1.Raft.AppendEntries:output_type -> ringkv.v1.AppendEntriesResponse
-	4,  // 20: ringkv.v1.Raft.AppendEntriesPipeline:output_type -> ringkv.v1.AppendEntriesResponse
-	6,  // 21: ringkv.v1.Raft.RequestVote:output_type -> ringkv.v1.RequestVoteResponse
-	8,  // 22: ringkv.v1.Raft.RequestPreVote:output_type -> ringkv.v1.RequestPreVoteResponse
-	10, // 23: ringkv.v1.Raft.TimeoutNow:output_type -> ringkv.v1.TimeoutNowResponse
-	13, // 24: ringkv.v1.Raft.InstallSnapshot:output_type -> ringkv.v1.InstallSnapshotResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 4: ringkv.v1.HeartbeatBatch.heartbeats:type_name -> ringkv.v1.AppendEntriesRequest
+	7,  // 5: ringkv.v1.HeartbeatResults.results:type_name -> ringkv.v1.HeartbeatResult
+	4,  // 6: ringkv.v1.HeartbeatResult.response:type_name -> ringkv.v1.AppendEntriesResponse
+	1,  // 7: ringkv.v1.RequestVoteRequest.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 8: ringkv.v1.RequestVoteResponse.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 9: ringkv.v1.RequestPreVoteRequest.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 10: ringkv.v1.RequestPreVoteResponse.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 11: ringkv.v1.TimeoutNowRequest.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 12: ringkv.v1.TimeoutNowResponse.header:type_name -> ringkv.v1.RPCHeader
+	1,  // 13: ringkv.v1.InstallSnapshotRequest.header:type_name -> ringkv.v1.RPCHeader
+	14, // 14: ringkv.v1.InstallSnapshotChunk.request:type_name -> ringkv.v1.InstallSnapshotRequest
+	1,  // 15: ringkv.v1.InstallSnapshotResponse.header:type_name -> ringkv.v1.RPCHeader
+	3,  // 16: ringkv.v1.Raft.AppendEntries:input_type -> ringkv.v1.AppendEntriesRequest
+	3,  // 17: ringkv.v1.Raft.AppendEntriesPipeline:input_type -> ringkv.v1.AppendEntriesRequest
+	5,  // 18: ringkv.v1.Raft.Heartbeats:input_type -> ringkv.v1.HeartbeatBatch
+	8,  // 19: ringkv.v1.Raft.RequestVote:input_type -> ringkv.v1.RequestVoteRequest
+	10, // 20: ringkv.v1.Raft.RequestPreVote:input_type -> ringkv.v1.RequestPreVoteRequest
+	12, // 21: ringkv.v1.Raft.TimeoutNow:input_type -> ringkv.v1.TimeoutNowRequest
+	15, // 22: ringkv.v1.Raft.InstallSnapshot:input_type -> ringkv.v1.InstallSnapshotChunk
+	4,  // 23: ringkv.v1.Raft.AppendEntries:output_type -> ringkv.v1.AppendEntriesResponse
+	4,  // 24: ringkv.v1.Raft.AppendEntriesPipeline:output_type -> ringkv.v1.AppendEntriesResponse
+	6,  // 25: ringkv.v1.Raft.Heartbeats:output_type -> ringkv.v1.HeartbeatResults
+	9,  // 26: ringkv.v1.Raft.RequestVote:output_type -> ringkv.v1.RequestVoteResponse
+	11, // 27: ringkv.v1.Raft.RequestPreVote:output_type -> ringkv.v1.RequestPreVoteResponse
+	13, // 28: ringkv.v1.Raft.TimeoutNow:output_type -> ringkv.v1.TimeoutNowResponse
+	16, // 29: ringkv.v1.Raft.InstallSnapshot:output_type -> ringkv.v1.InstallSnapshotResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_ringkv_v1_raft_proto_init() }
@@ -1243,7 +1418,7 @@ func file_ringkv_v1_raft_proto_init() {
 	if File_ringkv_v1_raft_proto != nil {
 		return
 	}
-	file_ringkv_v1_raft_proto_msgTypes[11].OneofWrappers = []any{
+	file_ringkv_v1_raft_proto_msgTypes[14].OneofWrappers = []any{
 		(*InstallSnapshotChunk_Request)(nil),
 		(*InstallSnapshotChunk_Data)(nil),
 	}
@@ -1253,7 +1428,7 @@ func file_ringkv_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringkv_v1_raft_proto_rawDesc), len(file_ringkv_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

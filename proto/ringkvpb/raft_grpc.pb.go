@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Raft_AppendEntries_FullMethodName         = "/ringkv.v1.Raft/AppendEntries"
 	Raft_AppendEntriesPipeline_FullMethodName = "/ringkv.v1.Raft/AppendEntriesPipeline"
+	Raft_Heartbeats_FullMethodName            = "/ringkv.v1.Raft/Heartbeats"
 	Raft_RequestVote_FullMethodName           = "/ringkv.v1.Raft/RequestVote"
 	Raft_RequestPreVote_FullMethodName        = "/ringkv.v1.Raft/RequestPreVote"
 	Raft_TimeoutNow_FullMethodName            = "/ringkv.v1.Raft/TimeoutNow"
@@ -44,6 +45,10 @@ type RaftClient interface {
 	// pipeline: every request on a stream names the same partition, and
 	// responses come back in request order.
 	AppendEntriesPipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AppendEntriesRequest, AppendEntriesResponse], error)
+	// Heartbeats carries the heartbeats of every group a node leads to one
+	// peer node: each message holds the heartbeats due together, of any
+	// partitions, and each answer answers one message, in order.
+	Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HeartbeatBatch, HeartbeatResults], error)
 	RequestVote(ctx context.Context, in *RequestVoteRequest, opts ...grpc.CallOption) (*RequestVoteResponse, error)
 	RequestPreVote(ctx context.Context, in *RequestPreVoteRequest, opts ...grpc.CallOption) (*RequestPreVoteResponse, error)
 	TimeoutNow(ctx context.Context, in *TimeoutNowRequest, opts ...grpc.CallOption) (*TimeoutNowResponse, error)
@@ -84,6 +89,19 @@ func (c *raftClient) AppendEntriesPipeline(ctx context.Context, opts ...grpc.Cal
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_AppendEntriesPipelineClient = grpc.BidiStreamingClient[AppendEntriesRequest, AppendEntriesResponse]
 
+func (c *raftClient) Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HeartbeatBatch, HeartbeatResults], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[1], Raft_Heartbeats_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HeartbeatBatch, HeartbeatResults]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_HeartbeatsClient = grpc.BidiStreamingClient[HeartbeatBatch, HeartbeatResults]
+
 func (c *raftClient) RequestVote(ctx context.Context, in *RequestVoteRequest, opts ...grpc.CallOption) (*RequestVoteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RequestVoteResponse)
@@ -116,7 +134,7 @@ func (c *raftClient) TimeoutNow(ctx context.Context, in *TimeoutNowRequest, opts
 
 func (c *raftClient) InstallSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[InstallSnapshotChunk, InstallSnapshotResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[1], Raft_InstallSnapshot_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[2], Raft_InstallSnapshot_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +162,10 @@ type RaftServer interface {
 	// pipeline: every request on a stream names the same partition, and
 	// responses come back in request order.
 	AppendEntriesPipeline(grpc.BidiStreamingServer[AppendEntriesRequest, AppendEntriesResponse]) error
+	// Heartbeats carries the heartbeats of every group a node leads to one
+	// peer node: each message holds the heartbeats due together, of any
+	// partitions, and each answer answers one message, in order.
+	Heartbeats(grpc.BidiStreamingServer[HeartbeatBatch, HeartbeatResults]) error
 	RequestVote(context.Context, *RequestVoteRequest) (*RequestVoteResponse, error)
 	RequestPreVote(context.Context, *RequestPreVoteRequest) (*RequestPreVoteResponse, error)
 	TimeoutNow(context.Context, *TimeoutNowRequest) (*TimeoutNowResponse, error)
@@ -166,6 +188,9 @@ func (UnimplementedRaftServer) AppendEntries(context.Context, *AppendEntriesRequ
 }
 func (UnimplementedRaftServer) AppendEntriesPipeline(grpc.BidiStreamingServer[AppendEntriesRequest, AppendEntriesResponse]) error {
 	return status.Error(codes.Unimplemented, "method AppendEntriesPipeline not implemented")
+}
+func (UnimplementedRaftServer) Heartbeats(grpc.BidiStreamingServer[HeartbeatBatch, HeartbeatResults]) error {
+	return status.Error(codes.Unimplemented, "method Heartbeats not implemented")
 }
 func (UnimplementedRaftServer) RequestVote(context.Context, *RequestVoteRequest) (*RequestVoteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RequestVote not implemented")
@@ -224,6 +249,13 @@ func _Raft_AppendEntriesPipeline_Handler(srv interface{}, stream grpc.ServerStre
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_AppendEntriesPipelineServer = grpc.BidiStreamingServer[AppendEntriesRequest, AppendEntriesResponse]
+
+func _Raft_Heartbeats_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RaftServer).Heartbeats(&grpc.GenericServerStream[HeartbeatBatch, HeartbeatResults]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_HeartbeatsServer = grpc.BidiStreamingServer[HeartbeatBatch, HeartbeatResults]
 
 func _Raft_RequestVote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RequestVoteRequest)
@@ -314,6 +346,12 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "AppendEntriesPipeline",
 			Handler:       _Raft_AppendEntriesPipeline_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Heartbeats",
+			Handler:       _Raft_Heartbeats_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
