@@ -22,8 +22,11 @@ func TestRequestsCarryRoutingFields(t *testing.T) {
 		for i := range methods.Len() {
 			m := methods.Get(i)
 			in := m.Input()
-			if in.FullName() == "ringkv.v1.InstallSnapshotChunk" {
+			switch in.FullName() {
+			case "ringkv.v1.InstallSnapshotChunk":
 				in = in.Fields().ByName("request").Message()
+			case "ringkv.v1.HeartbeatBatch": // each heartbeat names its own
+				in = in.Fields().ByName("heartbeats").Message()
 			}
 			f := in.Fields().ByName(tt.field)
 			if f == nil || f.Kind() != protoreflect.Uint32Kind || f.Cardinality() == protoreflect.Repeated {
