@@ -77,9 +77,9 @@ func (h *heartbeater) add(c *heartbeatCall, now bool) {
 // flush sends what is pending now.
 func (h *heartbeater) flush() {
 	h.mu.Lock()
-	any := len(h.pending) > 0
+	waiting := len(h.pending) > 0
 	h.mu.Unlock()
-	if any {
+	if waiting {
 		h.send()
 	}
 }
