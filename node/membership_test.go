@@ -271,3 +271,42 @@ func TestMetadataLeaderLeaves(t *testing.T) {
 		return settled(stay)
 	})
 }
+
+// TestStopHandsMetadataLeadershipOver: a metadata leader that stops hands
+// leadership over first, so joins and moves go on under the next leader at
+// once rather than after the followers' heartbeat timeout (5 s here; the
+// bound below is half of it).
+func TestStopHandsMetadataLeadershipOver(t *testing.T) {
+	const heartbeat = 5 * time.Second
+	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: func(cfg *node.Config) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
+	}})
+	metaLeader := func(i int) string {
+		st, err := pb.NewAdminClient(c.Conn(i)).Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			return ""
+		}
+		return st.GetMetadataLeader()
+	}
+	var leader string
+	waitFor(t, 60*time.Second, "a metadata leader", func() (bool, string) {
+		leader = metaLeader(0)
+		return leader != "", "none yet"
+	})
+	i := slices.IndexFunc(c.Nodes, func(n *node.Node) bool { return n.ID() == leader })
+	c.StopNode(i)
+	stopped := time.Now()
+	waitFor(t, 60*time.Second, "a new metadata leader", func() (bool, string) {
+		for j := range c.Nodes {
+			if j != i {
+				if l := metaLeader(j); l != "" && l != leader {
+					return true, ""
+				}
+			}
+		}
+		return false, "none yet"
+	})
+	if took := time.Since(stopped); took > heartbeat/2 {
+		t.Fatalf("a new metadata leader %v after %s stopped; a handover takes a round trip, an election at least %v", took, leader, heartbeat)
+	}
+}
