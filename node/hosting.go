@@ -79,7 +79,13 @@ func (n *Node) dropStrays(view *cluster.State) error {
 	}
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
-		if err != nil || p >= view.Partitions || !view.Hosts(n.cfg.ID, ring.PartitionID(p)) {
+		if err != nil || p < 0 || e.Name() != fmt.Sprintf("%04d", p) {
+			// Not a replica's directory: leave what the node did not
+			// write alone (and never mistake it for partition 0's).
+			n.log.Warn("ignoring an unexpected entry in the partitions directory", "name", e.Name())
+			continue
+		}
+		if p >= view.Partitions || !view.Hosts(n.cfg.ID, ring.PartitionID(p)) {
 			n.log.Info("deleting the data of a replica no longer placed here", "partition", e.Name())
 			if err := n.deleteReplicaData(ring.PartitionID(p)); err != nil {
 				return err

@@ -3,6 +3,8 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -308,5 +310,42 @@ func TestStopHandsMetadataLeadershipOver(t *testing.T) {
 	})
 	if took := time.Since(stopped); took > heartbeat/2 {
 		t.Fatalf("a new metadata leader %v after %s stopped; a handover takes a round trip, an election at least %v", took, leader, heartbeat)
+	}
+}
+
+// TestStartDropsStrayReplicas: a node restarted with the data of a replica
+// its view no longer places on it deletes that data, and leaves alone what
+// is not a replica's — never mistaking it for partition 0's.
+func TestStartDropsStrayReplicas(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Nodes: 4, Partitions: 8})
+	// A node that hosts partition 0 and not some other partition.
+	i, stray := -1, -1
+	for j, n := range c.Nodes {
+		v := n.View()
+		for p := range v.Partitions {
+			if i < 0 && v.Hosts(n.ID(), 0) && !v.Hosts(n.ID(), ring.PartitionID(p)) {
+				i, stray = j, p
+			}
+		}
+	}
+	if i < 0 {
+		t.Fatal("no node hosts partition 0 and misses another: every node hosts every partition?")
+	}
+	c.StopNode(i)
+	parts := filepath.Join(c.DataDir(i), "partitions")
+	for _, f := range []string{fmt.Sprintf("%04d/leftover", stray), "notes/readme", "0000/marker"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(parts, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(parts, f), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.RestartNode(i)
+	c.WaitReady()
+	for f, want := range map[string]bool{fmt.Sprintf("%04d", stray): false, "notes/readme": true, "0000/marker": true} {
+		if _, err := os.Stat(filepath.Join(parts, f)); (err == nil) != want {
+			t.Errorf("%s after restart: %v, want present %v", f, err, want)
+		}
 	}
 }

@@ -199,6 +199,9 @@ func (c *Cluster) Conn(i int) *grpc.ClientConn {
 	return conn
 }
 
+// DataDir is node i's data directory.
+func (c *Cluster) DataDir(i int) string { return c.cfgs[i].DataDir }
+
 // StopNode stops node i gracefully.
 func (c *Cluster) StopNode(i int) {
 	if c.Nodes[i] != nil {
