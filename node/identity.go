@@ -75,35 +75,49 @@ func (n *Node) identityServerOptions() []grpc.ServerOption {
 	}
 }
 
+// raftPrefix starts the full method name of every Raft RPC.
+var raftPrefix = "/" + pb.Raft_ServiceDesc.ServiceName + "/"
+
 func (n *Node) checkIdentity(ctx context.Context, method string) error {
-	if !strings.HasPrefix(method, "/"+pb.Raft_ServiceDesc.ServiceName+"/") {
+	if !strings.HasPrefix(method, raftPrefix) {
 		return nil
 	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	return n.admit(md.Get(clusterIDHeader), md.Get(nodeIDHeader))
+}
+
+// admit refuses a sender that stamped another cluster's id, or the id of a
+// node removed from this one.
+func (n *Node) admit(clusterIDs, from []string) error {
 	view := n.view.Load()
 	if view == nil {
 		return status.Errorf(codes.FailedPrecondition, "node %s belongs to no cluster yet: it waits to be added with kvctl join", n.cfg.ID)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	got := md.Get(clusterIDHeader)
-	if len(got) != 1 || got[0] != view.ClusterID {
-		return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", view.ClusterID, strings.Join(got, ","))
+	if len(clusterIDs) != 1 || clusterIDs[0] != view.ClusterID {
+		return status.Errorf(codes.PermissionDenied, "cluster id mismatch: this node belongs to cluster %s, the request to cluster %q", view.ClusterID, strings.Join(clusterIDs, ","))
 	}
-	if from := md.Get(nodeIDHeader); len(from) == 1 && view.IsRemoved(from[0]) {
+	if len(from) == 1 && view.IsRemoved(from[0]) {
 		return status.Errorf(codes.PermissionDenied, "node %s was removed from cluster %s; it cannot take part again", from[0], view.ClusterID)
 	}
 	return nil
 }
 
-// checkStreamIdentity checks a stream when it opens and again on every
-// message: heartbeat and pipeline streams live as long as their peer does,
-// so a node removed after it opened one would otherwise go on being heard
-// — a removed metadata leader kept its followers from electing a new one
-// that way.
+// checkStreamIdentity checks a Raft stream when it opens and again on every
+// message, against the view of the moment: heartbeat and pipeline streams
+// live as long as their peer does, so a node removed after it opened one
+// would otherwise go on being heard — a removed metadata leader kept its
+// followers from electing a new one that way. The sender's headers are
+// read once, at open.
 func (n *Node) checkStreamIdentity(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := n.checkIdentity(ss.Context(), info.FullMethod); err != nil {
+	if !strings.HasPrefix(info.FullMethod, raftPrefix) {
+		return handler(srv, ss)
+	}
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	clusterIDs, from := md.Get(clusterIDHeader), md.Get(nodeIDHeader)
+	if err := n.admit(clusterIDs, from); err != nil {
 		return err
 	}
-	return handler(srv, &checkedStream{ServerStream: ss, check: func() error { return n.checkIdentity(ss.Context(), info.FullMethod) }})
+	return handler(srv, &checkedStream{ServerStream: ss, check: func() error { return n.admit(clusterIDs, from) }})
 }
 
 type checkedStream struct {
