@@ -79,7 +79,7 @@ func (n *Node) dropStrays(view *cluster.State) error {
 	}
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
-		if err != nil || p < 0 || e.Name() != fmt.Sprintf("%04d", p) {
+		if err != nil || p < 0 || e.Name() != partitionDirName(ring.PartitionID(p)) {
 			// Not a replica's directory: leave what the node did not
 			// write alone (and never mistake it for partition 0's).
 			n.log.Warn("ignoring an unexpected entry in the partitions directory", "name", e.Name())

@@ -476,8 +476,10 @@ func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config
 }
 
 func (n *Node) partitionDir(p ring.PartitionID) string {
-	return filepath.Join(n.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p))
+	return filepath.Join(n.cfg.DataDir, "partitions", partitionDirName(p))
 }
+
+func partitionDirName(p ring.PartitionID) string { return fmt.Sprintf("%04d", p) }
 
 // reoffer hands a fast write cut from a local log to the partition's primary.
 func (n *Node) reoffer(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error {
