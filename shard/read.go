@@ -145,6 +145,10 @@ type expediter interface{ Expedite() (done func()) }
 
 func (v *verifier) run(r *raft.Raft, tr raft.Transport, closeCh <-chan struct{}) {
 	v.init()
+	expedite := func() (done func()) { return func() {} }
+	if e, ok := tr.(expediter); ok {
+		expedite = e.Expedite
+	}
 	for {
 		select {
 		case <-closeCh:
@@ -159,10 +163,7 @@ func (v *verifier) run(r *raft.Raft, tr raft.Transport, closeCh <-chan struct{})
 		if rd == nil {
 			continue
 		}
-		done := func() {}
-		if e, ok := tr.(expediter); ok {
-			done = e.Expedite()
-		}
+		done := expedite()
 		rd.err = r.VerifyLeader().Error()
 		done()
 		close(rd.done)
