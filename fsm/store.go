@@ -337,8 +337,9 @@ func (s *Store) install(w state) {
 // Snapshot.
 func (s *Store) publish() {
 	p := &published{Snapshot: s.w.Snapshot, points: s.w.points}
-	p.tree = nil // the writer's own, not for readers
-	if !s.w.dirty {
+	if s.w.dirty {
+		p.tree = nil // the writer's own, not for readers
+	} else {
 		p.tree = s.cur.Load().tree
 	}
 	s.cur.Store(p)

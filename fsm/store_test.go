@@ -909,3 +909,25 @@ func TestConvergence(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyClonesOnlyForAReader: an Apply publishes no tree (so the next
+// write copies no path); the first Snapshot after it clones once, and
+// later Snapshots share that clone until the tree changes again.
+func TestApplyClonesOnlyForAReader(t *testing.T) {
+	s := newStore(t, Options{})
+	apply(t, s, put("a", "1", stamp(1, 1)))
+	if s.cur.Load().tree != nil {
+		t.Fatal("an Apply published a clone no reader asked for")
+	}
+	first := s.Snapshot()
+	if first.tree == nil || s.Snapshot().tree != first.tree {
+		t.Fatal("Snapshots of an unchanged tree do not share one clone")
+	}
+	apply(t, s, put("b", "1", stamp(1, 1)))
+	if s.cur.Load().tree != nil {
+		t.Fatal("an Apply after a Snapshot published a clone")
+	}
+	if second := s.Snapshot(); second.tree == first.tree || second.Len() != 2 || first.Len() != 1 {
+		t.Fatalf("after a change: new clone %v, lens %d and %d; want a new clone, 2 and 1", second.tree != first.tree, second.Len(), first.Len())
+	}
+}
