@@ -72,6 +72,27 @@ func minVoters(nodes []*node.Node) int {
 	return least
 }
 
+// metadataLeader waits until node 0 names a metadata leader and returns
+// its id and index in c.Nodes.
+func metadataLeader(t *testing.T, c *testcluster.Cluster) (string, int) {
+	t.Helper()
+	var leader string
+	waitFor(t, 60*time.Second, "a metadata leader", func() (bool, string) {
+		leader = metadataLeaderSeenBy(c, 0)
+		return leader != "", "none yet"
+	})
+	return leader, slices.IndexFunc(c.Nodes, func(n *node.Node) bool { return n.ID() == leader })
+}
+
+// metadataLeaderSeenBy is the metadata leader node i names, or "".
+func metadataLeaderSeenBy(c *testcluster.Cluster, i int) string {
+	st, err := pb.NewAdminClient(c.Conn(i)).Status(context.Background(), &pb.StatusRequest{})
+	if err != nil {
+		return ""
+	}
+	return st.GetMetadataLeader()
+}
+
 // retryUnavailable calls f until it answers other than Unavailable, as
 // kvctl does while a young cluster's metadata group elects its leader.
 func retryUnavailable(t *testing.T, f func() error) error {
@@ -241,16 +262,7 @@ func TestJoinRefusesAnAddressTheNodeDoesNotAdvertise(t *testing.T) {
 // removed, every peer refuses it — and then learn that it was removed.
 func TestMetadataLeaderLeaves(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{Nodes: 4, Partitions: 8, Tweak: fastMembership})
-	var leader string
-	waitFor(t, 30*time.Second, "a metadata leader", func() (bool, string) {
-		st, err := pb.NewAdminClient(c.Conn(0)).Status(context.Background(), &pb.StatusRequest{})
-		if err != nil {
-			return false, err.Error()
-		}
-		leader = st.GetMetadataLeader()
-		return leader != "", "none yet"
-	})
-	i := slices.IndexFunc(c.Nodes, func(n *node.Node) bool { return n.ID() == leader })
+	leader, i := metadataLeader(t, c)
 	stay := c.Nodes[(i+1)%4]
 	if err := retryUnavailable(t, func() error {
 		_, err := pb.NewAdminClient(c.Conn(i)).Leave(context.Background(), &pb.LeaveRequest{Id: leader})
@@ -283,25 +295,13 @@ func TestStopHandsMetadataLeadershipOver(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: func(cfg *node.Config) {
 		cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
 	}})
-	metaLeader := func(i int) string {
-		st, err := pb.NewAdminClient(c.Conn(i)).Status(context.Background(), &pb.StatusRequest{})
-		if err != nil {
-			return ""
-		}
-		return st.GetMetadataLeader()
-	}
-	var leader string
-	waitFor(t, 60*time.Second, "a metadata leader", func() (bool, string) {
-		leader = metaLeader(0)
-		return leader != "", "none yet"
-	})
-	i := slices.IndexFunc(c.Nodes, func(n *node.Node) bool { return n.ID() == leader })
+	leader, i := metadataLeader(t, c)
 	c.StopNode(i)
 	stopped := time.Now()
 	waitFor(t, 60*time.Second, "a new metadata leader", func() (bool, string) {
 		for j := range c.Nodes {
 			if j != i {
-				if l := metaLeader(j); l != "" && l != leader {
+				if l := metadataLeaderSeenBy(c, j); l != "" && l != leader {
 					return true, ""
 				}
 			}
