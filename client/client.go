@@ -34,6 +34,13 @@
 // error keeps its gRPC status, so status.Code(err) tells InvalidArgument
 // (the message names the field and the limit), Unavailable and so on.
 //
+// Batching. Calls to one node share a single KV.Batch stream: concurrent
+// calls travel together, several to a message, and none pays for a gRPC
+// call of its own. A call whose context carries a sampled trace span is
+// sent as a unary call instead, so that its trace crosses to the nodes
+// (the stream carries no per-request trace context). WithoutBatching sends
+// every call as a unary call.
+//
 // A Client is safe for concurrent use.
 package client
 
@@ -47,6 +54,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -85,6 +93,9 @@ type Client struct {
 	seeds []string
 	pool  *connpool.Pool
 
+	// batchers holds a *batcher per node address.
+	batchers sync.Map
+
 	m atomic.Pointer[clusterMap]
 	// stale asks the next call to refresh the map before it is used: set
 	// when a write failed in a way that suggests its primary is gone.
@@ -109,6 +120,7 @@ type config struct {
 	maxAttempts int
 	minBackoff  time.Duration
 	maxBackoff  time.Duration
+	unary       bool
 }
 
 // Option configures New.
@@ -130,6 +142,12 @@ func WithMaxAttempts(n int) Option {
 // for each further retry up to max; jitter takes up to half of it off.
 func WithBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.minBackoff, c.maxBackoff = min, max }
+}
+
+// WithoutBatching sends every call as its own unary gRPC call instead of
+// on the node's shared Batch stream.
+func WithoutBatching() Option {
+	return func(c *config) { c.unary = true }
 }
 
 func (c config) check() error {
@@ -265,7 +283,7 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 	for _, o := range opts {
 		o.applyWrite(&req.Consistency)
 	}
-	resp, err := do(ctx, c, "put", key, false, func(ctx context.Context, kv pb.KVClient) (*pb.PutResponse, error) {
+	resp, err := do(ctx, c, "put", key, false, func(ctx context.Context, kv kvCaller) (*pb.PutResponse, error) {
 		return kv.Put(ctx, req)
 	})
 	return writeResult(resp, err)
@@ -278,7 +296,7 @@ func (c *Client) Delete(ctx context.Context, key []byte, opts ...WriteOption) (R
 	for _, o := range opts {
 		o.applyWrite(&req.Consistency)
 	}
-	resp, err := do(ctx, c, "delete", key, false, func(ctx context.Context, kv pb.KVClient) (*pb.DeleteResponse, error) {
+	resp, err := do(ctx, c, "delete", key, false, func(ctx context.Context, kv kvCaller) (*pb.DeleteResponse, error) {
 		return kv.Delete(ctx, req)
 	})
 	return writeResult(resp, err)
@@ -290,7 +308,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (Item,
 	for _, o := range opts {
 		o.applyRead(&req.Consistency)
 	}
-	resp, err := do(ctx, c, "get", key, true, func(ctx context.Context, kv pb.KVClient) (*pb.GetResponse, error) {
+	resp, err := do(ctx, c, "get", key, true, func(ctx context.Context, kv kvCaller) (*pb.GetResponse, error) {
 		return kv.Get(ctx, req)
 	})
 	if err != nil {
@@ -344,7 +362,7 @@ func (c *Client) dial(addr string) (grpc.ClientConnInterface, error) {
 // package doc describes. idempotent says whether call may be repeated after
 // an unknown outcome.
 func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent bool,
-	call func(context.Context, pb.KVClient) (T, error)) (resp T, err error) {
+	call func(context.Context, kvCaller) (T, error)) (resp T, err error) {
 	m := c.m.Load()
 	if c.stale.Load() {
 		// Best effort: on failure the old map still routes via forwarding.
@@ -356,11 +374,11 @@ func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent
 	for attempt := 1; ; attempt++ {
 		p := m.ring.Lookup(key)
 		addr := m.primary[p]
-		conn, err := c.dial(addr)
+		kv, err := c.caller(ctx, addr)
 		if err != nil {
 			return resp, err
 		}
-		resp, err = call(ctx, pb.NewKVClient(conn))
+		resp, err = call(ctx, kv)
 		switch {
 		case err == nil:
 			return resp, nil
@@ -392,10 +410,34 @@ func do[T any](ctx context.Context, c *Client, op string, key []byte, idempotent
 	}
 }
 
+// caller is how a call reaches the node at addr: its batcher, or a unary
+// client for a traced call, for a node that does not serve Batch and with
+// WithoutBatching.
+func (c *Client) caller(ctx context.Context, addr string) (kvCaller, error) {
+	conn, err := c.dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if c.cfg.unary || trace.SpanContextFromContext(ctx).IsSampled() {
+		return pb.NewKVClient(conn), nil
+	}
+	v, ok := c.batchers.Load(addr)
+	if !ok {
+		v, _ = c.batchers.LoadOrStore(addr, newBatcher(conn, c.notePrimary))
+	}
+	if b := v.(*batcher); !b.unsupported.Load() {
+		return b, nil
+	}
+	return pb.NewKVClient(conn), nil
+}
+
 // notSent reports whether err proves the call never left the client: the
-// connection to the node could not be made.
+// connection to the node could not be made, or a batched request was never
+// sent or never served.
 func notSent(err error) bool {
-	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
+	var ns *notSentError
+	return errors.As(err, &ns) ||
+		status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
 }
 
 // retryableRead reports whether a read that failed with err may be sent
@@ -433,13 +475,19 @@ func (c *Client) learnPrimary(ctx context.Context, method string, req, reply any
 	var md metadata.MD
 	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md))...)
 	if v := md.Get(pb.PrimaryHeader); len(v) == 1 {
-		if p, addr, ok := pb.ParsePrimary(v[0]); ok {
-			if m := c.m.Load(); m != nil && int(p) < len(m.primary) && m.primary[p] != addr {
-				c.setPrimary(m, ring.PartitionID(p), addr)
-			}
-		}
+		c.notePrimary(v[0])
 	}
 	return err
+}
+
+// notePrimary records the primary a PrimaryHeader value (or a batched
+// answer's primary) names.
+func (c *Client) notePrimary(hint string) {
+	if p, addr, ok := pb.ParsePrimary(hint); ok {
+		if m := c.m.Load(); m != nil && int(p) < len(m.primary) && m.primary[p] != addr {
+			c.setPrimary(m, ring.PartitionID(p), addr)
+		}
+	}
 }
 
 // setPrimary records addr as p's primary, unless the map changed since the

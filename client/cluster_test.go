@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/internal/testcluster"
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
 )
 
@@ -36,7 +37,31 @@ func (k *kvTargets) option() Option {
 				k.mu.Unlock()
 			}
 			return invoker(ctx, method, req, reply, cc, opts...)
+		}),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
+			method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			if err != nil || method != pb.KV_Batch_FullMethodName {
+				return s, err
+			}
+			return &batchTargets{ClientStream: s, k: k, target: cc.Target()}, nil
 		}))
+}
+
+// batchTargets records each request sent on a Batch stream as a call.
+type batchTargets struct {
+	grpc.ClientStream
+	k      *kvTargets
+	target string
+}
+
+func (s *batchTargets) SendMsg(m any) error {
+	s.k.mu.Lock()
+	for range m.(*pb.BatchRequest).GetRequests() {
+		s.k.calls = append(s.k.calls, s.target)
+	}
+	s.k.mu.Unlock()
+	return s.ClientStream.SendMsg(m)
 }
 
 func (k *kvTargets) take() []string {
@@ -272,5 +297,72 @@ func TestForwardedRequestCorrectsTheMap(t *testing.T) {
 			t.Fatalf("second put went to %v, want only the primary %s", second, want)
 		}
 		return
+	}
+}
+
+// TestConcurrentCallsShareAStream: many goroutines' calls, of every kind,
+// travel on one Batch stream per node and each gets its own answer (a
+// fast write is read locally: quorum reads see it once it is committed).
+func TestConcurrentCallsShareAStream(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	ctx, cl, targets := newTracedClient(t, c)
+	var streams sync.Map
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				key := fmt.Appendf(nil, "share-%d-%d", g, i)
+				val := fmt.Appendf(nil, "value-%d-%d", g, i)
+				put, err := cl.Put(ctx, key, val, []WriteConsistency{Strong, Fast}[i%2])
+				if err == nil {
+					var got Item
+					got, err = cl.Get(ctx, key, []ReadConsistency{Quorum, Local}[i%2])
+					switch {
+					case err != nil:
+						err = fmt.Errorf("get %s (%v) after put (%v, version %d): %w", key, []ReadConsistency{Quorum, Local}[i%2], []WriteConsistency{Strong, Fast}[i%2], put.Version, err)
+					case !bytes.Equal(got.Value, val) || got.Version != put.Version:
+						err = fmt.Errorf("get %s = %q version %d, want %q version %d", key, got.Value, got.Version, val, put.Version)
+					}
+				}
+				if err == nil && i%5 == 0 {
+					if _, err = cl.Delete(ctx, key); err == nil {
+						if _, err = cl.Get(ctx, key, Quorum); errors.Is(err, ErrNotFound) {
+							err = nil
+						} else {
+							err = fmt.Errorf("get %s after delete: %v, want ErrNotFound", key, err)
+						}
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	cl.batchers.Range(func(addr, b any) bool {
+		streams.Store(addr, b.(*batcher).cur.Load())
+		return true
+	})
+	n := 0
+	streams.Range(func(_, s any) bool {
+		if s.(*batchStream) != nil {
+			n++
+		}
+		return true
+	})
+	if n == 0 || n > len(c.Nodes) {
+		t.Fatalf("%d Batch streams for %d nodes", n, len(c.Nodes))
+	}
+	if calls := len(targets.take()); calls < 32*20*2 {
+		t.Fatalf("%d requests recorded, want at least %d", calls, 32*20*2)
 	}
 }

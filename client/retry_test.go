@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/router"
 )
 
 // fakeNode is a scripted node: its KV calls answer the errors of script in
@@ -29,10 +30,16 @@ type fakeNode struct {
 	epoch   atomic.Uint64 // of its ClusterMap answers; 0 answers 1
 	mapDown atomic.Bool   // ClusterMap fails with Unavailable
 
-	mu     sync.Mutex
-	script []error
-	calls  int
-	maps   int
+	// unaryOnly answers Batch with Unimplemented, as a node of a version
+	// without it would; breakBatch ends each Batch stream after reading
+	// one message, answering nothing.
+	unaryOnly, breakBatch atomic.Bool
+
+	mu      sync.Mutex
+	script  []error
+	calls   int
+	maps    int
+	streams int // Batch streams opened
 }
 
 func startFake(t *testing.T, primary *atomic.Value) *fakeNode {
@@ -95,6 +102,22 @@ func (f *fakeNode) Get(context.Context, *pb.GetRequest) (*pb.GetResponse, error)
 		return nil, err
 	}
 	return &pb.GetResponse{Value: []byte("v"), Version: 7}, nil
+}
+
+func (f *fakeNode) Batch(s pb.KV_BatchServer) error {
+	f.mu.Lock()
+	f.streams++
+	f.mu.Unlock()
+	switch {
+	case f.unaryOnly.Load():
+		return status.Error(codes.Unimplemented, "unknown method Batch")
+	case f.breakBatch.Load():
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "node going away")
+	}
+	return router.ServeBatch(s, f, nil)
 }
 
 func (f *fakeNode) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.ClusterMapResponse, error) {
@@ -161,54 +184,119 @@ func TestRetries(t *testing.T) {
 		{"NotPrimary naming nobody backs off and retries", put, []error{errNobody, nil}, codes.OK, 2, 0, false},
 		{"InvalidArgument is not retried", put, []error{status.Error(codes.InvalidArgument, "key: too large"), nil}, codes.InvalidArgument, 1, 0, false},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var primary atomic.Value
-			a, b := startFake(t, &primary), startFake(t, &primary)
-			primary.Store(a.addr)
-			var script []error
-			for _, e := range tc.scriptA {
-				switch e {
-				case errToB:
-					e = notPrimary(t, b.addr)
-				case errNobody:
-					e = notPrimary(t, "")
+	modes := []struct {
+		name string
+		opts []Option
+	}{
+		{"batched", nil},
+		{"unary", []Option{WithoutBatching()}},
+	}
+	for _, mode := range modes {
+		for _, tc := range tests {
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				var primary atomic.Value
+				a, b := startFake(t, &primary), startFake(t, &primary)
+				primary.Store(a.addr)
+				var script []error
+				for _, e := range tc.scriptA {
+					switch e {
+					case errToB:
+						e = notPrimary(t, b.addr)
+					case errNobody:
+						e = notPrimary(t, "")
+					}
+					script = append(script, e)
 				}
-				script = append(script, e)
-			}
-			a.setScript(script...)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			c, err := New(ctx, []string{a.addr}, WithMaxAttempts(4), WithBackoff(time.Millisecond, 5*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			err = tc.call(ctx, c)
-			if status.Code(err) != tc.wantCode {
-				t.Fatalf("got %v, want code %v", err, tc.wantCode)
-			}
-			callsA, mapsA := a.counts()
-			callsB, _ := b.counts()
-			if callsA != tc.wantA || callsB != tc.wantB {
-				t.Fatalf("attempts: a %d, b %d; want a %d, b %d", callsA, callsB, tc.wantA, tc.wantB)
-			}
-			// The next call goes to whichever node the client now
-			// believes primary, after a refresh if the last one failed
-			// ambiguously, and the scripts now succeed.
-			if err := tc.call(ctx, c); err != nil {
-				t.Fatalf("second call: %v", err)
-			}
-			callsA2, mapsA2 := a.counts()
-			callsB2, _ := b.counts()
-			if tc.wantB > 0 && (callsA2 != callsA || callsB2 != callsB+1) {
-				t.Fatalf("second call did not go straight to the primary named by NotPrimary: a %d→%d, b %d→%d",
-					callsA, callsA2, callsB, callsB2)
-			}
-			if refreshed := mapsA2 > mapsA; refreshed != tc.wantRefresh {
-				t.Fatalf("map refreshed before second call = %v, want %v", refreshed, tc.wantRefresh)
-			}
-		})
+				a.setScript(script...)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				c, err := New(ctx, []string{a.addr}, append(mode.opts, WithMaxAttempts(4), WithBackoff(time.Millisecond, 5*time.Millisecond))...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				err = tc.call(ctx, c)
+				if status.Code(err) != tc.wantCode {
+					t.Fatalf("got %v, want code %v", err, tc.wantCode)
+				}
+				callsA, mapsA := a.counts()
+				callsB, _ := b.counts()
+				if callsA != tc.wantA || callsB != tc.wantB {
+					t.Fatalf("attempts: a %d, b %d; want a %d, b %d", callsA, callsB, tc.wantA, tc.wantB)
+				}
+				// The next call goes to whichever node the client now
+				// believes primary, after a refresh if the last one failed
+				// ambiguously, and the scripts now succeed.
+				if err := tc.call(ctx, c); err != nil {
+					t.Fatalf("second call: %v", err)
+				}
+				callsA2, mapsA2 := a.counts()
+				callsB2, _ := b.counts()
+				if tc.wantB > 0 && (callsA2 != callsA || callsB2 != callsB+1) {
+					t.Fatalf("second call did not go straight to the primary named by NotPrimary: a %d→%d, b %d→%d",
+						callsA, callsA2, callsB, callsB2)
+				}
+				if refreshed := mapsA2 > mapsA; refreshed != tc.wantRefresh {
+					t.Fatalf("map refreshed before second call = %v, want %v", refreshed, tc.wantRefresh)
+				}
+			})
+		}
+	}
+}
+
+// TestBatchFallsBackToUnary: a node that does not serve Batch gets the
+// call as a unary call, without the call losing an attempt, and every
+// later call goes unary at once.
+func TestBatchFallsBackToUnary(t *testing.T) {
+	var primary atomic.Value
+	a := startFake(t, &primary)
+	primary.Store(a.addr)
+	a.unaryOnly.Store(true)
+	c, err := New(context.Background(), []string{a.addr}, WithMaxAttempts(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 3 {
+		if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.calls != 3 || a.streams != 1 {
+		t.Fatalf("%d unary calls and %d Batch streams, want 3 and 1", a.calls, a.streams)
+	}
+}
+
+// TestBrokenBatchStream: a write in flight on a stream that breaks has an
+// unknown outcome, so it fails with the stream's Unavailable and is not
+// retried; the next call opens a new stream.
+func TestBrokenBatchStream(t *testing.T) {
+	var primary atomic.Value
+	a := startFake(t, &primary)
+	primary.Store(a.addr)
+	a.breakBatch.Store(true)
+	c, err := New(context.Background(), []string{a.addr}, WithBackoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, []byte("k"), []byte("v")); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "node going away") {
+		t.Fatalf("put on a breaking stream: %v, want the stream's Unavailable", err)
+	}
+	a.breakBatch.Store(false)
+	if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.streams != 2 || a.calls != 1 {
+		t.Fatalf("%d Batch streams and %d served calls, want 2 and 1", a.streams, a.calls)
 	}
 }
 

@@ -295,7 +295,7 @@ func Start(cfg Config) (n *Node, err error) {
 		grpc.MaxRecvMsgSize(72<<20),
 		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)
-	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider}))
+	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider, Interceptor: n.metrics.UnaryServerInterceptor()}))
 	pb.RegisterAdminServer(n.grpc, &admin{n: n})
 	registerChaos(n.grpc)
 	n.health = health.NewServer()

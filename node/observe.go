@@ -39,7 +39,13 @@ func newTracing(tp trace.TracerProvider, traceRaft bool) tracing {
 		otelgrpc.WithPropagators(propagation.TraceContext{}),
 		// Metrics are Prometheus's job here.
 		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
+		// A Batch stream lives as long as its client and carries thousands
+		// of unrelated requests: one span for it all would say nothing.
+		// Clients send the requests they trace as unary calls.
 		otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
+			if info.FullMethodName == pb.KV_Batch_FullMethodName {
+				return false
+			}
 			for _, prefix := range traced {
 				if strings.HasPrefix(info.FullMethodName, prefix) {
 					return true

@@ -137,6 +137,45 @@ func TestObservability(t *testing.T) {
 		}
 		_, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("k"), Consistency: 9})
 		count("put", "invalid", err)
+
+		// Requests on a Batch stream are counted as their unary calls are.
+		batched := map[uint64][2]string{1: {"put", "strong"}, 2: {"get", "quorum"}, 3: {"delete", "fast"}, 4: {"put", "invalid"}}
+		key := []byte(fmt.Sprintf("obs/%d/batched", i))
+		stream, err := kv.Batch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&pb.BatchRequest{Requests: []*pb.Request{
+			{Id: 1, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: key, Value: key}}},
+			{Id: 2, Op: &pb.Request_Get{Get: &pb.GetRequest{Key: key, Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM}}},
+			{Id: 3, Op: &pb.Request_Delete{Delete: &pb.DeleteRequest{Key: key, Consistency: pb.WriteConsistency_WRITE_CONSISTENCY_FAST}}},
+			{Id: 4, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: key, Consistency: 9}}},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			msg, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range msg.GetResponses() {
+				var rerr error
+				if e := r.GetError(); e != nil {
+					rerr = e.Err()
+				}
+				count(batched[r.GetId()][0], batched[r.GetId()][1], rerr)
+				delete(batched, r.GetId())
+			}
+		}
+		if len(batched) != 0 {
+			t.Fatalf("batched requests %v not answered", batched)
+		}
 	}
 
 	t.Run("request counts", func(t *testing.T) {

@@ -29,7 +29,6 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/fsm"
@@ -54,10 +53,11 @@ type Dialer func(addr string) (grpc.ClientConnInterface, error)
 // Router implements pb.KVServer.
 type Router struct {
 	pb.UnimplementedKVServer
-	dir    Directory
-	dial   Dialer
-	limits fsm.Options
-	tracer trace.Tracer
+	dir       Directory
+	dial      Dialer
+	limits    fsm.Options
+	tracer    trace.Tracer
+	intercept grpc.UnaryServerInterceptor
 }
 
 // Options configure a Router.
@@ -66,6 +66,9 @@ type Options struct {
 	Limits fsm.Options
 	// TracerProvider traces forwards; nil means no tracing.
 	TracerProvider trace.TracerProvider
+	// Interceptor, if not nil, wraps each request of a Batch stream as the
+	// server's unary interceptors wrap a unary call (metrics, say).
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // New returns a router over dir.
@@ -74,7 +77,7 @@ func New(dir Directory, dial Dialer, opts Options) *Router {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	return &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router")}
+	return &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router"), intercept: opts.Interceptor}
 }
 
 var _ pb.KVServer = (*Router)(nil)
@@ -201,7 +204,7 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 		if err == nil && hops == 0 {
 			// The client's map is out of date: tell it where the primary
 			// is, so its next request goes straight there.
-			grpc.SetHeader(ctx, metadata.Pairs(pb.PrimaryHeader, pb.FormatPrimary(uint32(p), addr)))
+			tellPrimary(ctx, uint32(p), addr)
 		}
 		// Only a NotPrimary answer is safe to pass on: after Unavailable a
 		// write's outcome is unknown, and retrying it elsewhere could apply

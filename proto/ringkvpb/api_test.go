@@ -21,16 +21,24 @@ func TestRequestsCarryRoutingFields(t *testing.T) {
 		methods := tt.service.Methods()
 		for i := range methods.Len() {
 			m := methods.Get(i)
-			in := m.Input()
-			switch in.FullName() {
+			ins := []protoreflect.MessageDescriptor{m.Input()}
+			switch m.Input().FullName() {
 			case "ringkv.v1.InstallSnapshotChunk":
-				in = in.Fields().ByName("request").Message()
+				ins[0] = ins[0].Fields().ByName("request").Message()
 			case "ringkv.v1.HeartbeatBatch": // each heartbeat names its own
-				in = in.Fields().ByName("heartbeats").Message()
+				ins[0] = ins[0].Fields().ByName("heartbeats").Message()
+			case "ringkv.v1.BatchRequest": // each request is a unary one
+				ins = nil
+				op := File_ringkv_v1_kv_proto.Messages().ByName("Request").Oneofs().ByName("op").Fields()
+				for j := range op.Len() {
+					ins = append(ins, op.Get(j).Message())
+				}
 			}
-			f := in.Fields().ByName(tt.field)
-			if f == nil || f.Kind() != protoreflect.Uint32Kind || f.Cardinality() == protoreflect.Repeated {
-				t.Errorf("%s: request %s has no uint32 field %s", m.FullName(), in.FullName(), tt.field)
+			for _, in := range ins {
+				f := in.Fields().ByName(tt.field)
+				if f == nil || f.Kind() != protoreflect.Uint32Kind || f.Cardinality() == protoreflect.Repeated {
+					t.Errorf("%s: request %s has no uint32 field %s", m.FullName(), in.FullName(), tt.field)
+				}
 			}
 		}
 	}

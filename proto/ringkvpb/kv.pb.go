@@ -549,6 +549,411 @@ func (x *DeleteResponse) GetTimestamp() *Timestamp {
 	return nil
 }
 
+type BatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_ringkv_v1_kv_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_kv_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BatchRequest) GetRequests() []*Request {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// Request is one request of a Batch stream.
+type Request struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, unique among its requests in flight on the
+	// stream; the Response carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Bounds the request on the server, as a unary call's deadline does;
+	// 0 means no bound beyond the server's own operation timeout.
+	TimeoutMicros uint64 `protobuf:"varint,2,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*Request_Put
+	//	*Request_Get
+	//	*Request_Delete
+	Op            isRequest_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Request) Reset() {
+	*x = Request{}
+	mi := &file_ringkv_v1_kv_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Request) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Request) ProtoMessage() {}
+
+func (x *Request) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_kv_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Request.ProtoReflect.Descriptor instead.
+func (*Request) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Request) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Request) GetTimeoutMicros() uint64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
+}
+
+func (x *Request) GetOp() isRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *Request) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isRequest_Op interface {
+	isRequest_Op()
+}
+
+type Request_Put struct {
+	Put *PutRequest `protobuf:"bytes,3,opt,name=put,proto3,oneof"`
+}
+
+type Request_Get struct {
+	Get *GetRequest `protobuf:"bytes,4,opt,name=get,proto3,oneof"`
+}
+
+type Request_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,5,opt,name=delete,proto3,oneof"`
+}
+
+func (*Request_Put) isRequest_Op() {}
+
+func (*Request_Get) isRequest_Op() {}
+
+func (*Request_Delete) isRequest_Op() {}
+
+type BatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Responses     []*Response            `protobuf:"bytes,1,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_ringkv_v1_kv_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_kv_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BatchResponse) GetResponses() []*Response {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+// Response answers the Request with the same id.
+type Response struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*Response_Put
+	//	*Response_Get
+	//	*Response_Delete
+	//	*Response_Error
+	Result isResponse_Result `protobuf_oneof:"result"`
+	// Set when the node forwarded the request because the client sent it to
+	// a node that is not the primary: what the unary call's ringkv-primary
+	// header would say.
+	Primary       string `protobuf:"bytes,6,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Response) Reset() {
+	*x = Response{}
+	mi := &file_ringkv_v1_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Response) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Response) ProtoMessage() {}
+
+func (x *Response) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Response.ProtoReflect.Descriptor instead.
+func (*Response) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Response) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Response) GetResult() isResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *Response) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+type isResponse_Result interface {
+	isResponse_Result()
+}
+
+type Response_Put struct {
+	Put *PutResponse `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type Response_Get struct {
+	Get *GetResponse `protobuf:"bytes,3,opt,name=get,proto3,oneof"`
+}
+
+type Response_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,4,opt,name=delete,proto3,oneof"`
+}
+
+type Response_Error struct {
+	// The gRPC status the unary call would have ended with.
+	Error *Error `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
+}
+
+func (*Response_Put) isResponse_Result() {}
+
+func (*Response_Get) isResponse_Result() {}
+
+func (*Response_Delete) isResponse_Result() {}
+
+func (*Response_Error) isResponse_Result() {}
+
+// Error is a failed request's gRPC status.
+type Error struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A google.golang.org/grpc/codes code.
+	Code    uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Present with FAILED_PRECONDITION when the node is not the primary.
+	NotPrimary    *NotPrimary `protobuf:"bytes,3,opt,name=not_primary,json=notPrimary,proto3" json:"not_primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Error) Reset() {
+	*x = Error{}
+	mi := &file_ringkv_v1_kv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Error) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Error) ProtoMessage() {}
+
+func (x *Error) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_kv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Error.ProtoReflect.Descriptor instead.
+func (*Error) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Error) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Error) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Error) GetNotPrimary() *NotPrimary {
+	if x != nil {
+		return x.NotPrimary
+	}
+	return nil
+}
+
 // NotPrimary is attached as a detail of a FAILED_PRECONDITION status when the
 // answering node is not the primary (Raft leader) of the key's partition.
 // primary_id and primary_addr are empty while the partition has no known
@@ -564,7 +969,7 @@ type NotPrimary struct {
 
 func (x *NotPrimary) Reset() {
 	*x = NotPrimary{}
-	mi := &file_ringkv_v1_kv_proto_msgTypes[7]
+	mi := &file_ringkv_v1_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +981,7 @@ func (x *NotPrimary) String() string {
 func (*NotPrimary) ProtoMessage() {}
 
 func (x *NotPrimary) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_kv_proto_msgTypes[7]
+	mi := &file_ringkv_v1_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +994,7 @@ func (x *NotPrimary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotPrimary.ProtoReflect.Descriptor instead.
 func (*NotPrimary) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{7}
+	return file_ringkv_v1_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NotPrimary) GetPartition() uint32 {
@@ -645,7 +1050,31 @@ const file_ringkv_v1_kv_proto_rawDesc = "" +
 	"\x04hops\x18\x03 \x01(\rR\x04hops\"^\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x122\n" +
-	"\ttimestamp\x18\x02 \x01(\v2\x14.ringkv.v1.TimestampR\ttimestamp\"l\n" +
+	"\ttimestamp\x18\x02 \x01(\v2\x14.ringkv.v1.TimestampR\ttimestamp\">\n" +
+	"\fBatchRequest\x12.\n" +
+	"\brequests\x18\x01 \x03(\v2\x12.ringkv.v1.RequestR\brequests\"\xd0\x01\n" +
+	"\aRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12%\n" +
+	"\x0etimeout_micros\x18\x02 \x01(\x04R\rtimeoutMicros\x12)\n" +
+	"\x03put\x18\x03 \x01(\v2\x15.ringkv.v1.PutRequestH\x00R\x03put\x12)\n" +
+	"\x03get\x18\x04 \x01(\v2\x15.ringkv.v1.GetRequestH\x00R\x03get\x122\n" +
+	"\x06delete\x18\x05 \x01(\v2\x18.ringkv.v1.DeleteRequestH\x00R\x06deleteB\x04\n" +
+	"\x02op\"B\n" +
+	"\rBatchResponse\x121\n" +
+	"\tresponses\x18\x01 \x03(\v2\x13.ringkv.v1.ResponseR\tresponses\"\xf5\x01\n" +
+	"\bResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
+	"\x03put\x18\x02 \x01(\v2\x16.ringkv.v1.PutResponseH\x00R\x03put\x12*\n" +
+	"\x03get\x18\x03 \x01(\v2\x16.ringkv.v1.GetResponseH\x00R\x03get\x123\n" +
+	"\x06delete\x18\x04 \x01(\v2\x19.ringkv.v1.DeleteResponseH\x00R\x06delete\x12(\n" +
+	"\x05error\x18\x05 \x01(\v2\x10.ringkv.v1.ErrorH\x00R\x05error\x12\x18\n" +
+	"\aprimary\x18\x06 \x01(\tR\aprimaryB\b\n" +
+	"\x06result\"m\n" +
+	"\x05Error\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x126\n" +
+	"\vnot_primary\x18\x03 \x01(\v2\x15.ringkv.v1.NotPrimaryR\n" +
+	"notPrimary\"l\n" +
 	"\n" +
 	"NotPrimary\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x1d\n" +
@@ -659,11 +1088,12 @@ const file_ringkv_v1_kv_proto_rawDesc = "" +
 	"\x0fReadConsistency\x12 \n" +
 	"\x1cREAD_CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_CONSISTENCY_LOCAL\x10\x01\x12\x1b\n" +
-	"\x17READ_CONSISTENCY_QUORUM\x10\x022\xaf\x01\n" +
+	"\x17READ_CONSISTENCY_QUORUM\x10\x022\xef\x01\n" +
 	"\x02KV\x124\n" +
 	"\x03Put\x12\x15.ringkv.v1.PutRequest\x1a\x16.ringkv.v1.PutResponse\x124\n" +
 	"\x03Get\x12\x15.ringkv.v1.GetRequest\x1a\x16.ringkv.v1.GetResponse\x12=\n" +
-	"\x06Delete\x12\x18.ringkv.v1.DeleteRequest\x1a\x19.ringkv.v1.DeleteResponseB)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
+	"\x06Delete\x12\x18.ringkv.v1.DeleteRequest\x1a\x19.ringkv.v1.DeleteResponse\x12>\n" +
+	"\x05Batch\x12\x17.ringkv.v1.BatchRequest\x1a\x18.ringkv.v1.BatchResponse(\x010\x01B)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
 
 var (
 	file_ringkv_v1_kv_proto_rawDescOnce sync.Once
@@ -678,7 +1108,7 @@ func file_ringkv_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_ringkv_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ringkv_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_ringkv_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ringkv_v1_kv_proto_goTypes = []any{
 	(WriteConsistency)(0),  // 0: ringkv.v1.WriteConsistency
 	(ReadConsistency)(0),   // 1: ringkv.v1.ReadConsistency
@@ -689,26 +1119,43 @@ var file_ringkv_v1_kv_proto_goTypes = []any{
 	(*GetResponse)(nil),    // 6: ringkv.v1.GetResponse
 	(*DeleteRequest)(nil),  // 7: ringkv.v1.DeleteRequest
 	(*DeleteResponse)(nil), // 8: ringkv.v1.DeleteResponse
-	(*NotPrimary)(nil),     // 9: ringkv.v1.NotPrimary
+	(*BatchRequest)(nil),   // 9: ringkv.v1.BatchRequest
+	(*Request)(nil),        // 10: ringkv.v1.Request
+	(*BatchResponse)(nil),  // 11: ringkv.v1.BatchResponse
+	(*Response)(nil),       // 12: ringkv.v1.Response
+	(*Error)(nil),          // 13: ringkv.v1.Error
+	(*NotPrimary)(nil),     // 14: ringkv.v1.NotPrimary
 }
 var file_ringkv_v1_kv_proto_depIdxs = []int32{
-	0, // 0: ringkv.v1.PutRequest.consistency:type_name -> ringkv.v1.WriteConsistency
-	2, // 1: ringkv.v1.PutResponse.timestamp:type_name -> ringkv.v1.Timestamp
-	1, // 2: ringkv.v1.GetRequest.consistency:type_name -> ringkv.v1.ReadConsistency
-	2, // 3: ringkv.v1.GetResponse.timestamp:type_name -> ringkv.v1.Timestamp
-	0, // 4: ringkv.v1.DeleteRequest.consistency:type_name -> ringkv.v1.WriteConsistency
-	2, // 5: ringkv.v1.DeleteResponse.timestamp:type_name -> ringkv.v1.Timestamp
-	3, // 6: ringkv.v1.KV.Put:input_type -> ringkv.v1.PutRequest
-	5, // 7: ringkv.v1.KV.Get:input_type -> ringkv.v1.GetRequest
-	7, // 8: ringkv.v1.KV.Delete:input_type -> ringkv.v1.DeleteRequest
-	4, // 9: ringkv.v1.KV.Put:output_type -> ringkv.v1.PutResponse
-	6, // 10: ringkv.v1.KV.Get:output_type -> ringkv.v1.GetResponse
-	8, // 11: ringkv.v1.KV.Delete:output_type -> ringkv.v1.DeleteResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: ringkv.v1.PutRequest.consistency:type_name -> ringkv.v1.WriteConsistency
+	2,  // 1: ringkv.v1.PutResponse.timestamp:type_name -> ringkv.v1.Timestamp
+	1,  // 2: ringkv.v1.GetRequest.consistency:type_name -> ringkv.v1.ReadConsistency
+	2,  // 3: ringkv.v1.GetResponse.timestamp:type_name -> ringkv.v1.Timestamp
+	0,  // 4: ringkv.v1.DeleteRequest.consistency:type_name -> ringkv.v1.WriteConsistency
+	2,  // 5: ringkv.v1.DeleteResponse.timestamp:type_name -> ringkv.v1.Timestamp
+	10, // 6: ringkv.v1.BatchRequest.requests:type_name -> ringkv.v1.Request
+	3,  // 7: ringkv.v1.Request.put:type_name -> ringkv.v1.PutRequest
+	5,  // 8: ringkv.v1.Request.get:type_name -> ringkv.v1.GetRequest
+	7,  // 9: ringkv.v1.Request.delete:type_name -> ringkv.v1.DeleteRequest
+	12, // 10: ringkv.v1.BatchResponse.responses:type_name -> ringkv.v1.Response
+	4,  // 11: ringkv.v1.Response.put:type_name -> ringkv.v1.PutResponse
+	6,  // 12: ringkv.v1.Response.get:type_name -> ringkv.v1.GetResponse
+	8,  // 13: ringkv.v1.Response.delete:type_name -> ringkv.v1.DeleteResponse
+	13, // 14: ringkv.v1.Response.error:type_name -> ringkv.v1.Error
+	14, // 15: ringkv.v1.Error.not_primary:type_name -> ringkv.v1.NotPrimary
+	3,  // 16: ringkv.v1.KV.Put:input_type -> ringkv.v1.PutRequest
+	5,  // 17: ringkv.v1.KV.Get:input_type -> ringkv.v1.GetRequest
+	7,  // 18: ringkv.v1.KV.Delete:input_type -> ringkv.v1.DeleteRequest
+	9,  // 19: ringkv.v1.KV.Batch:input_type -> ringkv.v1.BatchRequest
+	4,  // 20: ringkv.v1.KV.Put:output_type -> ringkv.v1.PutResponse
+	6,  // 21: ringkv.v1.KV.Get:output_type -> ringkv.v1.GetResponse
+	8,  // 22: ringkv.v1.KV.Delete:output_type -> ringkv.v1.DeleteResponse
+	11, // 23: ringkv.v1.KV.Batch:output_type -> ringkv.v1.BatchResponse
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_ringkv_v1_kv_proto_init() }
@@ -716,13 +1163,24 @@ func file_ringkv_v1_kv_proto_init() {
 	if File_ringkv_v1_kv_proto != nil {
 		return
 	}
+	file_ringkv_v1_kv_proto_msgTypes[8].OneofWrappers = []any{
+		(*Request_Put)(nil),
+		(*Request_Get)(nil),
+		(*Request_Delete)(nil),
+	}
+	file_ringkv_v1_kv_proto_msgTypes[10].OneofWrappers = []any{
+		(*Response_Put)(nil),
+		(*Response_Get)(nil),
+		(*Response_Delete)(nil),
+		(*Response_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringkv_v1_kv_proto_rawDesc), len(file_ringkv_v1_kv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	KV_Put_FullMethodName    = "/ringkv.v1.KV/Put"
 	KV_Get_FullMethodName    = "/ringkv.v1.KV/Get"
 	KV_Delete_FullMethodName = "/ringkv.v1.KV/Delete"
+	KV_Batch_FullMethodName  = "/ringkv.v1.KV/Batch"
 )
 
 // KVClient is the client API for KV service.
@@ -43,6 +44,15 @@ type KVClient interface {
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
 	// Delete removes key; the delete is itself a new version of the key.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
+	// Batch carries many requests on one stream, so that a busy client pays
+	// gRPC's per-call cost (a new HTTP/2 stream, headers, trailers) once per
+	// stream instead of once per request. The client sends requests as they
+	// come, several per message, each with an id unique on the stream; the
+	// server answers each exactly once, in any order, several per message.
+	// A batched request is served exactly as the unary call of its kind.
+	// The stream carries no per-request trace context: a client that traces
+	// a request sends it as a unary call.
+	Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error)
 }
 
 type kVClient struct {
@@ -83,6 +93,19 @@ func (c *kVClient) Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *kVClient) Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Batch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BatchRequest, BatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_BatchClient = grpc.BidiStreamingClient[BatchRequest, BatchResponse]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -98,6 +121,15 @@ type KVServer interface {
 	Get(context.Context, *GetRequest) (*GetResponse, error)
 	// Delete removes key; the delete is itself a new version of the key.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
+	// Batch carries many requests on one stream, so that a busy client pays
+	// gRPC's per-call cost (a new HTTP/2 stream, headers, trailers) once per
+	// stream instead of once per request. The client sends requests as they
+	// come, several per message, each with an id unique on the stream; the
+	// server answers each exactly once, in any order, several per message.
+	// A batched request is served exactly as the unary call of its kind.
+	// The stream carries no per-request trace context: a client that traces
+	// a request sends it as a unary call.
+	Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -116,6 +148,9 @@ func (UnimplementedKVServer) Get(context.Context, *GetRequest) (*GetResponse, er
 }
 func (UnimplementedKVServer) Delete(context.Context, *DeleteRequest) (*DeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedKVServer) Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Batch not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -192,6 +227,13 @@ func _KV_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Batch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Batch(&grpc.GenericServerStream[BatchRequest, BatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_BatchServer = grpc.BidiStreamingServer[BatchRequest, BatchResponse]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +254,13 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Delete_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Batch",
+			Handler:       _KV_Batch_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "ringkv/v1/kv.proto",
 }

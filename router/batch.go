@@ -1,0 +1,192 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+)
+
+// Bounds of one Batch stream on the server.
+const (
+	// MaxBatchInFlight bounds the requests of one stream being served at
+	// once; past it the stream is not read, so HTTP/2 flow control holds
+	// the client back instead of the server's memory growing.
+	MaxBatchInFlight = 4096
+	// maxBatchBytes bounds the payload bytes of one BatchResponse message
+	// (one answer is sent alone if it is larger), well under a client's
+	// default 4 MiB receive limit.
+	maxBatchBytes = 1 << 20
+	// maxBatchAnswers bounds the answers of one BatchResponse, so the
+	// first answers of a burst are not held back by encoding the rest.
+	maxBatchAnswers = 256
+)
+
+// UnaryKV is the unary part of the KV service, which a Batch stream's
+// requests are served by.
+type UnaryKV interface {
+	Put(context.Context, *pb.PutRequest) (*pb.PutResponse, error)
+	Get(context.Context, *pb.GetRequest) (*pb.GetResponse, error)
+	Delete(context.Context, *pb.DeleteRequest) (*pb.DeleteResponse, error)
+}
+
+func (rt *Router) Batch(stream pb.KV_BatchServer) error {
+	return ServeBatch(stream, rt, rt.intercept)
+}
+
+// ServeBatch serves a KV.Batch stream with kv: each request runs in its
+// own goroutine, through intercept (if not nil) exactly as the unary call
+// would, and the answers go back as they complete, as many to a message as
+// are ready. It returns once every request read has been answered: nil
+// after the client closed its side, else the error that ended the stream.
+func ServeBatch(stream pb.KV_BatchServer, kv UnaryKV, intercept grpc.UnaryServerInterceptor) error {
+	ctx := stream.Context()
+	out := &answers{stream: stream}
+	inflight := make(chan struct{}, MaxBatchInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		for _, req := range msg.GetRequests() {
+			select {
+			case inflight <- struct{}{}:
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out.send(serveOne(ctx, kv, intercept, req))
+				<-inflight
+			}()
+		}
+	}
+}
+
+// serveOne answers one batched request as its unary call would have.
+func serveOne(ctx context.Context, kv UnaryKV, intercept grpc.UnaryServerInterceptor, req *pb.Request) *pb.Response {
+	resp := &pb.Response{Id: req.GetId()}
+	if t := req.GetTimeoutMicros(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(min(t, uint64(1<<62)/1000))*time.Microsecond)
+		defer cancel()
+	}
+	ctx = context.WithValue(ctx, primaryHintKey{}, &resp.Primary)
+	var err error
+	switch op := req.GetOp().(type) {
+	case *pb.Request_Put:
+		var r *pb.PutResponse
+		if r, err = unary(ctx, intercept, pb.KV_Put_FullMethodName, op.Put, kv.Put); err == nil {
+			resp.Result = &pb.Response_Put{Put: r}
+		}
+	case *pb.Request_Get:
+		var r *pb.GetResponse
+		if r, err = unary(ctx, intercept, pb.KV_Get_FullMethodName, op.Get, kv.Get); err == nil {
+			resp.Result = &pb.Response_Get{Get: r}
+		}
+	case *pb.Request_Delete:
+		var r *pb.DeleteResponse
+		if r, err = unary(ctx, intercept, pb.KV_Delete_FullMethodName, op.Delete, kv.Delete); err == nil {
+			resp.Result = &pb.Response_Delete{Delete: r}
+		}
+	default:
+		err = status.Errorf(codes.InvalidArgument, "requests[id=%d].op: want one of put, get or delete", req.GetId())
+	}
+	if err != nil {
+		resp.Result = &pb.Response_Error{Error: pb.ErrorOf(err)}
+	}
+	return resp
+}
+
+// unary calls handler through intercept, as gRPC calls a unary method.
+func unary[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterceptor, method string, req Req,
+	handler func(context.Context, Req) (Resp, error)) (Resp, error) {
+	if intercept == nil {
+		return handler(ctx, req)
+	}
+	out, err := intercept(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, req any) (any, error) {
+		return handler(ctx, req.(Req))
+	})
+	resp, _ := out.(Resp)
+	return resp, err
+}
+
+// answers sends a stream's answers. Whoever finds no send under way sends
+// everything queued, looping until the queue is empty, so answers that
+// complete during a send leave together in the next message and no
+// goroutine waits for work.
+type answers struct {
+	stream  pb.KV_BatchServer
+	mu      sync.Mutex
+	queue   []*pb.Response
+	sending bool
+	err     error // the first failed send; later answers are dropped
+}
+
+func (a *answers) send(r *pb.Response) {
+	a.mu.Lock()
+	if a.err != nil {
+		a.mu.Unlock()
+		return
+	}
+	a.queue = append(a.queue, r)
+	if a.sending {
+		a.mu.Unlock()
+		return
+	}
+	a.sending = true
+	for len(a.queue) > 0 && a.err == nil {
+		n, size := 0, 0
+		for n < len(a.queue) && n < maxBatchAnswers && (n == 0 || size+answerSize(a.queue[n]) <= maxBatchBytes) {
+			size += answerSize(a.queue[n])
+			n++
+		}
+		msg := &pb.BatchResponse{Responses: a.queue[:n:n]}
+		a.queue = a.queue[n:]
+		a.mu.Unlock()
+		err := a.stream.Send(msg)
+		a.mu.Lock()
+		a.err = err
+	}
+	if a.err != nil {
+		a.queue = nil
+	}
+	a.sending = false
+	a.mu.Unlock()
+}
+
+// answerSize estimates an answer's encoded size: its value dominates.
+func answerSize(r *pb.Response) int {
+	return 64 + len(r.GetGet().GetValue()) + len(r.GetError().GetMessage())
+}
+
+// primaryHintKey marks a batched request's context: tellPrimary records
+// the primary there, for the Response, instead of in a header the stream
+// has already sent.
+type primaryHintKey struct{}
+
+// tellPrimary tells the client that sent a request to a node that is not
+// p's primary where the primary is, so its next request goes straight
+// there.
+func tellPrimary(ctx context.Context, p uint32, addr string) {
+	hint := pb.FormatPrimary(p, addr)
+	if dst, ok := ctx.Value(primaryHintKey{}).(*string); ok {
+		*dst = hint
+		return
+	}
+	grpc.SetHeader(ctx, metadata.Pairs(pb.PrimaryHeader, hint))
+}
