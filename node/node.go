@@ -157,7 +157,7 @@ type Node struct {
 	pool      *connpool.Pool
 	health    *health.Server
 	clock     *hlc.Clock
-	served    chan struct{}
+	served    chan struct{} // closed when Serve returns; nil until it runs
 	metrics   *metrics.Metrics
 	http      *http.Server
 	httpLis   net.Listener
@@ -213,7 +213,6 @@ func Start(cfg Config) (n *Node, err error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.ID),
 		clock:   hlc.New(nil),
-		served:  make(chan struct{}),
 		stop:    make(chan struct{}),
 		viewCh:  make(chan struct{}, 1),
 		fatal:   make(chan error, 1),
@@ -309,6 +308,7 @@ func Start(cfg Config) (n *Node, err error) {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
+	n.served = make(chan struct{})
 	go func() {
 		defer close(n.served)
 		if err := n.grpc.Serve(n.lis); err != nil {
@@ -617,6 +617,9 @@ func (n *Node) Close() error {
 		case <-time.After(5 * time.Second):
 			n.grpc.Stop()
 		}
+	}
+	// A Start that failed before serving leaves a listener no server owns.
+	if n.served != nil {
 		<-n.served
 	} else if n.lis != nil {
 		n.lis.Close()

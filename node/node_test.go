@@ -175,6 +175,34 @@ func TestStartFailsCleanly(t *testing.T) {
 			}
 		})
 	}
+	// A listen address in use fails Start after the WAL and the gRPC
+	// server exist but before anything serves: the cleanup must not wait
+	// for a server that never ran (it once did, forever).
+	t.Run("address in use", func(t *testing.T) {
+		busy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer busy.Close()
+		addr := busy.Addr().String()
+		peers := []node.Peer{{ID: "n1", Addr: addr}, {ID: "n2", Addr: "127.0.0.1:1"}, {ID: "n3", Addr: "127.0.0.1:2"}}
+		done := make(chan error, 1)
+		go func() {
+			n, err := node.Start(node.Config{ID: "n1", Listen: addr, DataDir: t.TempDir(), Peers: peers})
+			if n != nil {
+				n.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "address already in use") {
+				t.Fatalf("Start on a busy address: %v, want an error naming it", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("Start on a busy address did not return within a minute")
+		}
+	})
 }
 
 func TestForeignClusterRefused(t *testing.T) {
