@@ -268,14 +268,16 @@ func (s *batchStream) receive(cancel context.CancelFunc) {
 	}
 }
 
-// fail ends the stream with err. Queued requests were never sent, and
-// neither was anything a node that does not serve Batch received: those
-// calls may be retried. The others were sent and their outcome is
-// unknown, as after a unary call that failed the same way.
+// fail ends the stream with err. Queued requests were never sent, nothing
+// was served by a node that does not serve Batch, and a node that drained
+// the stream vouches it served nothing it did not answer: those calls may
+// be retried. The others were sent and their outcome is unknown, as after
+// a unary call that failed the same way.
 func (s *batchStream) fail(err error) {
 	if status.Code(err) == codes.Unimplemented {
 		s.b.unsupported.Store(true)
 	}
+	unserved := s.b.unsupported.Load() || len(s.stream.Trailer().Get(pb.BatchDrainedTrailer)) > 0
 	err = status.Convert(err).Err()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -288,7 +290,7 @@ func (s *batchStream) fail(err error) {
 	s.queue = nil
 	for id := range s.calls {
 		a := answer{err: err}
-		if s.b.unsupported.Load() {
+		if unserved {
 			a.err = &notSentError{err}
 		}
 		s.answer(id, a)

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
@@ -32,8 +33,9 @@ type fakeNode struct {
 
 	// unaryOnly answers Batch with Unimplemented, as a node of a version
 	// without it would; breakBatch ends each Batch stream after reading
-	// one message, answering nothing.
-	unaryOnly, breakBatch atomic.Bool
+	// one message, answering nothing; drainBatch does the same as a node
+	// shutting down does, vouching that it served none of it.
+	unaryOnly, breakBatch, drainBatch atomic.Bool
 
 	mu      sync.Mutex
 	script  []error
@@ -111,13 +113,16 @@ func (f *fakeNode) Batch(s pb.KV_BatchServer) error {
 	switch {
 	case f.unaryOnly.Load():
 		return status.Error(codes.Unimplemented, "unknown method Batch")
-	case f.breakBatch.Load():
+	case f.breakBatch.Load(), f.drainBatch.Load():
 		if _, err := s.Recv(); err != nil {
 			return err
 		}
+		if f.drainBatch.Load() {
+			s.SetTrailer(metadata.Pairs(pb.BatchDrainedTrailer, "1"))
+		}
 		return status.Error(codes.Unavailable, "node going away")
 	}
-	return router.ServeBatch(s, f, nil)
+	return router.NewBatchServer(f, nil).Serve(s)
 }
 
 func (f *fakeNode) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.ClusterMapResponse, error) {
@@ -244,21 +249,29 @@ func TestRetries(t *testing.T) {
 	}
 }
 
+// singleFake starts a fake node, primary of the only partition, set up by
+// setup, and a client of it with opts; both end with the test.
+func singleFake(t *testing.T, setup func(*fakeNode), opts ...Option) (*fakeNode, *Client, context.Context) {
+	t.Helper()
+	var primary atomic.Value
+	f := startFake(t, &primary)
+	primary.Store(f.addr)
+	setup(f)
+	c, err := New(context.Background(), []string{f.addr}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return f, c, ctx
+}
+
 // TestBatchFallsBackToUnary: a node that does not serve Batch gets the
 // call as a unary call, without the call losing an attempt, and every
 // later call goes unary at once.
 func TestBatchFallsBackToUnary(t *testing.T) {
-	var primary atomic.Value
-	a := startFake(t, &primary)
-	primary.Store(a.addr)
-	a.unaryOnly.Store(true)
-	c, err := New(context.Background(), []string{a.addr}, WithMaxAttempts(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	a, c, ctx := singleFake(t, func(f *fakeNode) { f.unaryOnly.Store(true) }, WithMaxAttempts(1))
 	for range 3 {
 		if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
 			t.Fatal(err)
@@ -271,21 +284,37 @@ func TestBatchFallsBackToUnary(t *testing.T) {
 	}
 }
 
+// TestDrainedBatchStream: a write on a stream that a node ending it for
+// shutdown vouches it did not serve is sent again.
+func TestDrainedBatchStream(t *testing.T) {
+	a, c, ctx := singleFake(t, func(f *fakeNode) { f.drainBatch.Store(true) }, WithBackoff(time.Millisecond, time.Millisecond))
+	go func() {
+		// The node is back (or another took over) after the first stream.
+		for {
+			if a.mu.Lock(); a.streams > 0 {
+				a.mu.Unlock()
+				a.drainBatch.Store(false)
+				return
+			}
+			a.mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
+		t.Fatalf("put on a drained stream: %v, want it sent again and served", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.streams < 2 || a.calls != 1 {
+		t.Fatalf("%d Batch streams and %d served calls, want at least 2 and 1", a.streams, a.calls)
+	}
+}
+
 // TestBrokenBatchStream: a write in flight on a stream that breaks has an
 // unknown outcome, so it fails with the stream's Unavailable and is not
 // retried; the next call opens a new stream.
 func TestBrokenBatchStream(t *testing.T) {
-	var primary atomic.Value
-	a := startFake(t, &primary)
-	primary.Store(a.addr)
-	a.breakBatch.Store(true)
-	c, err := New(context.Background(), []string{a.addr}, WithBackoff(time.Millisecond, time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	a, c, ctx := singleFake(t, func(f *fakeNode) { f.breakBatch.Store(true) }, WithBackoff(time.Millisecond, time.Millisecond))
 	if _, err := c.Put(ctx, []byte("k"), []byte("v")); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "node going away") {
 		t.Fatalf("put on a breaking stream: %v, want the stream's Unavailable", err)
 	}

@@ -76,8 +76,13 @@ type Config struct {
 	DataDir   string
 	// Peers creates the cluster on first start (every initial node gets the
 	// same list, itself included). Ignored once DataDir is initialized.
-	Peers      []Peer
-	Partitions int // default ring.DefaultPartitions
+	Peers []Peer
+	// ClusterToken goes into the cluster id with Peers, as etcd's
+	// --initial-cluster-token does: a cluster bootstrapped again from the
+	// same --peers under another token is another cluster, and its nodes
+	// refuse the old one's stale nodes. Ignored once DataDir is initialized.
+	ClusterToken string
+	Partitions   int // default ring.DefaultPartitions
 	RaftLog    shard.LogBackend
 	Limits     fsm.Options
 	Logger     hclog.Logger
@@ -153,6 +158,7 @@ type Node struct {
 	wal       *wal.WAL
 	trans     *transport.Node
 	grpc      *grpc.Server
+	router    *router.Router
 	lis       net.Listener
 	pool      *connpool.Pool
 	health    *health.Server
@@ -294,7 +300,8 @@ func Start(cfg Config) (n *Node, err error) {
 		grpc.MaxRecvMsgSize(72<<20),
 		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
 	n.trans.Register(n.grpc)
-	pb.RegisterKVServer(n.grpc, router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider, Interceptor: n.metrics.UnaryServerInterceptor()}))
+	n.router = router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider, Interceptor: n.metrics.UnaryServerInterceptor()})
+	pb.RegisterKVServer(n.grpc, n.router)
 	pb.RegisterAdminServer(n.grpc, &admin{n: n})
 	registerChaos(n.grpc)
 	n.health = health.NewServer()
@@ -600,6 +607,20 @@ func (n *Node) Close() error {
 		}
 	}
 	wg.Wait()
+	// Requests on Batch streams end answered, or vouched unserved so that
+	// clients send them elsewhere, rather than cut off by the replicas
+	// closing under them. A request in flight takes at most its op timeout.
+	if n.router != nil {
+		opTimeout := n.cfg.OpTimeout
+		if opTimeout == 0 {
+			opTimeout = shard.DefaultOpTimeout
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout+time.Second)
+		if err := n.router.Drain(ctx); err != nil {
+			n.log.Warn("batch streams still serving at shutdown", "error", err)
+		}
+		cancel()
+	}
 	for _, r := range reps {
 		errs = append(errs, r.Close())
 	}

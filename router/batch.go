@@ -38,43 +38,161 @@ type UnaryKV interface {
 	Delete(context.Context, *pb.DeleteRequest) (*pb.DeleteResponse, error)
 }
 
-func (rt *Router) Batch(stream pb.KV_BatchServer) error {
-	return ServeBatch(stream, rt, rt.intercept)
+func (rt *Router) Batch(stream pb.KV_BatchServer) error { return rt.batch.Serve(stream) }
+
+// Drain ends the node's Batch streams for its shutdown; see
+// BatchServer.Drain.
+func (rt *Router) Drain(ctx context.Context) error { return rt.batch.Drain(ctx) }
+
+// BatchServer serves KV.Batch streams with a UnaryKV: each request runs in
+// its own goroutine, through the interceptor (if not nil) exactly as the
+// unary call would, and the answers go back as they complete, as many to a
+// message as are ready.
+type BatchServer struct {
+	kv        UnaryKV
+	intercept grpc.UnaryServerInterceptor
+
+	mu       sync.Mutex
+	active   int
+	draining chan struct{} // closed by Drain
+	idle     chan struct{} // closed once draining and no stream is active
 }
 
-// ServeBatch serves a KV.Batch stream with kv: each request runs in its
-// own goroutine, through intercept (if not nil) exactly as the unary call
-// would, and the answers go back as they complete, as many to a message as
-// are ready. It returns once every request read has been answered: nil
-// after the client closed its side, else the error that ended the stream.
-func ServeBatch(stream pb.KV_BatchServer, kv UnaryKV, intercept grpc.UnaryServerInterceptor) error {
+// NewBatchServer returns a BatchServer over kv.
+func NewBatchServer(kv UnaryKV, intercept grpc.UnaryServerInterceptor) *BatchServer {
+	return &BatchServer{kv: kv, intercept: intercept, draining: make(chan struct{}), idle: make(chan struct{})}
+}
+
+// Drain makes every Batch stream, open or opened later, stop taking
+// requests: each ends, once the requests it took are answered, with
+// Unavailable and the BatchDrainedTrailer, which tells its client that a
+// request it did not answer it never served, so the client can send it
+// elsewhere (a node that is shutting down would otherwise leave writes in
+// an unknown state). Drain returns once no stream is active, or with
+// ctx's error.
+func (b *BatchServer) Drain(ctx context.Context) error {
+	b.mu.Lock()
+	select {
+	case <-b.draining:
+	default:
+		close(b.draining)
+		if b.active == 0 {
+			close(b.idle)
+		}
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enter registers a stream, or reports that the server drains.
+func (b *BatchServer) enter() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-b.draining:
+		return false
+	default:
+		b.active++
+		return true
+	}
+}
+
+func (b *BatchServer) leave() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.active--
+	select {
+	case <-b.draining:
+		if b.active == 0 {
+			close(b.idle)
+		}
+	default:
+	}
+}
+
+// Serve serves one stream. It returns once every request it took has been
+// answered: nil after the client closed its side, the drained status after
+// Drain, else the error that ended the stream.
+func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
+	if !b.enter() {
+		return drained(stream)
+	}
+	defer b.leave()
 	ctx := stream.Context()
+	// Recv cannot be selected on: a reader hands messages over, so that
+	// Drain is noticed while the client is quiet.
+	msgs, recvErr := make(chan *pb.BatchRequest), make(chan error, 1)
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- msg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	out := &answers{stream: stream}
 	inflight := make(chan struct{}, MaxBatchInFlight)
 	var wg sync.WaitGroup
+	// Every request taken is answered before Serve returns, so a request
+	// without an answer on a drained stream was never served.
 	defer wg.Wait()
 	for {
-		msg, err := stream.Recv()
-		if err != nil {
+		var msg *pb.BatchRequest
+		select {
+		case msg = <-msgs:
+			// A message that arrives with Drain is not taken: select
+			// picks among ready cases at random.
+			select {
+			case <-b.draining:
+				wg.Wait()
+				return drained(stream)
+			default:
+			}
+		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
+		case <-b.draining:
+			wg.Wait()
+			return drained(stream)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		for _, req := range msg.GetRequests() {
 			select {
 			case inflight <- struct{}{}:
+			case <-b.draining:
+				wg.Wait()
+				return drained(stream)
 			case <-ctx.Done():
 				return status.FromContextError(ctx.Err()).Err()
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				out.send(serveOne(ctx, kv, intercept, req))
+				out.send(serveOne(ctx, b.kv, b.intercept, req))
 				<-inflight
 			}()
 		}
 	}
+}
+
+// drained ends a stream for Drain.
+func drained(stream pb.KV_BatchServer) error {
+	stream.SetTrailer(metadata.Pairs(pb.BatchDrainedTrailer, "1"))
+	return status.Error(codes.Unavailable, "node is shutting down: the requests of this stream that were not answered were not served")
 }
 
 // serveOne answers one batched request as its unary call would have.

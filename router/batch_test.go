@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
@@ -31,22 +32,30 @@ func (scriptedKV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse,
 	return &pb.PutResponse{Version: uint64(len(req.GetKey()))}, nil
 }
 
-func (kv scriptedKV) Batch(s pb.KV_BatchServer) error { return ServeBatch(s, kv, nil) }
+func (kv scriptedKV) Batch(s pb.KV_BatchServer) error { return NewBatchServer(kv, nil).Serve(s) }
 
-func TestServeBatch(t *testing.T) {
+// serveKV serves kv on a loopback port for the test and returns a client
+// connection to it.
+func serveKV(t *testing.T, kv pb.KVServer) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	pb.RegisterKVServer(srv, scriptedKV{})
+	pb.RegisterKVServer(srv, kv)
 	go srv.Serve(lis)
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestBatchServer(t *testing.T) {
+	conn := serveKV(t, scriptedKV{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := pb.NewKVClient(conn).Batch(ctx)
@@ -110,3 +119,100 @@ func TestServeBatch(t *testing.T) {
 		}
 	}
 }
+
+// blockingKV holds every Put until release is closed.
+type blockingKV struct {
+	pb.UnimplementedKVServer
+	started chan struct{}
+	release chan struct{}
+}
+
+func (kv *blockingKV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	kv.started <- struct{}{}
+	<-kv.release
+	return &pb.PutResponse{Version: 1}, nil
+}
+
+// TestBatchServerDrain: Drain lets the request in flight finish and be
+// answered, takes no new one, and ends the stream with Unavailable and the
+// drained trailer; a stream opened later ends at once the same way.
+func TestBatchServerDrain(t *testing.T) {
+	kv := &blockingKV{started: make(chan struct{}, 8), release: make(chan struct{})}
+	bs := NewBatchServer(kv, nil)
+	conn := serveKV(t, &drainKV{blockingKV: kv, bs: bs})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	put := func(id uint64) *pb.BatchRequest {
+		return &pb.BatchRequest{Requests: []*pb.Request{{Id: id, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: []byte("k")}}}}}
+	}
+	stream, err := pb.NewKVClient(conn).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(put(1)); err != nil {
+		t.Fatal(err)
+	}
+	<-kv.started
+	drainDone := make(chan error, 1)
+	go func() { drainDone <- bs.Drain(ctx) }()
+	// Wait until the server drains, then send one more request.
+	for {
+		bs.mu.Lock()
+		draining := false
+		select {
+		case <-bs.draining:
+			draining = true
+		default:
+		}
+		bs.mu.Unlock()
+		if draining {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	stream.Send(put(2)) // may fail once the server has ended the stream
+	select {
+	case err := <-drainDone:
+		t.Fatalf("Drain returned %v while a request was in flight", err)
+	default:
+	}
+	close(kv.release)
+	if err := <-drainDone; err != nil {
+		t.Fatal(err)
+	}
+	var answered []uint64
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable || len(stream.Trailer().Get(pb.BatchDrainedTrailer)) == 0 {
+				t.Fatalf("stream ended with %v, trailer %v; want Unavailable and %s", err, stream.Trailer(), pb.BatchDrainedTrailer)
+			}
+			break
+		}
+		for _, r := range msg.GetResponses() {
+			answered = append(answered, r.GetId())
+		}
+	}
+	if len(answered) != 1 || answered[0] != 1 {
+		t.Fatalf("answered %v, want only request 1", answered)
+	}
+	select {
+	case <-kv.started:
+		t.Fatal("request 2 was served after Drain")
+	default:
+	}
+	later, err := pb.NewKVClient(conn).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := later.Recv(); status.Code(err) != codes.Unavailable || len(later.Trailer().Get(pb.BatchDrainedTrailer)) == 0 {
+		t.Fatalf("a stream opened after Drain: %v, trailer %v; want it drained at once", err, later.Trailer())
+	}
+}
+
+type drainKV struct {
+	*blockingKV
+	bs *BatchServer
+}
+
+func (kv *drainKV) Batch(s pb.KV_BatchServer) error { return kv.bs.Serve(s) }

@@ -53,11 +53,11 @@ type Dialer func(addr string) (grpc.ClientConnInterface, error)
 // Router implements pb.KVServer.
 type Router struct {
 	pb.UnimplementedKVServer
-	dir       Directory
-	dial      Dialer
-	limits    fsm.Options
-	tracer    trace.Tracer
-	intercept grpc.UnaryServerInterceptor
+	dir    Directory
+	dial   Dialer
+	limits fsm.Options
+	tracer trace.Tracer
+	batch  *BatchServer
 }
 
 // Options configure a Router.
@@ -77,7 +77,9 @@ func New(dir Directory, dial Dialer, opts Options) *Router {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	return &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router"), intercept: opts.Interceptor}
+	rt := &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router")}
+	rt.batch = NewBatchServer(rt, opts.Interceptor)
+	return rt
 }
 
 var _ pb.KVServer = (*Router)(nil)

@@ -35,6 +35,9 @@ const (
 )
 
 // Config describes one replica. Zero durations take the defaults below.
+// DefaultOpTimeout is Config.OpTimeout's default.
+const DefaultOpTimeout = 3 * time.Second
+
 type Config struct {
 	Partition uint32
 	NodeID    raft.ServerID
@@ -86,7 +89,7 @@ func (c *Config) setDefaults() {
 	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
 	def(&c.CommitTimeout, 50*time.Millisecond)
 	def(&c.SnapshotInterval, 30*time.Second)
-	def(&c.OpTimeout, 3*time.Second)
+	def(&c.OpTimeout, DefaultOpTimeout)
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
 	}

@@ -586,3 +586,59 @@ func TestQuorumReadExpeditesHeartbeats(t *testing.T) {
 		t.Fatalf("a quorum read made %d Expedite calls, %d still open; want at least one, none open", e.calls.Load(), e.open.Load())
 	}
 }
+
+// TestSettle: a write whose primary lost leadership with its entry in
+// flight is settled from the log once the replica has applied that index:
+// its own entry there means it took effect; another entry means a strong
+// write provably did not happen (NotPrimary, so the client sends it to the
+// new primary) while a fast write, which may be re-offered, stays unknown;
+// and an index not applied in time stays unknown.
+func TestSettle(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	st, err := l.Put(context.Background(), []byte("k"), []byte("v"), Strong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	index := l.AppliedIndex()
+	var entry raft.Log
+	if err := l.logs.GetLog(index, &entry); err != nil {
+		t.Fatal(err)
+	}
+	_, mine, err := decodeEntry(entry.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := mine.(fsm.Put)
+	other.RequestID++
+	tests := []struct {
+		name  string
+		index uint64
+		cmd   fsm.Command
+		mode  WriteMode
+		want  error // nil: acknowledged with st
+	}{
+		{"own entry committed", index, mine, Strong, nil},
+		{"own fast entry committed", index, mine, Fast, nil},
+		{"strong write cut", index, other, Strong, ErrNotPrimary},
+		{"fast write cut", index, other, Fast, ErrNoQuorum},
+		{"not applied in time", index + 1000, mine, Strong, ErrNoQuorum},
+		{"never dispatched", 0, mine, Strong, ErrNoQuorum},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			got, err := l.settle(ctx, tt.index, tt.cmd, tt.mode, raft.ErrLeadershipLost)
+			if tt.want == nil {
+				if err != nil || got != st {
+					t.Fatalf("settle = %v, %v; want %v acknowledged", got, err, st)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("settle = %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -149,9 +150,64 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		}
 	}
 	if err := future.Error(); err != nil {
+		if errors.Is(err, raft.ErrLeadershipLost) {
+			return r.settle(ctx, future.Index(), cmd, mode, err)
+		}
 		return fsm.Stamp{}, r.proposeError(mode, err)
 	}
 	return writeResult(r.cfg.Partition, stamp, future.Response())
+}
+
+// settle learns what became of a write whose primary lost leadership
+// after dispatching its entry at index, most often because it handed
+// leadership over (SIGTERM, rebalancing) with the entry in flight. Once this
+// replica, now a follower, has applied index, the entry there is committed:
+// if it is the write, the write took effect; if it is another, the write's
+// entry was cut, and a strong write, which nothing re-offers, provably did
+// not happen, so the caller may send it to the new primary. A fast write's
+// cut entry may be re-offered, and anything still unknown when ctx ends
+// (or once the entry left the log) stays unknown.
+func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mode WriteMode, lost error) (fsm.Stamp, error) {
+	unknown := r.noQuorum(mode.String()+" write", lost)
+	if index == 0 || r.waitApplied(ctx, index) != nil {
+		return fsm.Stamp{}, unknown
+	}
+	var l raft.Log
+	if err := r.logs.GetLog(index, &l); err != nil {
+		return fsm.Stamp{}, unknown
+	}
+	_, got, err := decodeEntry(l.Data)
+	switch {
+	case err == nil && l.Type == raft.LogCommand && sameWrite(got, cmd):
+		return writeStamp(cmd), nil
+	case mode == Strong:
+		return fsm.Stamp{}, r.notPrimary()
+	}
+	return fsm.Stamp{}, unknown
+}
+
+// sameWrite reports whether a and b are one write: same kind, key and stamp,
+// proposed with the same request id.
+func sameWrite(a, b fsm.Command) bool {
+	switch a := a.(type) {
+	case fsm.Put:
+		b, ok := b.(fsm.Put)
+		return ok && a.RequestID == b.RequestID && a.Stamp == b.Stamp && bytes.Equal(a.Key, b.Key)
+	case fsm.Delete:
+		b, ok := b.(fsm.Delete)
+		return ok && a.RequestID == b.RequestID && a.Stamp == b.Stamp && bytes.Equal(a.Key, b.Key)
+	}
+	return false
+}
+
+func writeStamp(cmd fsm.Command) fsm.Stamp {
+	switch c := cmd.(type) {
+	case fsm.Put:
+		return c.Stamp
+	case fsm.Delete:
+		return c.Stamp
+	}
+	return fsm.Stamp{}
 }
 
 // futureDone is closed once future has its outcome; raft's futures block

@@ -5,6 +5,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// BatchDrainedTrailer is the trailer a node sets on a KV.Batch stream it
+// ends because it is shutting down. It vouches that every request of the
+// stream it did not answer was never served, so the client may send those
+// requests, writes included, elsewhere.
+const BatchDrainedTrailer = "ringkv-batch-drained"
+
 // ErrorOf is err as a Batch Response's error: its gRPC status code and
 // message, and its NotPrimary detail if it has one.
 func ErrorOf(err error) *Error {

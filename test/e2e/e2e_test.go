@@ -260,7 +260,7 @@ func TestRollingRestart(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	var worstOutage time.Duration
-	var otherErrs []error
+	var otherErrs, unavailable []error
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range 4 {
@@ -298,6 +298,9 @@ func TestRollingRestart(t *testing.T) {
 					if failingSince.IsZero() {
 						failingSince = time.Now()
 					}
+					mu.Lock()
+					unavailable = append(unavailable, err)
+					mu.Unlock()
 					// The outcome of an Unavailable write is unknown; the
 					// retry writes the same value, so either way the key
 					// ends up holding it.
@@ -319,7 +322,10 @@ func TestRollingRestart(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	t.Logf("%d strong writes acknowledged across a rolling restart; longest run of retried Unavailable: %v", len(acked), worstOutage)
+	t.Logf("%d strong writes acknowledged across a rolling restart; %d retried Unavailable, longest run %v", len(acked), len(unavailable), worstOutage)
+	for _, err := range unavailable[:min(len(unavailable), 5)] {
+		t.Logf("retried: %v", err)
+	}
 	if len(otherErrs) > 0 {
 		t.Fatalf("%d writes failed with something other than Unavailable, first: %v", len(otherErrs), otherErrs[0])
 	}
