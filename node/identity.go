@@ -21,9 +21,11 @@ import (
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
-// A cluster's identity is fixed at creation: a hash of its initial members
-// and partition count, which every initial node computes alike from the same
-// --peers; a joining node is handed it by Adopt. Every Raft RPC carries the
+// A cluster's identity is fixed at creation: a hash of its initial members,
+// partition count and cluster token, which every initial node computes
+// alike from the same --peers and --cluster-token (as etcd derives its
+// cluster id from --initial-cluster and --initial-cluster-token); a joining
+// node is handed it by Adopt. Every Raft RPC carries the
 // sender's cluster id and node id, and a node refuses RPCs from another
 // cluster, from a node removed from this one, and any while it belongs to no
 // cluster yet, so a node pointed at another cluster's members — or a stale
@@ -33,7 +35,7 @@ const (
 	nodeIDHeader    = "ringkv-node-id"
 )
 
-func clusterID(peers []Peer, partitions int) string {
+func clusterID(peers []Peer, partitions int, token string) string {
 	members := make([]string, len(peers))
 	for i, p := range peers {
 		members[i] = p.ID + "=" + p.Addr
@@ -42,6 +44,7 @@ func clusterID(peers []Peer, partitions int) string {
 	h := xxhash.New()
 	h.WriteString(strings.Join(members, ","))
 	h.Write(binary.BigEndian.AppendUint32(nil, uint32(partitions)))
+	h.WriteString(token)
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 

@@ -45,3 +45,26 @@ func TestStreamRefusedOnceSenderRemoved(t *testing.T) {
 		t.Fatalf("after %d messages: %v, want PermissionDenied right after the removal", received, err)
 	}
 }
+
+// TestClusterIDFromPeersPartitionsAndToken: every initial node computes the
+// same id from the same --peers (in any order), and a change of member,
+// address, partition count or token makes another cluster.
+func TestClusterIDFromPeersPartitionsAndToken(t *testing.T) {
+	peers := []Peer{{ID: "n1", Addr: "h1:7001"}, {ID: "n2", Addr: "h2:7001"}, {ID: "n3", Addr: "h3:7001"}}
+	base := clusterID(peers, 16, "prod")
+	if got := clusterID([]Peer{peers[2], peers[0], peers[1]}, 16, "prod"); got != base {
+		t.Fatalf("peers in another order give %s, want %s", got, base)
+	}
+	others := map[string]string{
+		"another token":       clusterID(peers, 16, "prod-2"),
+		"no token":            clusterID(peers, 16, ""),
+		"another partitions":  clusterID(peers, 32, "prod"),
+		"another address":     clusterID([]Peer{peers[0], peers[1], {ID: "n3", Addr: "h4:7001"}}, 16, "prod"),
+		"another member name": clusterID([]Peer{peers[0], peers[1], {ID: "n4", Addr: "h3:7001"}}, 16, "prod"),
+	}
+	for name, id := range others {
+		if id == base {
+			t.Errorf("%s: same cluster id %s", name, id)
+		}
+	}
+}

@@ -116,5 +116,5 @@ func newView(cfg Config) (*cluster.State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cluster.New(clusterID(cfg.Peers, p), members, asg, time.Unix(0, 0))
+	return cluster.New(clusterID(cfg.Peers, p, cfg.ClusterToken), members, asg, time.Unix(0, 0))
 }

@@ -61,6 +61,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (required)")
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")
+	fs.StringVar(&cfg.ClusterToken, "cluster-token", "", "mixed into a new cluster's id with --peers: bootstrap each cluster with its own token, so that nodes of another cluster at the same addresses are refused (ignored once the data dir is initialized)")
 	fs.IntVar(&cfg.Partitions, "partitions", 16, "partitions of a new cluster (power of two)")
 	fs.StringVar(&raftLog, "raft-log", string(shard.LogWAL), "where Raft logs live: wal (the node's shared WAL) or boltdb (baseline)")
 	// Raft sends a heartbeat every heartbeat-timeout/10 per partition and
