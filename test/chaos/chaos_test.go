@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/client"
 	"github.com/ringkv/ringkv/internal/kvmodel"
 	"github.com/ringkv/ringkv/internal/proccluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
@@ -198,6 +200,45 @@ type op struct {
 // unknown. Failed is proven only by an answer that says so (NotPrimary,
 // InvalidArgument) or by a connection that was never made (the node was
 // down); a timeout, or a connection lost after sending, is unknown.
+// strongKV makes a strong client's calls: unary calls to one node, or
+// through the Go client.
+type strongKV struct {
+	node      pb.KVClient
+	gc        *client.Client
+	viaClient bool
+}
+
+func (k strongKV) put(ctx context.Context, key, value string) (uint64, error) {
+	if k.viaClient {
+		r, err := k.gc.Put(ctx, []byte(key), []byte(value))
+		return r.Version, err
+	}
+	r, err := k.node.Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(value)})
+	return r.GetVersion(), err
+}
+
+func (k strongKV) del(ctx context.Context, key string) (uint64, error) {
+	if k.viaClient {
+		r, err := k.gc.Delete(ctx, []byte(key))
+		return r.Version, err
+	}
+	r, err := k.node.Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
+	return r.GetVersion(), err
+}
+
+// get reads key with a quorum read; an absent key is a successful read.
+func (k strongKV) get(ctx context.Context, key string) (kvmodel.Output, error) {
+	if k.viaClient {
+		it, err := k.gc.Get(ctx, []byte(key), client.Quorum)
+		if errors.Is(err, client.ErrNotFound) {
+			return kvmodel.Output{}, nil
+		}
+		return kvmodel.Output{Value: string(it.Value), Found: err == nil}, err
+	}
+	r, err := k.node.Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
+	return kvmodel.Output{Value: string(r.GetValue()), Found: err == nil}, err
+}
+
 func outcome(err error) string {
 	switch code := status.Code(err); {
 	case err == nil, code == codes.NotFound:
@@ -241,18 +282,33 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
+	// Strong clients call a node of their choice with unary calls; with
+	// kvnode processes, two more use the Go client, which sends each call
+	// to the key's primary on its shared Batch stream to that node.
 	const strongClients, keys = 5, 6
-	for cl := range strongClients {
+	clients := strongClients
+	var gc *client.Client
+	if a, ok := c.(interface{ Addrs() []string }); ok {
+		var err error
+		if gc, err = client.New(context.Background(), a.Addrs(), client.WithMaxAttempts(5)); err != nil {
+			t.Fatal(err)
+		}
+		defer gc.Close()
+		clients += 2
+	}
+	for cl := range clients {
 		crng := rand.New(rand.NewPCG(seed, uint64(cl)+1))
+		viaClient := cl >= strongClients
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for n := 0; time.Now().Before(deadline); n++ {
 				time.Sleep(time.Duration(10+crng.IntN(20)) * time.Millisecond)
 				i := crng.IntN(c.Size())
-				if !c.Up(i) {
+				if !viaClient && !c.Up(i) {
 					continue
 				}
+				kv := strongKV{c.KV(i), gc, viaClient}
 				key := fmt.Sprintf("k%d", crng.IntN(keys))
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				call := now()
@@ -262,23 +318,21 @@ func campaign(t *testing.T, seed uint64, d time.Duration) *summary {
 				switch x := crng.IntN(10); {
 				case x < 4:
 					o.in = kvmodel.Input{Op: "put", Key: key, Value: fmt.Sprintf("c%d-%d", cl, n)}
-					var r *pb.PutResponse
-					r, err = c.KV(i).Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(o.in.Value)})
-					version = r.GetVersion()
+					version, err = kv.put(ctx, key, o.in.Value)
 				case x < 5:
 					o.in = kvmodel.Input{Op: "del", Key: key}
-					var r *pb.DeleteResponse
-					r, err = c.KV(i).Delete(ctx, &pb.DeleteRequest{Key: []byte(key)})
-					version = r.GetVersion()
+					version, err = kv.del(ctx, key)
 				default:
 					o.in = kvmodel.Input{Op: "get", Key: key}
-					var r *pb.GetResponse
-					r, err = c.KV(i).Get(ctx, &pb.GetRequest{Key: []byte(key), Consistency: pb.ReadConsistency_READ_CONSISTENCY_QUORUM})
-					o.out = kvmodel.Output{Value: string(r.GetValue()), Found: err == nil}
+					o.out, err = kv.get(ctx, key)
 				}
 				cancel()
 				res := outcome(err)
-				s.count(o.in.Op + " " + res)
+				if viaClient {
+					s.count("client " + o.in.Op + " " + res)
+				} else {
+					s.count(o.in.Op + " " + res)
+				}
 				o.call, o.ret, o.client = call, now(), cl
 				switch {
 				case res == "ok":

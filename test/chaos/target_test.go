@@ -55,6 +55,15 @@ func (p procTarget) Pause(i int)          { p.c.Signal(p.c.Procs[i], syscall.SIG
 func (p procTarget) Resume(i int)         { p.c.Signal(p.c.Procs[i], syscall.SIGCONT) }
 func (p procTarget) WaitPrimaries()       { p.c.WaitPrimaries(nil) }
 
+// Addrs lists the nodes' addresses, for the Go client.
+func (p procTarget) Addrs() []string {
+	addrs := make([]string, len(p.c.Procs))
+	for i, pr := range p.c.Procs {
+		addrs[i] = pr.Addr
+	}
+	return addrs
+}
+
 func (p procTarget) Leaders() map[uint32]int {
 	out := map[uint32]int{}
 	for part, id := range p.c.Leaders(nil) {
