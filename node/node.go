@@ -83,9 +83,9 @@ type Config struct {
 	// refuse the old one's stale nodes. Ignored once DataDir is initialized.
 	ClusterToken string
 	Partitions   int // default ring.DefaultPartitions
-	RaftLog    shard.LogBackend
-	Limits     fsm.Options
-	Logger     hclog.Logger
+	RaftLog      shard.LogBackend
+	Limits       fsm.Options
+	Logger       hclog.Logger
 	// Listener, if set, is used instead of listening on Listen (tests pass
 	// a :0 listener and its address as Listen).
 	Listener net.Listener
