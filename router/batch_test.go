@@ -32,7 +32,51 @@ func (scriptedKV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse,
 	return &pb.PutResponse{Version: uint64(len(req.GetKey()))}, nil
 }
 
+func (scriptedKV) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	// Near the 1 MiB value limit: a few answers together would pass a
+	// client's default 4 MiB receive limit.
+	return &pb.GetResponse{Value: make([]byte, 1000<<10), Version: 1}, nil
+}
+
 func (kv scriptedKV) Batch(s pb.KV_BatchServer) error { return NewBatchServer(kv, nil).Serve(s) }
+
+// TestBatchAnswersFitTheClientLimit: answers are split into messages a
+// client with gRPC's default receive limit (4 MiB) can take, however many
+// large values complete together.
+func TestBatchAnswersFitTheClientLimit(t *testing.T) {
+	conn := serveKV(t, scriptedKV{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := pb.NewKVClient(conn).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	var reqs []*pb.Request
+	for id := range uint64(n) {
+		reqs = append(reqs, &pb.Request{Id: id + 1, Op: &pb.Request_Get{Get: &pb.GetRequest{Key: []byte("big")}}})
+	}
+	if err := stream.Send(&pb.BatchRequest{Requests: reqs}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	answered := 0
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d answers: %v", answered, err)
+		}
+		answered += len(msg.GetResponses())
+	}
+	if answered != n {
+		t.Fatalf("%d answers, want %d", answered, n)
+	}
+}
 
 // serveKV serves kv on a loopback port for the test and returns a client
 // connection to it.
