@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,8 +23,9 @@ import (
 
 // kvTargets records the node address of every KV call a client makes.
 type kvTargets struct {
-	mu    sync.Mutex
-	calls []string
+	mu      sync.Mutex
+	calls   []string
+	batched int // of calls, those sent on a Batch stream
 }
 
 func (k *kvTargets) option() Option {
@@ -59,6 +61,7 @@ func (s *batchTargets) SendMsg(m any) error {
 	s.k.mu.Lock()
 	for range m.(*pb.BatchRequest).GetRequests() {
 		s.k.calls = append(s.k.calls, s.target)
+		s.k.batched++
 	}
 	s.k.mu.Unlock()
 	return s.ClientStream.SendMsg(m)
@@ -364,5 +367,33 @@ func TestConcurrentCallsShareAStream(t *testing.T) {
 	}
 	if calls := len(targets.take()); calls < 32*20*2 {
 		t.Fatalf("%d requests recorded, want at least %d", calls, 32*20*2)
+	}
+}
+
+// TestTracedCallsGoUnary: a call whose context carries a sampled span is
+// sent as a unary call, so that its trace crosses to the nodes; others go
+// on the Batch stream.
+func TestTracedCallsGoUnary(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	ctx, cl, targets := newTracedClient(t, c)
+	traced := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled}))
+	for _, tc := range []struct {
+		name    string
+		ctx     context.Context
+		batched int
+	}{{"untraced", ctx, 1}, {"traced", traced, 0}} {
+		targets.mu.Lock()
+		before := targets.batched
+		targets.mu.Unlock()
+		if _, err := cl.Put(tc.ctx, []byte("traced-"+tc.name), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		targets.mu.Lock()
+		got := targets.batched - before
+		targets.mu.Unlock()
+		if got != tc.batched {
+			t.Errorf("%s put: %d requests on a Batch stream, want %d", tc.name, got, tc.batched)
+		}
 	}
 }

@@ -485,3 +485,32 @@ func TestRefreshNeverTakesAnOlderEpoch(t *testing.T) {
 		t.Fatal("the lagging node was never asked")
 	}
 }
+
+// TestBatchMessagesFitTheServerLimit: concurrent calls with large values
+// are split into messages a server with gRPC's default receive limit
+// (4 MiB, as the fake's) takes, however many queue up during a send.
+func TestBatchMessagesFitTheServerLimit(t *testing.T) {
+	a, c, ctx := singleFake(t, func(*fakeNode) {})
+	value := make([]byte, 1000<<10)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Put(ctx, []byte("k"), value); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.streams != 1 || a.calls != 16 {
+		t.Fatalf("%d Batch streams and %d served calls, want 1 and 16", a.streams, a.calls)
+	}
+}

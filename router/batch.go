@@ -17,10 +17,10 @@ import (
 
 // Bounds of one Batch stream on the server.
 const (
-	// MaxBatchInFlight bounds the requests of one stream being served at
+	// maxBatchInFlight bounds the requests of one stream being served at
 	// once; past it the stream is not read, so HTTP/2 flow control holds
 	// the client back instead of the server's memory growing.
-	MaxBatchInFlight = 4096
+	maxBatchInFlight = 4096
 	// maxBatchBytes bounds the payload bytes of one BatchResponse message
 	// (one answer is sent alone if it is larger), well under a client's
 	// default 4 MiB receive limit.
@@ -49,8 +49,9 @@ func (rt *Router) Drain(ctx context.Context) error { return rt.batch.Drain(ctx) 
 // unary call would, and the answers go back as they complete, as many to a
 // message as are ready.
 type BatchServer struct {
-	kv        UnaryKV
-	intercept grpc.UnaryServerInterceptor
+	kv          UnaryKV
+	intercept   grpc.UnaryServerInterceptor
+	maxInFlight int // per stream; maxBatchInFlight but in tests
 
 	mu       sync.Mutex
 	active   int
@@ -60,7 +61,8 @@ type BatchServer struct {
 
 // NewBatchServer returns a BatchServer over kv.
 func NewBatchServer(kv UnaryKV, intercept grpc.UnaryServerInterceptor) *BatchServer {
-	return &BatchServer{kv: kv, intercept: intercept, draining: make(chan struct{}), idle: make(chan struct{})}
+	return &BatchServer{kv: kv, intercept: intercept, maxInFlight: maxBatchInFlight,
+		draining: make(chan struct{}), idle: make(chan struct{})}
 }
 
 // Drain makes every Batch stream, open or opened later, stop taking
@@ -142,7 +144,7 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 		}
 	}()
 	out := &answers{stream: stream}
-	inflight := make(chan struct{}, MaxBatchInFlight)
+	inflight := make(chan struct{}, b.maxInFlight)
 	var wg sync.WaitGroup
 	// Every request taken is answered before Serve returns, so a request
 	// without an answer on a drained stream was never served.
