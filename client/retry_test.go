@@ -107,17 +107,19 @@ func (f *fakeNode) Get(context.Context, *pb.GetRequest) (*pb.GetResponse, error)
 }
 
 func (f *fakeNode) Batch(s pb.KV_BatchServer) error {
+	// Read once: a test may flip drainBatch as soon as the stream counts.
+	drain := f.drainBatch.Load()
 	f.mu.Lock()
 	f.streams++
 	f.mu.Unlock()
 	switch {
 	case f.unaryOnly.Load():
 		return status.Error(codes.Unimplemented, "unknown method Batch")
-	case f.breakBatch.Load(), f.drainBatch.Load():
+	case f.breakBatch.Load(), drain:
 		if _, err := s.Recv(); err != nil {
 			return err
 		}
-		if f.drainBatch.Load() {
+		if drain {
 			s.SetTrailer(metadata.Pairs(pb.BatchDrainedTrailer, "1"))
 		}
 		return status.Error(codes.Unavailable, "node going away")
