@@ -12,16 +12,12 @@ import (
 //   - stored runs once a batch is durable, with the time its write began. On
 //     the primary that is the moment a fast write may be acknowledged: raft's
 //     leader stores its own entries before it replicates them.
-//   - storing runs with true before every write and with false after it,
-//     even a failed one. On the primary, the writer is raft's leader loop,
-//     busy until the write is durable: proposals wait for it (propose.go).
 //   - truncated runs with the entries a new leader is about to overwrite,
 //     before they are gone, so acknowledged fast writes among them can be
 //     re-offered instead of silently dropped.
 type observedLogStore struct {
 	raft.LogStore
 	stored    func(logs []*raft.Log, start time.Time)
-	storing   func(bool)
 	truncated func(logs []*raft.Log) error
 }
 
@@ -33,8 +29,6 @@ func (s *observedLogStore) IsMonotonic() bool {
 func (s *observedLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 func (s *observedLogStore) StoreLogs(logs []*raft.Log) error {
-	s.storing(true)
-	defer s.storing(false)
 	start := time.Now()
 	if err := s.LogStore.StoreLogs(logs); err != nil {
 		return err

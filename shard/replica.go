@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -126,16 +127,13 @@ type Replica struct {
 	// readers that wait for an index.
 	applied broadcast
 
-	// proposeMu serializes version assignment on the primary and guards
-	// the queue of writes to propose (see propose.go).
-	proposeMu sync.Mutex
-	queue     []*queuedWrite
-	proposing bool // a proposer is handing writes to raft
-	storing   bool // the log store is writing (on the primary: the leader loop)
-	// outstanding counts the entries of writes handed to raft that are not
-	// done yet.
-	outstanding atomic.Int32
-	nextReqID atomic.Uint64
+	// proposeMu serializes version assignment on the primary, per key:
+	// a key's writes take one stripe, chosen by proposeSeed. Writes to
+	// different keys need no order between them, and proposing them
+	// concurrently lets raft batch them into one log write.
+	proposeMu   [proposeStripes]sync.Mutex
+	proposeSeed maphash.Seed
+	nextReqID   atomic.Uint64
 
 	pendingMu sync.Mutex
 	pending   map[uint64]*proposal // fast writes awaiting their WAL sync, by request id
@@ -208,6 +206,7 @@ func Open(cfg Config) (*Replica, error) {
 		closeCh:   make(chan struct{}),
 	}
 	r.nextReqID.Store(rand.Uint64())
+	r.proposeSeed = maphash.MakeSeed()
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -235,9 +234,6 @@ func Open(cfg Config) (*Replica, error) {
 	rc.Logger = r.log.Named("raft")
 	rc.NotifyCh = r.leaderCh
 	rc.NoLegacyTelemetry = true
-	// The write proposer may run on raft's own goroutine (propose.go), so
-	// Apply must be able to queue an entry without raft taking it.
-	rc.BatchApplyCh = true
 	var snapStore raft.SnapshotStore = snaps
 	if cfg.Snapshots != nil {
 		snapStore = &gatedSnapshots{SnapshotStore: snaps, gate: cfg.Snapshots}
@@ -283,7 +279,7 @@ func (r *Replica) openLog() error {
 	default:
 		return fmt.Errorf("shard: unknown log backend %q (want %q or %q)", r.cfg.Backend, LogWAL, LogBoltDB)
 	}
-	r.logs = &observedLogStore{LogStore: base, stored: r.onStored, storing: r.setStoring, truncated: r.onTruncated}
+	r.logs = &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}
 	return nil
 }
 
