@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -73,6 +74,8 @@ func run(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease", 500*time.Millisecond, "a primary cut off from its replicas for this long steps down")
 	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", time.Second, "how long an idle primary waits before telling replicas the commit index again")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --metrics-addr")
+	var contention bool
+	fs.BoolVar(&contention, "pprof-contention", false, "with --pprof, also record where goroutines block and wait for locks (/debug/pprof/block and /debug/pprof/mutex); costs CPU")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 3*time.Second, "bound for a strong write or quorum read that cannot reach a majority")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 5*time.Second, "how often to hand partitions to their preferred primaries, spreading primaries evenly (0: never)")
@@ -108,6 +111,14 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return usage("--listen %q: %v", cfg.Listen, err)
+	}
+	if contention {
+		if !cfg.Pprof {
+			return usage("--pprof-contention needs --pprof")
+		}
+		// Every wait of 10 µs or more, and one in 10 lock contentions.
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		runtime.SetMutexProfileFraction(10)
 	}
 	cfg.RaftLog = shard.LogBackend(raftLog)
 	if cfg.RaftLog != shard.LogWAL && cfg.RaftLog != shard.LogBoltDB {

@@ -14,6 +14,7 @@ func TestBadFlagsAreUsageErrors(t *testing.T) {
 	}{
 		{"log level", []string{"--log-level", "loud"}, `--log-level "loud"`},
 		{"log format", []string{"--log-format", "xml"}, `--log-format "xml": want text or json`},
+		{"contention profiles without pprof", []string{"--pprof-contention"}, "--pprof-contention needs --pprof"},
 		{"sample ratio above 1", []string{"--trace-sample-ratio", "1.5"}, "--trace-sample-ratio 1.5: must be in [0, 1]"},
 		{"negative sample ratio", []string{"--trace-sample-ratio", "-0.1"}, "must be in [0, 1]"},
 		{"otlp endpoint", []string{"--otlp-endpoint", "collector"}, `--otlp-endpoint "collector"`},
