@@ -127,40 +127,62 @@ func dispatchAppend(w *WAL, data []byte) (submit func(g, k int) error, stop func
 // with each write; "preallocated" writes into space fallocated beforehand,
 // as the WAL does.
 func BenchmarkRawSync(b *testing.B) {
-	for _, prealloc := range []bool{false, true} {
-		name := "file=plain"
-		if prealloc {
-			name = "file=preallocated"
-		}
-		b.Run(name, func(b *testing.B) {
-			f, err := OSFS().Create(filepath.Join(b.TempDir(), "raw"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer f.Close()
-			if prealloc {
-				if err := f.Preallocate(int64(b.N+1) * 100); err != nil {
+	for _, bc := range []struct {
+		name     string
+		prealloc bool
+		files    int
+	}{
+		{"file=plain", false, 1},
+		{"file=preallocated", true, 1},
+		// Three nodes of a cluster on one machine share its disk.
+		{"file=preallocated/files=3", true, 3},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			files := make([]File, bc.files)
+			for i := range files {
+				f, err := OSFS().Create(filepath.Join(b.TempDir(), fmt.Sprintf("raw%d", i)))
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			if err := f.Sync(); err != nil {
-				b.Fatal(err)
-			}
-			data := make([]byte, 100)
-			lat := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			start := time.Now()
-			for i := range b.N {
-				t0 := time.Now()
-				if _, err := f.WriteAt(data, int64(i)*100); err != nil {
-					b.Fatal(err)
+				defer f.Close()
+				if bc.prealloc {
+					if err := f.Preallocate(int64(b.N+1) * 100); err != nil {
+						b.Fatal(err)
+					}
 				}
 				if err := f.Sync(); err != nil {
 					b.Fatal(err)
 				}
-				lat = append(lat, time.Since(t0))
+				files[i] = f
 			}
-			reportRate(b, time.Since(start), lat)
+			lats := make([][]time.Duration, len(files))
+			errs := make(chan error, len(files))
+			b.ResetTimer()
+			start := time.Now()
+			for w, f := range files {
+				go func() {
+					data := make([]byte, 100)
+					for i := w; i < b.N; i += len(files) {
+						t0 := time.Now()
+						if _, err := f.WriteAt(data, int64(i)*100); err != nil {
+							errs <- err
+							return
+						}
+						if err := f.Sync(); err != nil {
+							errs <- err
+							return
+						}
+						lats[w] = append(lats[w], time.Since(t0))
+					}
+					errs <- nil
+				}()
+			}
+			for range files {
+				if err := <-errs; err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRate(b, time.Since(start), slices.Concat(lats...))
 		})
 	}
 }
