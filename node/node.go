@@ -214,6 +214,9 @@ func Start(cfg Config) (n *Node, err error) {
 	if cfg.ManageInterval == 0 {
 		cfg.ManageInterval = 250 * time.Millisecond
 	}
+	if cfg.OpTimeout == 0 {
+		cfg.OpTimeout = shard.DefaultOpTimeout
+	}
 	cfg.Timeouts = cfg.Timeouts.WithDefaults()
 	n = &Node{
 		cfg:     cfg,
@@ -611,11 +614,7 @@ func (n *Node) Close() error {
 	// clients send them elsewhere, rather than cut off by the replicas
 	// closing under them. A request in flight takes at most its op timeout.
 	if n.router != nil {
-		opTimeout := n.cfg.OpTimeout
-		if opTimeout == 0 {
-			opTimeout = shard.DefaultOpTimeout
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), opTimeout+time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout+time.Second)
 		if err := n.router.Drain(ctx); err != nil {
 			n.log.Warn("batch streams still serving at shutdown", "error", err)
 		}

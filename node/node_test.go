@@ -250,3 +250,30 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseDrainsBatchStreams: a stopping node ends its open Batch streams
+// with Unavailable and the drained trailer (docs/design.md, graceful
+// shutdown), so clients resend what it did not answer; without the drain
+// the stream would be cut off with no trailer once gRPC gave up waiting.
+func TestCloseDrainsBatchStreams(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Partitions: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream, err := pb.NewKVClient(c.Conn(0)).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A served request proves the stream is open on the server before it stops.
+	key := []byte("drain")
+	if err := stream.Send(&pb.BatchRequest{Requests: []*pb.Request{{Id: 1, Op: &pb.Request_Get{Get: &pb.GetRequest{Key: key}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	c.StopNode(0)
+	_, err = stream.Recv()
+	if status.Code(err) != codes.Unavailable || len(stream.Trailer().Get(pb.BatchDrainedTrailer)) == 0 {
+		t.Fatalf("stream ended with %v, trailer %v; want Unavailable and %s", err, stream.Trailer(), pb.BatchDrainedTrailer)
+	}
+}

@@ -149,6 +149,10 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 	// Every request taken is answered before Serve returns, so a request
 	// without an answer on a drained stream was never served.
 	defer wg.Wait()
+	drainedAnswered := func() error {
+		wg.Wait() // the answers go out before the trailer is set
+		return drained(stream)
+	}
 	for {
 		var msg *pb.BatchRequest
 		select {
@@ -157,8 +161,7 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 			// picks among ready cases at random.
 			select {
 			case <-b.draining:
-				wg.Wait()
-				return drained(stream)
+				return drainedAnswered()
 			default:
 			}
 		case err := <-recvErr:
@@ -167,8 +170,7 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 			}
 			return err
 		case <-b.draining:
-			wg.Wait()
-			return drained(stream)
+			return drainedAnswered()
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
@@ -176,8 +178,7 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 			select {
 			case inflight <- struct{}{}:
 			case <-b.draining:
-				wg.Wait()
-				return drained(stream)
+				return drainedAnswered()
 			case <-ctx.Done():
 				return status.FromContextError(ctx.Err()).Err()
 			}

@@ -46,12 +46,8 @@ func (kv scriptedKV) Batch(s pb.KV_BatchServer) error { return NewBatchServer(kv
 // large values complete together.
 func TestBatchAnswersFitTheClientLimit(t *testing.T) {
 	conn := serveKV(t, scriptedKV{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := pb.NewKVClient(conn).Batch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	stream := openBatch(t, ctx, conn)
 	const n = 16
 	var reqs []*pb.Request
 	for id := range uint64(n) {
@@ -91,6 +87,23 @@ func receiveAll(stream pb.KV_BatchClient) ([]*pb.Response, error) {
 	}
 }
 
+// testContext bounds a test's calls.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// openBatch opens a Batch stream on conn.
+func openBatch(t *testing.T, ctx context.Context, conn *grpc.ClientConn) pb.KV_BatchClient {
+	t.Helper()
+	stream, err := pb.NewKVClient(conn).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
 // serveKV serves kv on a loopback port for the test and returns a client
 // connection to it.
 func serveKV(t *testing.T, kv pb.KVServer) *grpc.ClientConn {
@@ -113,12 +126,8 @@ func serveKV(t *testing.T, kv pb.KVServer) *grpc.ClientConn {
 
 func TestBatchServer(t *testing.T) {
 	conn := serveKV(t, scriptedKV{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := pb.NewKVClient(conn).Batch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	stream := openBatch(t, ctx, conn)
 	put := func(id uint64, key string, timeout uint64) *pb.Request {
 		return &pb.Request{Id: id, TimeoutMicros: timeout, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: []byte(key)}}}
 	}
@@ -182,35 +191,22 @@ func TestBatchServerDrain(t *testing.T) {
 	kv := &blockingKV{started: make(chan struct{}, 8), release: make(chan struct{})}
 	bs := NewBatchServer(kv, nil)
 	conn := serveKV(t, &drainKV{blockingKV: kv, bs: bs})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	put := func(id uint64) *pb.BatchRequest {
 		return &pb.BatchRequest{Requests: []*pb.Request{{Id: id, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: []byte("k")}}}}}
 	}
-	stream, err := pb.NewKVClient(conn).Batch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openBatch(t, ctx, conn)
 	if err := stream.Send(put(1)); err != nil {
 		t.Fatal(err)
 	}
 	<-kv.started
 	drainDone := make(chan error, 1)
 	go func() { drainDone <- bs.Drain(ctx) }()
-	// Wait until the server drains, then send one more request.
-	for {
-		bs.mu.Lock()
-		draining := false
-		select {
-		case <-bs.draining:
-			draining = true
-		default:
-		}
-		bs.mu.Unlock()
-		if draining {
-			break
-		}
-		time.Sleep(time.Millisecond)
+	// Once the server drains, send one more request.
+	select {
+	case <-bs.draining:
+	case <-ctx.Done():
+		t.Fatal("Drain did not start draining")
 	}
 	stream.Send(put(2)) // may fail once the server has ended the stream
 	select {
@@ -234,10 +230,7 @@ func TestBatchServerDrain(t *testing.T) {
 		t.Fatal("request 2 was served after Drain")
 	default:
 	}
-	later, err := pb.NewKVClient(conn).Batch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	later := openBatch(t, ctx, conn)
 	if _, err := later.Recv(); status.Code(err) != codes.Unavailable || len(later.Trailer().Get(pb.BatchDrainedTrailer)) == 0 {
 		t.Fatalf("a stream opened after Drain: %v, trailer %v; want it drained at once", err, later.Trailer())
 	}
@@ -284,12 +277,8 @@ func TestBatchServerBoundsRequestsInFlight(t *testing.T) {
 	kv.bs = NewBatchServer(kv, nil)
 	kv.bs.maxInFlight = bound
 	conn := serveKV(t, kv)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := pb.NewKVClient(conn).Batch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	stream := openBatch(t, ctx, conn)
 	var reqs []*pb.Request
 	for id := range uint64(n) {
 		reqs = append(reqs, &pb.Request{Id: id + 1, Op: &pb.Request_Put{Put: &pb.PutRequest{Key: []byte("k")}}})

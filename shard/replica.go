@@ -34,10 +34,10 @@ const (
 	LogBoltDB LogBackend = "boltdb"
 )
 
-// Config describes one replica. Zero durations take the defaults below.
 // DefaultOpTimeout is Config.OpTimeout's default.
 const DefaultOpTimeout = 3 * time.Second
 
+// Config describes one replica. Zero durations take the defaults below.
 type Config struct {
 	Partition uint32
 	NodeID    raft.ServerID
