@@ -15,8 +15,8 @@ import (
 
 	"github.com/ringkv/ringkv/client"
 	"github.com/ringkv/ringkv/cluster"
-	"github.com/ringkv/ringkv/internal/ackcheck"
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/ackcheck"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"

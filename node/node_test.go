@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )

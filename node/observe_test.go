@@ -21,11 +21,12 @@ import (
 	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
 
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
-var waitFor = testcluster.WaitFor
+var waitFor = wait.For
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()

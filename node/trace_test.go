@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )

@@ -15,7 +15,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"github.com/ringkv/ringkv/internal/kvmodel"
+	"github.com/ringkv/ringkv/internal/testing/kvmodel"
 )
 
 // history records operations with invocation and completion times.

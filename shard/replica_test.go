@@ -16,6 +16,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	"github.com/ringkv/ringkv/wal"
 )
 
@@ -128,13 +129,7 @@ func (g *group) stop(id raft.ServerID) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitFor, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Until(t, waitFor, what, cond)
 }
 
 // leader waits until one running replica leads and has applied its term's

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ringkv/ringkv/internal/testing/wait"
 )
 
 const testDir = "/wal"
@@ -84,16 +86,10 @@ func checkStream(t testing.TB, w *WAL, stream, first, last uint64) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor waits for cond, at most 30 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wait.Until(t, 30*time.Second, what, cond)
 }
 
 // readFile returns the whole content of name through fs.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ringkv/ringkv/fsm"
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 )
 
 // runBenchJSON runs "kvctl bench --json args..." against addr and decodes

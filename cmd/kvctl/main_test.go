@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 )
 
 type result struct {

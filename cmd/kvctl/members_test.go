@@ -17,7 +17,8 @@ import (
 
 	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/internal/connpool"
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
@@ -59,7 +60,7 @@ func expect(t *testing.T, got result, wantCode int, wantStdout []string, wantStd
 // suspect.
 func waitSettledStatus(t *testing.T, addr string, wantNodes ...string) {
 	t.Helper()
-	testcluster.WaitFor(t, 60*time.Second, "status --json shows a settled cluster", func() (bool, string) {
+	wait.For(t, 60*time.Second, "status --json shows a settled cluster", func() (bool, string) {
 		r := kvctl(nil, "--addr", addr, "status", "--json")
 		if r.code != 0 {
 			return false, fmt.Sprintf("%+v", r)
@@ -145,7 +146,7 @@ func TestJoinStatusLeave(t *testing.T) {
 		{"join --wait", []string{"--addr", c.Addrs()[1], "join", n4, n4Addr, "--wait", "--timeout", moveTimeout}, func(t *testing.T, r result) {
 			expect(t, r, 0, []string{n4 + " joined at epoch ", "\nsettled: " + n4 + " up with "}, "")
 			checkProgress(t, r.stdout)
-			testcluster.WaitFor(t, 30*time.Second, n4+" hosts replicas", func() (bool, string) {
+			wait.For(t, 30*time.Second, n4+" hosts replicas", func() (bool, string) {
 				return len(c.Nodes[i].Partitions()) > 0, "it hosts none"
 			})
 		}},
@@ -236,7 +237,7 @@ func TestJoinWaitInterrupted(t *testing.T) {
 	if got != exitFailure || !strings.Contains(errOut.String(), "stopped waiting (interrupted); the cluster goes on moving replicas, follow it with kvctl status; last seen: moving replicas: ") {
 		t.Fatalf("exit %d, stderr %q; want 3 and a stop message", got, errOut.String())
 	}
-	testcluster.WaitFor(t, 2*time.Minute, n4+" holds replicas after the interrupted wait", func() (bool, string) {
+	wait.For(t, 2*time.Minute, n4+" holds replicas after the interrupted wait", func() (bool, string) {
 		return len(c.Nodes[i].Partitions()) > 0, "it hosts none"
 	})
 }

@@ -9,7 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/ringkv/ringkv/internal/testcluster"
+	"github.com/ringkv/ringkv/internal/testing/testcluster"
 )
 
 func TestQuantile(t *testing.T) {

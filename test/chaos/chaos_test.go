@@ -33,8 +33,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
-	"github.com/ringkv/ringkv/internal/kvmodel"
-	"github.com/ringkv/ringkv/internal/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/kvmodel"
+	"github.com/ringkv/ringkv/internal/testing/proccluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
 )

@@ -17,7 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/ringkv/ringkv/internal/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
@@ -161,7 +162,7 @@ func startDocker(t *testing.T) *dockerTarget {
 		}
 		d.ids, d.conns, d.up = append(d.ids, id), append(d.conns, conn), append(d.up, true)
 	}
-	proccluster.Eventually(t, 2*time.Minute, "the cluster map", func() bool {
+	wait.Until(t, 2*time.Minute, "the cluster map", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		m, err := pb.NewAdminClient(d.conns[0]).ClusterMap(ctx, &pb.ClusterMapRequest{})
@@ -270,7 +271,7 @@ func (d *dockerTarget) Leaders() map[uint32]int {
 
 func (d *dockerTarget) WaitPrimaries() {
 	d.t.Helper()
-	proccluster.Eventually(d.t, 2*time.Minute, "a primary for every partition", func() bool {
+	wait.Until(d.t, 2*time.Minute, "a primary for every partition", func() bool {
 		return len(d.Leaders()) == d.Partitions()
 	})
 }

@@ -17,7 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
-	"github.com/ringkv/ringkv/internal/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var eventually = proccluster.Eventually
+var eventually = wait.Until
 
 // TestKill9PrimaryUnderStrongWrites kills the primary of a partition with
 // SIGKILL while clients write; every acknowledged strong write must be

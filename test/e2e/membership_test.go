@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
-	"github.com/ringkv/ringkv/internal/ackcheck"
-	"github.com/ringkv/ringkv/internal/proccluster"
+	"github.com/ringkv/ringkv/internal/testing/ackcheck"
+	"github.com/ringkv/ringkv/internal/testing/proccluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 

@@ -158,25 +158,6 @@ func (c *Cluster) WaitReady() {
 	}
 }
 
-// WaitFor polls cond until it holds, failing the test after d with what
-// and cond's last explanation of why it does not hold yet. Tests of a
-// cluster wait for conditions, never for fixed times: a loaded machine
-// makes any fixed time too short.
-func WaitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %s", what, d, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // Addrs lists the running nodes' gRPC addresses.
 func (c *Cluster) Addrs() []string {
 	var out []string

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
@@ -125,7 +126,7 @@ func (c *Cluster) AddProc() *Proc {
 	c.t.Helper()
 	p := c.newProc(len(c.Procs) + 1)
 	c.Start(p)
-	Eventually(c.t, 30*time.Second, p.ID+" answering", func() bool {
+	wait.Until(c.t, 30*time.Second, p.ID+" answering", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := pb.NewAdminClient(p.Conn).Status(ctx, &pb.StatusRequest{})
@@ -286,7 +287,7 @@ func (c *Cluster) Leaders(skip *Proc) map[uint32]string {
 // among the running nodes other than skip.
 func (c *Cluster) WaitPrimaries(skip *Proc) {
 	c.t.Helper()
-	Eventually(c.t, time.Minute, "a primary for every partition", func() bool {
+	wait.Until(c.t, time.Minute, "a primary for every partition", func() bool {
 		return len(c.Leaders(skip)) == c.Partitions
 	})
 }
@@ -300,18 +301,6 @@ func (c *Cluster) ByID(id string) *Proc {
 	}
 	c.t.Fatalf("no node %s", id)
 	return nil
-}
-
-// Eventually polls cond every 50 ms until it holds, failing the test after d.
-func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // lineWriter calls fn with each complete line written to it.
