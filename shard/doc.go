@@ -1,0 +1,257 @@
+// Package shard is one replica of a partition: a member of the partition's
+// hashicorp/raft group, its Raft log, the fsm.Store it applies that log to,
+// and, while it leads, the bookkeeping that lets it number writes,
+// acknowledge fast writes before they commit and serve linearizable reads.
+//
+// A node opens one Replica per partition it hosts (Open), bootstraps it or
+// has the group's leader add it, and serves its partition's Put, Delete and
+// Get through it. Only the group's leader, the primary, serves them; every
+// other replica answers a *NotPrimaryError naming the leader it knows, so the
+// caller can go there (TestFollowerAnswersNotPrimary).
+//
+// # Log entries and the state machine
+//
+// An entry's data is one flags byte (flagFast marks a fast write) followed by
+// an fsm command in fsm's encoding. Raft hands every committed entry to the
+// replica's state machine (fsmAdapter), which applies commands through
+// fsm.Store.Apply and consumes a configuration entry's index as an empty
+// Batch (raft.ConfigurationStore), so the store's applied index advances past
+// every entry raft applies; it is the index quorum reads and settle wait for.
+// Raft's own no-op at the start of a term never reaches the state machine,
+// but the term marker that follows it does, and quorum reads wait for the
+// marker (see Readiness): the commit index a read waits for is always one the
+// store reaches.
+//
+// Apply is deterministic. An entry that does not decode is consumed as an
+// empty Batch and its proposer gets the decode error (a wrapped
+// fsm.ErrMalformedCommand); a command breaking Config.Limits changes no key
+// and its proposer gets the *fsm.LimitError. Put, Delete and Get check key
+// and value against the same limits before anything else, so bad input gets
+// its typed error there and never reaches the log
+// (TestBadInputChangesNothing, for Put and Get): a fast write is acknowledged
+// before it is applied, so Apply's check alone would come too late for it.
+// The router checks them too, before it forwards a request.
+//
+// # Writes: strong and fast
+//
+// A write waits until the replica is ready (below), then numbers and proposes
+// its entry and waits for its outcome, under a deadline of Config.OpTimeout
+// (handing the entry to raft has its own bound of the same length):
+//
+//   - A strong write is acknowledged once raft has committed its entry and
+//     the primary applied it. The apply result decides: a write that lost
+//     the conflict rule (only possible against a re-offered fast write with a
+//     greater stamp) took no effect and fails with *SupersededError
+//     (TestWriteResult).
+//   - A fast write is acknowledged once the log-store batch holding its entry
+//     is durable: the log store reports every stored batch (observedLogStore,
+//     onStored), and raft's leader stores its own entries before it
+//     replicates them, so this waits for the primary's own log sync and
+//     nothing more (TestWriteAndReadEveryMode,
+//     TestFastWriteVisibleLocallyAtAck).
+//
+// A proposal raft refuses before it reaches the log (not the leader, a
+// leadership transfer under way) fails with NotPrimary: nothing was written.
+// ErrLeadershipLost is settled (below); raft's shutdown is ErrClosed; any
+// other failure, and a timeout, is *NoQuorumError: the entry may still
+// commit. A strong write on a primary cut off from its group fails within
+// about OpTimeout (TestIsolatedPrimary).
+//
+// # Version assignment
+//
+// The primary numbers a write current+1, where current is the key's highest
+// version proposed on this primary (the overlay, below) or applied (a
+// tombstone counts). The overlay is read before the store: a write leaves the
+// overlay only after the store applied it, so one of the two reads sees it,
+// while in the other order it could apply and leave between them and its
+// version be handed out again (TestCurrentVersionNeverMissesAnAppliedWrite).
+//
+// Numbering, stamping (Config.Clock, the node's HLC) and proposing happen
+// under one of proposeStripes mutexes, chosen by a hash of the key, and the
+// stripe is held until raft has taken the entry (raft.Apply returns), so two
+// writes to one key enter the log in version order and get consecutive
+// versions (TestConcurrentWritesGetDistinctVersions). Writes to keys of
+// different stripes propose concurrently, and raft's leader loop stores the
+// entries waiting for it as one batch: one log write, one fsync.
+//
+// # The overlay
+//
+// While it leads, the replica keeps a pendingKey for each key with writes in
+// flight: the highest version proposed for it, and visible, the newest
+// acknowledged fast write of the key that the store has not applied yet. The
+// store itself only ever holds committed entries; the overlay sits beside it.
+// onStored sets visible (ackFast, under pendingMu) before it releases the
+// waiting writer, so a local read on the primary sees a fast write from its
+// acknowledgement on (TestFastWriteVisibleLocallyAtAck); a local read returns
+// the newer of visible and the store's item.
+//
+// Applying a write retires what the store has caught up with (retireOverlay):
+// visible once the store holds a stamp at least as great, the whole entry
+// once nothing newer is proposed or visible. Losing leadership drops the
+// overlay (dropOverlay): the next primary numbers from its own store, and
+// this replica's unanswered proposals fail through their futures. A key whose
+// last proposal never reached the log keeps its entry until then.
+// Stats.FastUncommitted counts the keys with a visible write. No test checks
+// that the overlay empties once everything is applied.
+//
+// # Settle
+//
+// hashicorp/raft fails the futures of every entry in flight when its leader
+// steps down, a leadership hand-over included, with ErrLeadershipLost, though
+// the next leader usually commits them. A write that gets that answer is
+// settled from the log instead (settle): the replica, now a follower, waits
+// within the write's deadline until it has applied the entry's index. If the
+// entry there is the write (same kind, key, stamp and request id), the write
+// took effect and is acknowledged. If it is another entry, a strong write
+// provably did not happen and fails with NotPrimary, which the client retries
+// at the new primary; a fast write's cut entry may still be re-offered, so it
+// stays unknown (NoQuorum), as does a write whose index is not applied in
+// time or has left the log (TestSettle).
+//
+// # Re-offering fast writes
+//
+// A fast write acknowledged by a primary that loses leadership before the
+// entry commits may be overwritten by the next leader. Every removal of a log
+// suffix (raft's conflict path, and the wipe of the log after a snapshot
+// install) goes through observedLogStore.DeleteRange, which first hands the
+// entries it will remove to onTruncated: the fast-flagged ones are appended
+// to the replica's re-offer queue, saved under reofferKey in its stable store
+// (with LogWAL, the state of its WAL stream) before the removal; if saving
+// fails, the removal fails too (Stats.Reoffered counts the saved entries).
+// runReoffers hands the queue, oldest first, to the primary: to itself
+// (Reoffer) if it leads, else through Config.Reoffer (Admin.Reoffer between
+// nodes), and drops an entry from the saved queue once the primary has
+// applied it. The primary proposes the entry again as it was, original stamp
+// and fast flag included, so the conflict rule decides: a newer write wins
+// (Stats.ReofferLost), an equal stamp is already applied, and an entry cut
+// again is re-offered again. Reporting an entry that was in fact committed is
+// therefore harmless.
+//
+// No test in this package cuts an acknowledged fast write:
+// TestIsolatedPrimary means to, but its isolated primary steps down during
+// the strong write and quorum read that come first, and acknowledges no fast
+// write. Nor does one restart a replica holding a saved queue or deliver
+// through Config.Reoffer.
+//
+// # Reads
+//
+// Both read modes are served by the primary only. A local read returns the
+// overlay's or the store's newer item at once; a primary that does not know
+// yet that it was deposed can serve a stale one, for up to its lease.
+//
+// A quorum read is a read index built on what hashicorp/raft offers (Get): it
+// waits until the replica is ready, notes the commit index and waits until
+// the store has applied it, so every write acknowledged as strong before the
+// read began is visible; it reads the store, and only then confirms with a
+// majority that it still leads (VerifyLeader). A primary deposed before that
+// round started cannot pass it, so it cannot answer from stale state even if
+// it paused between the read and the check (TestLinearizableUnderPartitions,
+// a Porcupine check under partitions; a cut-off primary fails within
+// OpTimeout, TestIsolatedPrimary).
+//
+// Concurrent reads share rounds through the verifier: a read joins the next
+// round, which starts only after the round in flight ended, hence after each
+// of its reads. A round asks the transport, if it can hold heartbeats back to
+// batch them (transport.Group), to send them at once
+// (TestQuorumReadExpeditesHeartbeats). That a round never starts before one
+// of its reads is checked only through the Porcupine test.
+//
+// # Readiness
+//
+// A new leader's store may miss entries that earlier leaders committed and
+// acknowledged, and its commit index may trail them, until it commits an
+// entry of its own term. So on winning an election (watchLeadership) the
+// replica proposes an empty Batch, its term marker (markTerm), and once that
+// is applied it records the term as ready (readyTerm) and wakes the writes
+// and quorum reads waiting in waitReady. Writes must wait too: numbered from
+// a store that misses an acknowledged write, a write could reuse that write's
+// version, win with its timestamp, and make the acknowledged write vanish;
+// TestLinearizableUnderPartitions found exactly that before the wait existed.
+// A marker raft refuses at once (a leadership transfer) is retried every
+// commit timeout while the term lasts. Readiness also kicks the re-offer
+// queue, so a new primary delivers its own at once.
+//
+// # Snapshots
+//
+// A raft snapshot is the store's own immutable snapshot (O(1), see fsm),
+// written in fsm's checksummed format by raft's snapshot goroutine, which
+// then calls Config.OnSnapshot. Restore replaces the store only with a fully
+// verified stream. A replica that is too far behind catches up from the
+// leader's snapshot and then its log
+// (TestRestartedReplicaCatchesUpBySnapshot).
+//
+// Config.Snapshots caps snapshot transfers on the node (gatedSnapshots): it
+// is a channel shared by all replicas, and sending a snapshot (Open) or
+// receiving one (Create) holds one of its slots until the stream is closed
+// (TestSnapshotTransfersAreCapped). Snapshots taken locally go through Create
+// and queue behind transfers too. A receiver waits for its slot inside raft's
+// InstallSnapshot handling, on raft's main goroutine for that group.
+//
+// # Goroutines and locks
+//
+// Open starts three goroutines, counted by Replica.wg; Close closes closeCh,
+// shuts raft down and waits for them:
+//
+//   - watchLeadership owns raft's leadership notifications (leaderCh, raft's
+//     NotifyCh). It starts a markTerm on each gain and on each loss drops the
+//     overlay and readiness. Raft's main loop blocks on that channel when
+//     its buffer is full, so this goroutine never waits for anything but
+//     pendingMu and the ready broadcast. It ends when closeCh is closed.
+//   - runReoffers owns delivery of the re-offer queue. It wakes on
+//     reofferCh (onTruncated, markTerm) and every election timeout, and
+//     delivers until the queue is empty or a delivery fails. It ends when
+//     closeCh is closed, but only between rounds: a round in progress does
+//     not look at closeCh, so Close waits for it (each delivery is bounded
+//     by OpTimeout).
+//   - The verifier's run is the only caller of VerifyLeader: it owns the
+//     rounds. It ends when closeCh is closed, after the round in flight
+//     (raft answers it when shut down), failing the round that was waiting
+//     with raft.ErrRaftShutdown.
+//
+// And two kinds of goroutines per event:
+//
+//   - markTerm, one per leadership gained, also counted by wg. It ends once
+//     its marker is applied, when raft shuts down or refuses it and closeCh
+//     is closed, or once leadership or the term changed.
+//   - futureDone, one per write and per re-offer, turns a raft future into a
+//     channel the caller can select on with its context. It is not counted:
+//     it may outlive the call and ends when raft answers the future.
+//
+// Raft answers every entry it took (applied, ErrLeadershipLost when its
+// leader steps down, ErrRaftShutdown), except one already queued for its FSM
+// goroutine when it shuts down, which that goroutine may leave behind: a
+// futureDone, or a markTerm, waiting on such an entry never ends, and such a
+// markTerm keeps Close waiting. markTerm waits on its future without a
+// deadline of its own.
+//
+// Raft's own goroutines call in: its main loop stores entries (onStored),
+// removes log suffixes (onTruncated), installs snapshots and sends on
+// leaderCh; its FSM goroutine runs fsmAdapter (Apply, StoreConfiguration,
+// Snapshot, Restore); its snapshot goroutine persists snapshots; its
+// replication goroutines open snapshots to send them; an observer filter
+// counts leader changes (Stats.LeaderChanges) on whichever raft goroutine
+// reports one.
+//
+// Locks, outermost first; fsm.Store's and the HLC's own locks come below all
+// of them:
+//
+//   - A proposeMu stripe. A write holds exactly one, and under it takes
+//     pendingMu twice (to read the overlay's version, then to record it and
+//     register a fast write in pending), the HLC, the store's point index
+//     (Lookup), and last calls raft.Apply, which waits until raft's leader
+//     loop takes the entry, possibly behind the store and sync of the batch
+//     before it. That wait is safe because nothing raft runs or waits for
+//     (onStored, onTruncated, fsmAdapter, watchLeadership) ever takes a
+//     stripe or waits for a writer, and because pendingMu is released before
+//     raft.Apply.
+//   - reofferMu guards the re-offer queue and is held across the
+//     stable-store write that saves it, so a truncation on raft's main loop
+//     may wait for one such write.
+//   - Leaves, each held for a few map or channel operations with no other
+//     lock taken under it: pendingMu (overlay and pending; a local read and
+//     currentVersion release it before they read the store, and Apply takes
+//     it only after the store published the entry), tracedMu (the contexts
+//     of traced writes), the verifier's mu, and broadcast's mu, which guards
+//     only the channel to close: a waiter's condition is evaluated outside
+//     it.
+package shard
