@@ -44,12 +44,12 @@ func (rt *Router) Batch(stream pb.KV_BatchServer) error { return rt.batch.Serve(
 // BatchServer.Drain.
 func (rt *Router) Drain(ctx context.Context) error { return rt.batch.Drain(ctx) }
 
-// BatchServer serves KV.Batch streams with a UnaryKV: each request runs in
-// its own goroutine, through the interceptor (if not nil) exactly as the
-// unary call would, and the answers go back as they complete, as many to a
-// message as are ready.
+// BatchServer serves KV.Batch streams with a UnaryKV (the Router's, with
+// its primary hints): each request runs in its own goroutine, through the
+// interceptor (if not nil) exactly as the unary call would, and the answers
+// go back as they complete, as many to a message as are ready.
 type BatchServer struct {
-	kv          UnaryKV
+	kv          handlers
 	intercept   grpc.UnaryServerInterceptor
 	maxInFlight int // per stream; maxBatchInFlight but in tests
 
@@ -59,10 +59,31 @@ type BatchServer struct {
 	idle     chan struct{} // closed once draining and no stream is active
 }
 
-// NewBatchServer returns a BatchServer over kv.
+// handlers serve a Batch stream's requests, each as its unary call would,
+// and return with each answer the primary hint for its Response.
+type handlers struct {
+	put    hintedHandler[*pb.PutRequest, *pb.PutResponse]
+	get    hintedHandler[*pb.GetRequest, *pb.GetResponse]
+	delete hintedHandler[*pb.DeleteRequest, *pb.DeleteResponse]
+}
+
+// NewBatchServer returns a BatchServer over kv, whose answers carry no
+// primary hint.
 func NewBatchServer(kv UnaryKV, intercept grpc.UnaryServerInterceptor) *BatchServer {
+	return newBatchServer(handlers{put: noHint(kv.Put), get: noHint(kv.Get), delete: noHint(kv.Delete)}, intercept)
+}
+
+func newBatchServer(kv handlers, intercept grpc.UnaryServerInterceptor) *BatchServer {
 	return &BatchServer{kv: kv, intercept: intercept, maxInFlight: maxBatchInFlight,
 		draining: make(chan struct{}), idle: make(chan struct{})}
+}
+
+// noHint is a handler that never names a primary.
+func noHint[Req, Resp any](h func(context.Context, Req) (Resp, error)) hintedHandler[Req, Resp] {
+	return func(ctx context.Context, req Req) (Resp, string, error) {
+		resp, err := h(ctx, req)
+		return resp, "", err
+	}
 }
 
 // Drain makes every Batch stream, open or opened later, stop taking
@@ -199,29 +220,28 @@ func drained(stream pb.KV_BatchServer) error {
 }
 
 // serveOne answers one batched request as its unary call would have.
-func serveOne(ctx context.Context, kv UnaryKV, intercept grpc.UnaryServerInterceptor, req *pb.Request) *pb.Response {
+func serveOne(ctx context.Context, kv handlers, intercept grpc.UnaryServerInterceptor, req *pb.Request) *pb.Response {
 	resp := &pb.Response{Id: req.GetId()}
 	if t := req.GetTimeoutMicros(); t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(min(t, uint64(1<<62)/1000))*time.Microsecond)
 		defer cancel()
 	}
-	ctx = context.WithValue(ctx, primaryHintKey{}, &resp.Primary)
 	var err error
 	switch op := req.GetOp().(type) {
 	case *pb.Request_Put:
 		var r *pb.PutResponse
-		if r, err = unary(ctx, intercept, pb.KV_Put_FullMethodName, op.Put, kv.Put); err == nil {
+		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Put_FullMethodName, op.Put, kv.put); err == nil {
 			resp.Result = &pb.Response_Put{Put: r}
 		}
 	case *pb.Request_Get:
 		var r *pb.GetResponse
-		if r, err = unary(ctx, intercept, pb.KV_Get_FullMethodName, op.Get, kv.Get); err == nil {
+		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Get_FullMethodName, op.Get, kv.get); err == nil {
 			resp.Result = &pb.Response_Get{Get: r}
 		}
 	case *pb.Request_Delete:
 		var r *pb.DeleteResponse
-		if r, err = unary(ctx, intercept, pb.KV_Delete_FullMethodName, op.Delete, kv.Delete); err == nil {
+		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Delete_FullMethodName, op.Delete, kv.delete); err == nil {
 			resp.Result = &pb.Response_Delete{Delete: r}
 		}
 	default:
@@ -233,17 +253,24 @@ func serveOne(ctx context.Context, kv UnaryKV, intercept grpc.UnaryServerInterce
 	return resp
 }
 
-// unary calls handler through intercept, as gRPC calls a unary method.
+// unary calls handler through intercept, as gRPC calls a unary method,
+// and returns the handler's primary hint with the answer. The interceptor
+// sees only what a unary call would: the hint goes around it.
 func unary[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterceptor, method string, req Req,
-	handler func(context.Context, Req) (Resp, error)) (Resp, error) {
+	handler hintedHandler[Req, Resp]) (Resp, string, error) {
 	if intercept == nil {
 		return handler(ctx, req)
 	}
+	// The interceptor returns only after the handler it called has
+	// returned, so reading primary after it is ordered after the write.
+	var primary string
 	out, err := intercept(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, req any) (any, error) {
-		return handler(ctx, req.(Req))
+		resp, hint, err := handler(ctx, req.(Req))
+		primary = hint
+		return resp, err
 	})
 	resp, _ := out.(Resp)
-	return resp, err
+	return resp, primary, err
 }
 
 // answers sends a stream's answers. Whoever finds no send under way sends
@@ -293,21 +320,4 @@ func (a *answers) send(r *pb.Response) {
 // answerSize estimates an answer's encoded size: its value dominates.
 func answerSize(r *pb.Response) int {
 	return 64 + len(r.GetGet().GetValue()) + len(r.GetError().GetMessage())
-}
-
-// primaryHintKey marks a batched request's context: tellPrimary records
-// the primary there, for the Response, instead of in a header the stream
-// has already sent.
-type primaryHintKey struct{}
-
-// tellPrimary tells the client that sent a request to a node that is not
-// p's primary where the primary is, so its next request goes straight
-// there.
-func tellPrimary(ctx context.Context, p uint32, addr string) {
-	hint := pb.FormatPrimary(p, addr)
-	if dst, ok := ctx.Value(primaryHintKey{}).(*string); ok {
-		*dst = hint
-		return
-	}
-	grpc.SetHeader(ctx, metadata.Pairs(pb.PrimaryHeader, hint))
 }

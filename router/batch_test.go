@@ -22,15 +22,22 @@ import (
 // the key's length as version.
 type scriptedKV struct{ pb.UnimplementedKVServer }
 
-func (scriptedKV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+func (kv scriptedKV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	resp, _, err := kv.put(ctx, req)
+	return resp, err
+}
+
+// put is Put with its primary hint, as the Router's handlers return it.
+func (scriptedKV) put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, string, error) {
+	hint := ""
 	switch string(req.GetKey()) {
 	case "slow":
 		<-ctx.Done()
-		return nil, Status(ctx.Err())
+		return nil, "", Status(ctx.Err())
 	case "forward":
-		tellPrimary(ctx, 3, "10.0.0.3:7000")
+		hint = pb.FormatPrimary(3, "10.0.0.3:7000")
 	}
-	return &pb.PutResponse{Version: uint64(len(req.GetKey()))}, nil
+	return &pb.PutResponse{Version: uint64(len(req.GetKey()))}, hint, nil
 }
 
 func (scriptedKV) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
@@ -39,7 +46,9 @@ func (scriptedKV) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse,
 	return &pb.GetResponse{Value: make([]byte, 1000<<10), Version: 1}, nil
 }
 
-func (kv scriptedKV) Batch(s pb.KV_BatchServer) error { return NewBatchServer(kv, nil).Serve(s) }
+func (kv scriptedKV) Batch(s pb.KV_BatchServer) error {
+	return newBatchServer(handlers{put: kv.put, get: noHint(kv.Get), delete: noHint(kv.Delete)}, nil).Serve(s)
+}
 
 // TestBatchAnswersFitTheClientLimit: answers are split into messages a
 // client with gRPC's default receive limit (4 MiB) can take, however many

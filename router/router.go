@@ -7,7 +7,14 @@
 // or, for a partition it does not host, to the partition's replicas in
 // placement order. A node receiving a forwarded request (hops > 0) that is not
 // the primary answers NotPrimary instead of forwarding again, so a stale view
-// can never make a request loop.
+// can never make a request loop. A client whose request was forwarded and
+// served learns where the primary is, so that its next request goes
+// straight there: from the PrimaryHeader of a unary call, from
+// Response.primary of a batched one.
+//
+// The router sees its node only through Directory and Replica, so the
+// rule can be tested with fakes; the router itself keeps no state but the
+// Batch streams' (see BatchServer).
 //
 // Each forward is traced as a "router.forward" span (with the tracer provider
 // of Options), whose context the outgoing call carries, so the primary's
@@ -29,6 +36,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/fsm"
@@ -41,11 +49,24 @@ import (
 type Directory interface {
 	// Lookup maps a key to its partition.
 	Lookup(key []byte) ring.PartitionID
-	// Replica is this node's replica of p, or nil.
-	Replica(p ring.PartitionID) *shard.Replica
+	// Replica is this node's replica of p, or nil when the node does not
+	// host p. That nil must be the interface's own: a nil *shard.Replica
+	// inside a non-nil Replica would be served from.
+	Replica(p ring.PartitionID) Replica
 	// Addrs lists the addresses of p's replicas, preferred primary first.
 	Addrs(p ring.PartitionID) []string
 }
+
+// Replica is what the router calls on this node's replica of a partition.
+// A replica that is not the primary answers a *shard.NotPrimaryError,
+// naming the primary when it knows it; the router forwards on that.
+type Replica interface {
+	Put(ctx context.Context, key, value []byte, mode shard.WriteMode) (fsm.Stamp, error)
+	Delete(ctx context.Context, key []byte, mode shard.WriteMode) (fsm.Stamp, error)
+	Get(ctx context.Context, key []byte, mode shard.ReadMode) (fsm.Item, error)
+}
+
+var _ Replica = (*shard.Replica)(nil)
 
 // Dialer returns a shared client connection to a node.
 type Dialer func(addr string) (grpc.ClientConnInterface, error)
@@ -78,76 +99,121 @@ func New(dir Directory, dial Dialer, opts Options) *Router {
 		tp = noop.NewTracerProvider()
 	}
 	rt := &Router{dir: dir, dial: dial, limits: opts.Limits, tracer: tp.Tracer("github.com/ringkv/ringkv/router")}
-	rt.batch = NewBatchServer(rt, opts.Interceptor)
+	rt.batch = newBatchServer(handlers{put: rt.put, get: rt.get, delete: rt.delete}, opts.Interceptor)
 	return rt
 }
 
 var _ pb.KVServer = (*Router)(nil)
 
 func (rt *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	return unaryCall(ctx, req, rt.put)
+}
+
+func (rt *Router) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
+	return unaryCall(ctx, req, rt.delete)
+}
+
+func (rt *Router) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	return unaryCall(ctx, req, rt.get)
+}
+
+// unaryCall serves a unary call with h and sends the primary hint h
+// returns, if any, in the PrimaryHeader. (A Batch stream has sent its
+// header long before; it puts the hint in the request's Response.)
+func unaryCall[Req, Resp any](ctx context.Context, req Req, h hintedHandler[Req, Resp]) (Resp, error) {
+	resp, primary, err := h(ctx, req)
+	if primary != "" {
+		// Failing to set it costs the client a detour, not its answer.
+		_ = grpc.SetHeader(ctx, metadata.Pairs(pb.PrimaryHeader, primary))
+	}
+	return resp, err
+}
+
+// hintedHandler serves one KV request and returns with its answer the
+// primary hint: pb.FormatPrimary of the primary the request was forwarded
+// to and served by, or "" when the client sent it to the right node or no
+// forward succeeded.
+type hintedHandler[Req, Resp any] func(context.Context, Req) (Resp, string, error)
+
+func (rt *Router) put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, string, error) {
 	mode, err := WriteMode(req.GetConsistency())
-	if err != nil {
-		return nil, err
-	}
-	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
-		return nil, Status(err)
-	}
-	if err := rt.limits.ValidateValue(req.GetValue()); err != nil {
-		return nil, Status(err)
-	}
-	return route(ctx, rt, req.GetKey(), req.GetHops(),
-		func(r *shard.Replica) (*pb.PutResponse, error) {
+	return serve(ctx, rt, call[*pb.PutResponse]{
+		modeErr: err, key: req.GetKey(), value: req.GetValue(), hops: req.GetHops(),
+		local: func(ctx context.Context, r Replica) (*pb.PutResponse, error) {
 			st, err := r.Put(ctx, req.GetKey(), req.GetValue(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.PutResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) {
+		remote: func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) {
 			return c.Put(ctx, &pb.PutRequest{Key: req.Key, Value: req.Value, Consistency: req.Consistency, Hops: req.Hops + 1})
-		})
+		},
+	})
 }
 
-func (rt *Router) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
+func (rt *Router) delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, string, error) {
 	mode, err := WriteMode(req.GetConsistency())
-	if err != nil {
-		return nil, err
-	}
-	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
-		return nil, Status(err)
-	}
-	return route(ctx, rt, req.GetKey(), req.GetHops(),
-		func(r *shard.Replica) (*pb.DeleteResponse, error) {
+	return serve(ctx, rt, call[*pb.DeleteResponse]{
+		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
+		local: func(ctx context.Context, r Replica) (*pb.DeleteResponse, error) {
 			st, err := r.Delete(ctx, req.GetKey(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.DeleteResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		func(ctx context.Context, c pb.KVClient) (*pb.DeleteResponse, error) {
+		remote: func(ctx context.Context, c pb.KVClient) (*pb.DeleteResponse, error) {
 			return c.Delete(ctx, &pb.DeleteRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
-		})
+		},
+	})
 }
 
-func (rt *Router) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+func (rt *Router) get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, string, error) {
 	mode, err := ReadMode(req.GetConsistency())
-	if err != nil {
-		return nil, err
-	}
-	if err := rt.limits.ValidateKey(req.GetKey()); err != nil {
-		return nil, Status(err)
-	}
-	return route(ctx, rt, req.GetKey(), req.GetHops(),
-		func(r *shard.Replica) (*pb.GetResponse, error) {
+	return serve(ctx, rt, call[*pb.GetResponse]{
+		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
+		local: func(ctx context.Context, r Replica) (*pb.GetResponse, error) {
 			it, err := r.Get(ctx, req.GetKey(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.GetResponse{Value: it.Value, Version: it.Version, Timestamp: Timestamp(it.Stamp)}, nil
 		},
-		func(ctx context.Context, c pb.KVClient) (*pb.GetResponse, error) {
+		remote: func(ctx context.Context, c pb.KVClient) (*pb.GetResponse, error) {
 			return c.Get(ctx, &pb.GetRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
-		})
+		},
+	})
+}
+
+// call is one Put, Delete or Get as serve and route see it.
+type call[T any] struct {
+	modeErr error // from mapping the request's consistency
+	key     []byte
+	value   []byte // nil for Delete and Get, which the value limit passes
+	hops    uint32
+	// local serves the request on this node's replica; remote forwards it,
+	// with hops+1, to another node.
+	local  func(context.Context, Replica) (T, error)
+	remote func(context.Context, pb.KVClient) (T, error)
+}
+
+// serve is the one path of Put, Delete and Get. It refuses a bad request
+// before it goes anywhere, checking its consistency, then its key, then
+// its value, so that a client learns of the first problem however the
+// request would have been routed; then it routes the request.
+func serve[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error) {
+	var zero T
+	if c.modeErr != nil {
+		return zero, "", c.modeErr
+	}
+	if err := rt.limits.ValidateKey(c.key); err != nil {
+		return zero, "", Status(err)
+	}
+	if err := rt.limits.ValidateValue(c.value); err != nil {
+		return zero, "", Status(err)
+	}
+	return route(ctx, rt, c)
 }
 
 // ReadMode maps a request's read consistency to the replica's read mode
@@ -175,24 +241,27 @@ func WriteMode(c pb.WriteConsistency) (shard.WriteMode, error) {
 }
 
 // route serves a request locally when this node hosts the primary and
-// forwards it once otherwise.
-func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
-	local func(*shard.Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, error) {
+// forwards it once otherwise. With the answer it returns the primary hint
+// (see hintedHandler): set only when a forward from the client's own
+// coordinator (hops 0) succeeded, since only then is the client's map
+// known to be out of date.
+func route[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error) {
 	var zero T
-	p := rt.dir.Lookup(key)
+	p := rt.dir.Lookup(c.key)
 	var targets []string
 	if r := rt.dir.Replica(p); r != nil {
-		resp, err := local(r)
+		resp, err := c.local(ctx, r)
 		var np *shard.NotPrimaryError
-		if !errors.As(err, &np) || hops > 0 || np.LeaderAddr == "" {
-			return resp, Status(err)
+		if !errors.As(err, &np) || c.hops > 0 || np.LeaderAddr == "" {
+			return resp, "", Status(err)
 		}
 		targets = []string{np.LeaderAddr}
-	} else if hops > 0 {
-		return zero, Status(&shard.NotPrimaryError{Partition: uint32(p)})
+	} else if c.hops > 0 {
+		return zero, "", Status(&shard.NotPrimaryError{Partition: uint32(p)})
 	} else {
 		targets = rt.dir.Addrs(p)
 	}
+	// Here hops is 0: a forwarded request is never forwarded again.
 	// A replica that is not the primary may name it: try that next, once.
 	var last error
 	tried := map[string]bool{}
@@ -202,17 +271,15 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 			continue
 		}
 		tried[addr] = true
-		resp, err := forward(ctx, rt, p, addr, hops, remote)
-		if err == nil && hops == 0 {
-			// The client's map is out of date: tell it where the primary
-			// is, so its next request goes straight there.
-			tellPrimary(ctx, uint32(p), addr)
+		resp, err := forward(ctx, rt, p, addr, c.hops, c.remote)
+		if err == nil {
+			return resp, pb.FormatPrimary(uint32(p), addr), nil
 		}
 		// Only a NotPrimary answer is safe to pass on: after Unavailable a
 		// write's outcome is unknown, and retrying it elsewhere could apply
 		// it twice.
 		if status.Code(err) != codes.FailedPrecondition {
-			return resp, err
+			return resp, "", err
 		}
 		last = err
 		if np := pb.NotPrimaryOf(err); np != nil && np.GetPrimaryAddr() != "" {
@@ -222,7 +289,7 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 	if last == nil {
 		last = Status(&shard.NotPrimaryError{Partition: uint32(p)})
 	}
-	return zero, last
+	return zero, "", last
 }
 
 // forward sends one request to addr inside a "router.forward" span.
