@@ -32,8 +32,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/internal/consistency"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
-	"github.com/ringkv/ringkv/router"
 	"github.com/ringkv/ringkv/shard"
 	"github.com/ringkv/ringkv/transport"
 	"github.com/ringkv/ringkv/wal"
@@ -205,22 +205,22 @@ func (m *Metrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// classify names a client request's op and consistency; ok is false for
-// anything else, forwarded requests included.
-func classify(req any) (op, consistency string, ok bool) {
+// classify names a client request's op and its consistency label; ok is
+// false for anything else, forwarded requests included.
+func classify(req any) (op, label string, ok bool) {
 	var hops uint32
 	var mode interface{ String() string }
 	var err error
 	switch r := req.(type) {
 	case *pb.PutRequest:
 		op, hops = "put", r.GetHops()
-		mode, err = router.WriteMode(r.GetConsistency())
+		mode, err = consistency.Write(r.GetConsistency())
 	case *pb.DeleteRequest:
 		op, hops = "delete", r.GetHops()
-		mode, err = router.WriteMode(r.GetConsistency())
+		mode, err = consistency.Write(r.GetConsistency())
 	case *pb.GetRequest:
 		op, hops = "get", r.GetHops()
-		mode, err = router.ReadMode(r.GetConsistency())
+		mode, err = consistency.Read(r.GetConsistency())
 	default:
 		return "", "", false
 	}

@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/internal/consistency"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/shard"
@@ -136,7 +137,7 @@ func unaryCall[Req, Resp any](ctx context.Context, req Req, h hintedHandler[Req,
 type hintedHandler[Req, Resp any] func(context.Context, Req) (Resp, string, error)
 
 func (rt *Router) put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, string, error) {
-	mode, err := WriteMode(req.GetConsistency())
+	mode, err := consistency.Write(req.GetConsistency())
 	return serve(ctx, rt, call[*pb.PutResponse]{
 		modeErr: err, key: req.GetKey(), value: req.GetValue(), hops: req.GetHops(),
 		local: func(ctx context.Context, r Replica) (*pb.PutResponse, error) {
@@ -153,7 +154,7 @@ func (rt *Router) put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse,
 }
 
 func (rt *Router) delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, string, error) {
-	mode, err := WriteMode(req.GetConsistency())
+	mode, err := consistency.Write(req.GetConsistency())
 	return serve(ctx, rt, call[*pb.DeleteResponse]{
 		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
 		local: func(ctx context.Context, r Replica) (*pb.DeleteResponse, error) {
@@ -170,7 +171,7 @@ func (rt *Router) delete(ctx context.Context, req *pb.DeleteRequest) (*pb.Delete
 }
 
 func (rt *Router) get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, string, error) {
-	mode, err := ReadMode(req.GetConsistency())
+	mode, err := consistency.Read(req.GetConsistency())
 	return serve(ctx, rt, call[*pb.GetResponse]{
 		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
 		local: func(ctx context.Context, r Replica) (*pb.GetResponse, error) {
@@ -214,30 +215,6 @@ func serve[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error)
 		return zero, "", Status(err)
 	}
 	return route(ctx, rt, c)
-}
-
-// ReadMode maps a request's read consistency to the replica's read mode
-// (UNSPECIFIED is LOCAL); an unknown value is InvalidArgument.
-func ReadMode(c pb.ReadConsistency) (shard.ReadMode, error) {
-	switch c {
-	case pb.ReadConsistency_READ_CONSISTENCY_UNSPECIFIED, pb.ReadConsistency_READ_CONSISTENCY_LOCAL:
-		return shard.Local, nil
-	case pb.ReadConsistency_READ_CONSISTENCY_QUORUM:
-		return shard.Quorum, nil
-	}
-	return 0, status.Errorf(codes.InvalidArgument, "consistency: unknown read consistency %d (want LOCAL or QUORUM)", c)
-}
-
-// WriteMode maps a request's write consistency to the replica's write mode
-// (UNSPECIFIED is STRONG); an unknown value is InvalidArgument.
-func WriteMode(c pb.WriteConsistency) (shard.WriteMode, error) {
-	switch c {
-	case pb.WriteConsistency_WRITE_CONSISTENCY_UNSPECIFIED, pb.WriteConsistency_WRITE_CONSISTENCY_STRONG:
-		return shard.Strong, nil
-	case pb.WriteConsistency_WRITE_CONSISTENCY_FAST:
-		return shard.Fast, nil
-	}
-	return 0, status.Errorf(codes.InvalidArgument, "consistency: unknown write consistency %d (want STRONG or FAST)", c)
 }
 
 // route serves a request locally when this node hosts the primary and
