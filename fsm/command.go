@@ -153,6 +153,39 @@ func (bt Batch) appendTo(b []byte) ([]byte, error) {
 	return b, nil
 }
 
+// AppendWrite appends w's encoding, as MarshalBinary writes it, to b. It also
+// returns the Item w writes, whose Key and Value alias the appended bytes
+// rather than w's: a proposer that keeps the encoded entry can keep the Item
+// with it, without decoding the entry and without holding on to its caller's
+// slices. w must not be nil.
+func AppendWrite(b []byte, w Write) ([]byte, Item) {
+	x := w.asWrite()
+	b = x.appendTo(append(b, commandFormat))
+	// The record ends with len(key) key [len(value) value], and the request
+	// id closes the encoding.
+	end := len(b) - 8
+	it := Item{Tombstone: x.tombstone, Stamp: x.stamp}
+	if !x.tombstone {
+		it.Value = b[end-len(x.value) : end : end]
+		var n [binary.MaxVarintLen64]byte
+		end -= len(x.value) + binary.PutUvarint(n[:], uint64(len(x.value)))
+	}
+	it.Key = b[end-len(x.key) : end : end]
+	return b, it
+}
+
+// WriteRequestID returns the RequestID of a Put or Delete encoded by
+// MarshalBinary or AppendWrite, reading only its first two bytes and its
+// last 8; ok is false if data does not begin as a Put or Delete does. It
+// checks nothing else, so it serves a proposer matching entries it encoded
+// itself; input of unknown origin goes through DecodeCommand.
+func WriteRequestID(data []byte) (id uint64, ok bool) {
+	if len(data) < 1+minWriteLen || data[0] != commandFormat || (data[1] != opPut && data[1] != opDelete) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(data[len(data)-8:]), true
+}
+
 func nilWriteError(i int) error {
 	return fmt.Errorf("%w: writes[%d] is nil", ErrMalformedCommand, i)
 }

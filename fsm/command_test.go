@@ -92,6 +92,95 @@ func TestDecodeCommandErrors(t *testing.T) {
 	}
 }
 
+// TestAppendWrite: AppendWrite encodes as MarshalBinary does, after what b
+// held, and its Item is the write's, with Key and Value taken from the
+// encoding, not from the write's slices; value lengths straddle the sizes
+// where their uvarint grows.
+func TestAppendWrite(t *testing.T) {
+	var writes []Write
+	for _, n := range []int{0, 1, 127, 128, 16383, 16384} {
+		writes = append(writes, Put{RequestID: uint64(n), Key: bytes.Repeat([]byte("k"), n%300+1), Value: bytes.Repeat([]byte{0xfe}, n), Stamp: stamp(uint64(n), 7)})
+	}
+	writes = append(writes,
+		Put{RequestID: math.MaxUint64, Key: bytes.Repeat([]byte{0}, 200), Value: []byte("v"), Stamp: maxStamp},
+		Delete{RequestID: 3, Key: []byte("gone"), Stamp: stamp(9, 5)},
+		Delete{Key: bytes.Repeat([]byte("d"), 128), Stamp: maxStamp},
+		Delete{},
+	)
+	for _, w := range writes {
+		want, err := w.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := w.asWrite()
+		prefix := []byte{0xaa}
+		got, it := AppendWrite(prefix, w)
+		if !bytes.Equal(got[:1], prefix) || !bytes.Equal(got[1:], want) {
+			t.Fatalf("AppendWrite(%d-byte key, %d-byte value) = %x, want %x after the prefix", len(x.key), len(x.value), got, want)
+		}
+		wantItem := Item{Key: x.key, Value: x.value, Tombstone: x.tombstone, Stamp: x.stamp}
+		if !bytes.Equal(it.Key, wantItem.Key) || !bytes.Equal(it.Value, wantItem.Value) || (it.Value == nil) != x.tombstone ||
+			it.Tombstone != wantItem.Tombstone || it.Stamp != wantItem.Stamp {
+			t.Fatalf("item %+v, want %+v", it, wantItem)
+		}
+		for name, f := range map[string][]byte{"key": it.Key, "value": it.Value} {
+			if len(f) > 0 && !aliases(got, f) {
+				t.Fatalf("item's %s does not alias the encoding", name)
+			}
+			if cap(f) != len(f) {
+				t.Fatalf("item's %s has room to grow into the encoding (cap %d, len %d)", name, cap(f), len(f))
+			}
+		}
+		if id, ok := WriteRequestID(got[1:]); !ok || id != x.requestID {
+			t.Fatalf("WriteRequestID = %d, %v; want %d", id, ok, x.requestID)
+		}
+	}
+}
+
+// aliases reports whether sub lies inside b's bytes.
+func aliases(b, sub []byte) bool {
+	for i := range b {
+		if &b[i] == &sub[0] {
+			return i+len(sub) <= len(b)
+		}
+	}
+	return false
+}
+
+// TestWriteRequestIDRefusesOtherCommands: only a Put or Delete has a request
+// id; anything else, or too short to be one, says so.
+func TestWriteRequestIDRefusesOtherCommands(t *testing.T) {
+	for name, cmd := range sampleCommands() {
+		enc, err := cmd.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := WriteRequestID(enc)
+		switch c := cmd.(type) {
+		case Put:
+			if !ok || id != c.RequestID {
+				t.Errorf("%s: WriteRequestID = %d, %v; want %d", name, id, ok, c.RequestID)
+			}
+		case Delete:
+			if !ok || id != c.RequestID {
+				t.Errorf("%s: WriteRequestID = %d, %v; want %d", name, id, ok, c.RequestID)
+			}
+		default:
+			if ok {
+				t.Errorf("%s: WriteRequestID = %d, true; want false", name, id)
+			}
+		}
+		for n := range min(len(enc), 1+minWriteLen) {
+			if _, ok := WriteRequestID(enc[:n]); ok {
+				t.Errorf("%s cut to %d bytes: WriteRequestID found a request id", name, n)
+			}
+		}
+	}
+	if _, ok := WriteRequestID(append([]byte{2, opPut}, make([]byte, minWriteLen)...)); ok {
+		t.Error("WriteRequestID accepted an unknown format version")
+	}
+}
+
 func TestMarshalBatchWithNilWrite(t *testing.T) {
 	if _, err := (Batch{Writes: []Write{nil}}).MarshalBinary(); !errors.Is(err, ErrMalformedCommand) {
 		t.Fatalf("MarshalBinary of a batch holding nil = %v, want ErrMalformedCommand", err)
@@ -136,6 +225,16 @@ func FuzzDecodeCommand(f *testing.F) {
 		again, err := DecodeCommand(enc)
 		if err != nil || !reflect.DeepEqual(again, cmd) {
 			t.Fatalf("re-encoded command decodes to %#v, %v; want %#v", again, err, cmd)
+		}
+		// Whatever decodes as a Put or Delete has its request id where
+		// WriteRequestID looks, and AppendWrite encodes it as MarshalBinary.
+		if w, ok := cmd.(Write); ok {
+			if id, ok := WriteRequestID(data); !ok || id != w.asWrite().requestID {
+				t.Fatalf("WriteRequestID = %d, %v; want %d", id, ok, w.asWrite().requestID)
+			}
+			if got, _ := AppendWrite(nil, w); !bytes.Equal(got, enc) {
+				t.Fatalf("AppendWrite = %x, MarshalBinary = %x", got, enc)
+			}
 		}
 		// Whatever decodes applies, or is refused for its sizes.
 		s, err := New(Options{})

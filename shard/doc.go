@@ -25,12 +25,20 @@
 // Apply is deterministic. An entry that does not decode is consumed as an
 // empty Batch and its proposer gets the decode error (a wrapped
 // fsm.ErrMalformedCommand); a command breaking Config.Limits changes no key
-// and its proposer gets the *fsm.LimitError. Put, Delete and Get check key
-// and value against the same limits before anything else, so bad input gets
-// its typed error there and never reaches the log
-// (TestBadInputChangesNothing, for Put and Get): a fast write is acknowledged
-// before it is applied, so Apply's check alone would come too late for it.
-// The router checks them too, before it forwards a request.
+// and its proposer gets the *fsm.LimitError (TestApplyRefusesInvalidEntries).
+// An entry is decoded once, by Apply: onStored reads only its flags byte and,
+// for a fast or traced write, the request id at its end (fsm.WriteRequestID),
+// and a writer keeps what it needs of its own entry (fsm.AppendWrite). The
+// exceptions are rare: settle reads back an entry of the log, and Reoffer
+// checks the entry it is handed, possibly by another node, before proposing
+// it.
+//
+// Put, Delete and Get check key and value against the same limits before
+// anything else, whoever calls them, so bad input gets its typed error there
+// and never reaches the log or the overlay (TestBadInputNeverReachesTheLog).
+// Apply's check cannot replace theirs: a fast write is acknowledged before it
+// is applied, and a refused entry still spends its index. The router checks
+// them too, before it forwards a request.
 //
 // # Writes: strong and fast
 //
@@ -80,19 +88,26 @@
 // flight: the highest version proposed for it, and visible, the newest
 // acknowledged fast write of the key that the store has not applied yet. The
 // store itself only ever holds committed entries; the overlay sits beside it.
-// onStored sets visible (ackFast, under pendingMu) before it releases the
-// waiting writer, so a local read on the primary sees a fast write from its
-// acknowledgement on (TestFastWriteVisibleLocallyAtAck); a local read returns
-// the newer of visible and the store's item.
+// onStored releases the writer of each fast write in a durable batch, found
+// by its request id (TestStoredReleasesFastWrites), and the writer makes its
+// write visible (showFast) before it acknowledges it, so a local read on the
+// primary sees a fast write from its acknowledgement on
+// (TestFastWriteVisibleLocallyAtAck). A local read returns the newer of
+// visible and the store's item. visible aliases the write's log entry, never
+// the caller's buffers (TestFastWriteKeepsNoCallerBuffer).
 //
 // Applying a write retires what the store has caught up with (retireOverlay):
 // visible once the store holds a stamp at least as great, the whole entry
-// once nothing newer is proposed or visible. Losing leadership drops the
-// overlay (dropOverlay): the next primary numbers from its own store, and
-// this replica's unanswered proposals fail through their futures. A key whose
-// last proposal never reached the log keeps its entry until then.
-// Stats.FastUncommitted counts the keys with a visible write. No test checks
-// that the overlay empties once everything is applied.
+// once nothing newer is proposed or visible. A writer that wakes only after
+// its write was applied shows nothing: showFast checks the store under
+// pendingMu, which retireOverlay takes only after the store published the
+// write (TestShowFastAfterApply). Losing leadership drops the overlay
+// (dropOverlay): the next primary numbers from its own store, and this
+// replica's unanswered proposals fail through their futures. A key whose last
+// proposal never reached the log keeps its entry until then.
+// Stats.FastUncommitted counts the keys with a visible write. Once every
+// write a primary proposed is applied, its overlay is empty
+// (TestOverlayEmptiesOnceApplied).
 //
 // # Settle
 //
@@ -247,11 +262,12 @@
 //   - reofferMu guards the re-offer queue and is held across the
 //     stable-store write that saves it, so a truncation on raft's main loop
 //     may wait for one such write.
-//   - Leaves, each held for a few map or channel operations with no other
-//     lock taken under it: pendingMu (overlay and pending; a local read and
+//   - pendingMu guards the overlay and pending. A local read and
 //     currentVersion release it before they read the store, and Apply takes
-//     it only after the store published the entry), tracedMu (the contexts
-//     of traced writes), the verifier's mu, and broadcast's mu, which guards
-//     only the channel to close: a waiter's condition is evaluated outside
-//     it.
+//     it only after the store published the entry; showFast is the one
+//     holder that reads the store's point index under it.
+//   - Leaves, each held for a few map or channel operations with no other
+//     lock taken under it: tracedMu (the contexts of traced writes), the
+//     verifier's mu, and broadcast's mu, which guards only the channel to
+//     close: a waiter's condition is evaluated outside it.
 package shard

@@ -7,8 +7,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/ringkv/ringkv/fsm"
 )
 
 // Tracing. A replica has no tracer provider of its own: it uses the one of
@@ -47,16 +45,7 @@ func (r *Replica) trackTrace(ctx context.Context, reqID uint64) (untrack func())
 
 // traceStored records, for a traced write in a batch now durable, a span
 // covering the batch's log-store write and sync.
-func (r *Replica) traceStored(cmd fsm.Command, batch int, start time.Time) {
-	var reqID uint64
-	switch c := cmd.(type) {
-	case fsm.Put:
-		reqID = c.RequestID
-	case fsm.Delete:
-		reqID = c.RequestID
-	default:
-		return
-	}
+func (r *Replica) traceStored(reqID uint64, batch int, start time.Time) {
 	r.tracedMu.Lock()
 	ctx := r.traced[reqID]
 	r.tracedMu.Unlock()

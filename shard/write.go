@@ -110,7 +110,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	mu := &r.proposeMu[maphash.Bytes(r.proposeSeed, key)%proposeStripes]
 	mu.Lock()
 	stamp := fsm.Stamp{Version: r.currentVersion(key) + 1, Timestamp: r.cfg.Clock.Now()}
-	var cmd fsm.Command
+	var cmd fsm.Write
 	if del {
 		cmd = fsm.Delete{RequestID: reqID, Key: key, Stamp: stamp}
 	} else {
@@ -127,7 +127,10 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		r.pending[reqID] = prop
 	}
 	r.pendingMu.Unlock()
-	future := r.raft.Apply(encodeEntry(flags, cmd), r.cfg.OpTimeout)
+	// item aliases the entry, not the caller's key and value, which the
+	// overlay may keep after this call returns.
+	entry, item := fsm.AppendWrite([]byte{flags}, cmd)
+	future := r.raft.Apply(entry, r.cfg.OpTimeout)
 	mu.Unlock()
 
 	if prop != nil {
@@ -140,6 +143,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	done := futureDone(future)
 	select {
 	case <-durable:
+		r.showFast(item)
 		return stamp, nil
 	case <-done:
 	case <-ctx.Done():
@@ -279,9 +283,11 @@ func (r *Replica) currentVersion(key []byte) uint64 {
 	return v
 }
 
-// onStored acknowledges the fast writes among logs now durable, making each
-// visible to local reads from that moment, and traces the traced writes'
-// log-store write (which began at start).
+// onStored releases the writers of the fast writes among logs now durable,
+// and traces the traced writes' log-store write (which began at start). It
+// runs on raft's main loop for every stored batch, so it decodes nothing: a
+// proposal is found by the request id at the end of its entry (Apply is the
+// one decoder of an entry), and the writer makes its write visible itself.
 func (r *Replica) onStored(logs []*raft.Log, start time.Time) {
 	traced := r.tracedN.Load() > 0
 	for _, l := range logs {
@@ -292,45 +298,44 @@ func (r *Replica) onStored(logs []*raft.Log, start time.Time) {
 		if !fast && !traced {
 			continue
 		}
-		_, cmd, err := decodeEntry(l.Data)
-		if err != nil {
+		reqID, ok := fsm.WriteRequestID(l.Data[1:])
+		if !ok {
 			continue
 		}
 		if traced {
-			r.traceStored(cmd, len(logs), start)
+			r.traceStored(reqID, len(logs), start)
 		}
 		if fast {
 			r.pendingMu.Lock()
-			r.ackFast(cmd)
+			if prop := r.pending[reqID]; prop != nil {
+				delete(r.pending, reqID)
+				close(prop.durable)
+			}
 			r.pendingMu.Unlock()
 		}
 	}
 }
 
-// ackFast runs with pendingMu held.
-func (r *Replica) ackFast(cmd fsm.Command) {
-	var it fsm.Item
-	var reqID uint64
-	switch c := cmd.(type) {
-	case fsm.Put:
-		it, reqID = fsm.Item{Key: c.Key, Value: c.Value, Stamp: c.Stamp}, c.RequestID
-	case fsm.Delete:
-		it, reqID = fsm.Item{Key: c.Key, Tombstone: true, Stamp: c.Stamp}, c.RequestID
-	default:
+// showFast makes a fast write that is durable in the primary's log visible
+// to local reads until the store applies it; its writer calls it before
+// acknowledging the write. If the store has caught up already, retireOverlay
+// has run for it or will find nothing to retire, so nothing is shown:
+// pendingMu orders this check against retireOverlay, which takes it only
+// after the store published the write.
+func (r *Replica) showFast(it fsm.Item) {
+	r.pendingMu.Lock()
+	defer r.pendingMu.Unlock()
+	pk := r.overlay[string(it.Key)]
+	if pk == nil || (pk.visible != nil && pk.visible.Stamp.Compare(it.Stamp) >= 0) {
+		return // the overlay was dropped, the key retired, or a newer write is visible
+	}
+	if cur, ok := r.store.Lookup(it.Key); ok && cur.Stamp.Compare(it.Stamp) >= 0 {
 		return
 	}
-	prop := r.pending[reqID]
-	if prop == nil {
-		return
+	if pk.visible == nil {
+		r.stats.FastUncommitted.Add(1)
 	}
-	delete(r.pending, reqID)
-	if pk := r.overlay[string(it.Key)]; pk != nil && (pk.visible == nil || pk.visible.Stamp.Compare(it.Stamp) < 0) {
-		if pk.visible == nil {
-			r.stats.FastUncommitted.Add(1)
-		}
-		pk.visible = &it
-	}
-	close(prop.durable)
+	pk.visible = &it
 }
 
 // retireOverlay retires overlay entries the store has caught up with.

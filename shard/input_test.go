@@ -1,0 +1,159 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
+)
+
+// TestBadInputNeverReachesTheLog: every entry point of the replica API that
+// takes a key or value checks it itself, whoever calls it: bad input gets
+// its typed *fsm.LimitError and leaves no trace, neither in the log nor in
+// the overlay. Apply checks again, but too late: a fast write is
+// acknowledged before it is applied, and an entry would be spent.
+func TestBadInputNeverReachesTheLog(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	if _, err := l.Put(ctx, []byte("k"), []byte("v"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	before := dumpItems(l.Store())
+	last := l.Raft().LastIndex()
+
+	long := bytes.Repeat([]byte("k"), fsm.DefaultMaxKeySize+1)
+	huge := make([]byte, fsm.DefaultMaxValueSize+1)
+	type call struct {
+		name string
+		do   func() error
+		want error
+	}
+	var calls []call
+	for _, m := range []WriteMode{Strong, Fast} {
+		for _, tc := range []struct {
+			what       string
+			key, value []byte
+			want       error
+		}{
+			{"empty key", nil, []byte("v"), fsm.ErrEmptyKey},
+			{"key too large", long, []byte("v"), fsm.ErrKeyTooLarge},
+			{"value too large", []byte("k"), huge, fsm.ErrValueTooLarge},
+		} {
+			calls = append(calls, call{fmt.Sprintf("%v put, %s", m, tc.what), func() error {
+				_, err := l.Put(ctx, tc.key, tc.value, m)
+				return err
+			}, tc.want})
+		}
+		calls = append(calls,
+			call{fmt.Sprintf("%v delete, empty key", m), func() error { _, err := l.Delete(ctx, nil, m); return err }, fsm.ErrEmptyKey},
+			call{fmt.Sprintf("%v delete, key too large", m), func() error { _, err := l.Delete(ctx, long, m); return err }, fsm.ErrKeyTooLarge})
+	}
+	for _, m := range []ReadMode{Local, Quorum} {
+		calls = append(calls,
+			call{fmt.Sprintf("%v get, empty key", m), func() error { _, err := l.Get(ctx, []byte{}, m); return err }, fsm.ErrEmptyKey},
+			call{fmt.Sprintf("%v get, key too large", m), func() error { _, err := l.Get(ctx, long, m); return err }, fsm.ErrKeyTooLarge})
+	}
+	for _, c := range calls {
+		err := c.do()
+		var le *fsm.LimitError
+		if !errors.Is(err, c.want) || !errors.As(err, &le) {
+			t.Errorf("%s: %v, want a *fsm.LimitError matching %v", c.name, err, c.want)
+		}
+	}
+	if got := l.Raft().LastIndex(); got != last {
+		t.Errorf("bad input reached the log: last index %d → %d", last, got)
+	}
+	l.pendingMu.Lock()
+	overlay, pending := len(l.overlay), len(l.pending)
+	l.pendingMu.Unlock()
+	if overlay != 0 || pending != 0 || l.Stats().FastUncommitted.Load() != 0 {
+		t.Errorf("bad input left %d overlay keys, %d pending writes, %d uncommitted fast writes", overlay, pending, l.Stats().FastUncommitted.Load())
+	}
+	if after := dumpItems(l.Store()); !bytes.Equal(after, before) {
+		t.Errorf("bad input changed the store:\n%s\nwas\n%s", after, before)
+	}
+}
+
+// bareReplica is a Replica without raft: its store, overlay and pending
+// writes, for tests that drive the apply and log-store callbacks directly.
+func bareReplica(t *testing.T) *Replica {
+	t.Helper()
+	store, err := fsm.New(fsm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Replica{store: store, log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
+}
+
+// TestApplyRefusesInvalidEntries: a log entry is input too. Whatever reaches
+// the log — an entry that does not decode, or a command breaking the limits
+// — Apply refuses on every replica alike: it answers the proposer with the
+// typed error, changes no key, and consumes the index.
+func TestApplyRefusesInvalidEntries(t *testing.T) {
+	r := bareReplica(t)
+	store := r.store
+	a := (*fsmAdapter)(r)
+	st := func(v uint64) fsm.Stamp { return fsm.Stamp{Version: v, Timestamp: hlc.Timestamp{WallTime: int64(v)}} }
+	apply := func(index uint64, data []byte) applyResult {
+		t.Helper()
+		res, ok := a.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}).(applyResult)
+		if !ok {
+			t.Fatalf("entry %d: Apply answered %T, want an applyResult", index, res)
+		}
+		return res
+	}
+	if res := apply(1, encodeEntry(0, fsm.Put{RequestID: 1, Key: []byte("k"), Value: []byte("v"), Stamp: st(1)})); res.err != nil {
+		t.Fatal(res.err)
+	}
+	before := dumpItems(store)
+
+	good := encodeEntry(flagFast, fsm.Put{RequestID: 2, Key: []byte("k"), Value: []byte("newer"), Stamp: st(2)})
+	long := bytes.Repeat([]byte("k"), fsm.DefaultMaxKeySize+1)
+	huge := make([]byte, fsm.DefaultMaxValueSize+1)
+	tests := []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"empty", nil, fsm.ErrMalformedCommand},
+		{"flags only", []byte{flagFast}, fsm.ErrMalformedCommand},
+		{"not a command", []byte{0, 0xde, 0xad, 0xbe, 0xef}, fsm.ErrMalformedCommand},
+		{"truncated", good[:len(good)-1], fsm.ErrMalformedCommand},
+		{"trailing byte", append(bytes.Clone(good), 0), fsm.ErrMalformedCommand},
+		{"a bit flipped in the format", append([]byte{flagFast, good[1] ^ 2}, good[2:]...), fsm.ErrMalformedCommand},
+		{"empty key", encodeEntry(0, fsm.Put{Value: []byte("v"), Stamp: st(2)}), fsm.ErrEmptyKey},
+		{"key too large", encodeEntry(flagFast, fsm.Put{Key: long, Value: []byte("v"), Stamp: st(2)}), fsm.ErrKeyTooLarge},
+		{"value too large", encodeEntry(0, fsm.Put{Key: []byte("k"), Value: huge, Stamp: st(2)}), fsm.ErrValueTooLarge},
+		{"delete of an empty key", encodeEntry(flagFast, fsm.Delete{Stamp: st(2)}), fsm.ErrEmptyKey},
+		{"a bad write in a batch", encodeEntry(0, fsm.Batch{Writes: []fsm.Write{
+			fsm.Put{Key: []byte("k"), Value: []byte("newer"), Stamp: st(2)},
+			fsm.Delete{Key: long, Stamp: st(2)},
+		}}), fsm.ErrKeyTooLarge},
+	}
+	index := uint64(1)
+	for _, tc := range tests {
+		index++
+		res := apply(index, tc.data)
+		if !errors.Is(res.err, tc.want) {
+			t.Errorf("%s: Apply error %v, want %v", tc.name, res.err, tc.want)
+		}
+		if got := store.AppliedIndex(); got != index {
+			t.Errorf("%s: applied index %d, want %d: a refused entry is still consumed", tc.name, got, index)
+		}
+		if after := dumpItems(store); !bytes.Equal(after, before) {
+			t.Errorf("%s: the refused entry changed the store:\n%s\nwas\n%s", tc.name, after, before)
+		}
+	}
+	index++
+	if res := apply(index, good); res.err != nil || len(res.res.Writes) != 1 || res.res.Writes[0].Outcome != fsm.Won {
+		t.Fatalf("a valid entry after the refused ones: %+v", res)
+	}
+}

@@ -1,0 +1,168 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
+)
+
+// TestFastWriteKeepsNoCallerBuffer: what the overlay shows of an
+// acknowledged fast write is the replica's own copy, so a caller may reuse
+// its key and value buffers once Put returns. The read right after the ack
+// usually precedes the commit, so it comes from the overlay.
+func TestFastWriteKeepsNoCallerBuffer(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	key, value := make([]byte, 8), make([]byte, 64)
+	for i := range 100 {
+		want := fmt.Sprintf("value %d", i)
+		copy(key, fmt.Sprintf("key%05d", i%7))
+		value = append(value[:0], want...)
+		if _, err := l.Put(ctx, key, value, Fast); err != nil {
+			t.Fatal(err)
+		}
+		wantKey := string(key)
+		for j := range key {
+			key[j] = 'x'
+		}
+		for j := range value {
+			value[j] = 'x'
+		}
+		it, err := l.Get(ctx, []byte(wantKey), Local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(it.Key) != wantKey || string(it.Value) != want {
+			t.Fatalf("write %d: local read %q=%q, want %q=%q", i, it.Key, it.Value, wantKey, want)
+		}
+	}
+}
+
+// TestShowFastAfterApply: a fast write's writer may wake from its ack only
+// after the store applied the write (it is descheduled, say) while a newer
+// write to the key keeps the key in the overlay. Showing the write then would
+// leave a visible write that nothing retires until the key's next write
+// applies, and miscount Stats.FastUncommitted; shown before the apply, it is
+// retired by it.
+func TestShowFastAfterApply(t *testing.T) {
+	r := bareReplica(t)
+	key := []byte("k")
+	write := func(v uint64) ([]byte, fsm.Item) {
+		return fsm.AppendWrite([]byte{flagFast}, fsm.Put{RequestID: v, Key: key, Value: []byte("v"), Stamp: fsm.Stamp{Version: v, Timestamp: hlc.Timestamp{WallTime: int64(v)}}})
+	}
+	state := func() (visible *fsm.Item, inOverlay bool, uncommitted int64) {
+		pk := r.overlay[string(key)]
+		if pk != nil {
+			visible = pk.visible
+		}
+		return visible, pk != nil, r.stats.FastUncommitted.Load()
+	}
+
+	// Shown before its apply: visible until the apply retires it.
+	r.overlay[string(key)] = &pendingKey{version: 1}
+	entry, it := write(1)
+	r.showFast(it)
+	if vis, _, n := state(); vis == nil || vis.Stamp != it.Stamp || n != 1 {
+		t.Fatalf("before the apply: visible %v, %d uncommitted; want the write, 1", vis, n)
+	}
+	(*fsmAdapter)(r).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: entry})
+	if vis, in, n := state(); vis != nil || in || n != 0 {
+		t.Fatalf("after the apply: visible %v, in overlay %v, %d uncommitted; want nothing left", vis, in, n)
+	}
+
+	// Shown after its apply, with a newer write proposed: nothing to show.
+	r.overlay[string(key)] = &pendingKey{version: 3}
+	entry, it = write(2)
+	(*fsmAdapter)(r).Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: entry})
+	r.showFast(it)
+	if vis, in, n := state(); vis != nil || !in || n != 0 {
+		t.Fatalf("shown after its apply: visible %v, in overlay %v, %d uncommitted; want nothing visible, the key kept for version 3", vis, in, n)
+	}
+}
+
+// TestOverlayEmptiesOnceApplied: once every write a primary proposed is
+// applied, its overlay holds nothing and Stats.FastUncommitted is back to 0.
+func TestOverlayEmptiesOnceApplied(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				mode := Fast
+				if i%3 == 0 {
+					mode = Strong
+				}
+				key := []byte(fmt.Sprintf("k%d", (w+i)%5))
+				var err error
+				if i%7 == 0 {
+					_, err = l.Delete(context.Background(), key, mode)
+				} else {
+					_, err = l.Put(context.Background(), key, []byte(fmt.Sprint(w, i)), mode)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	eventually(t, "the overlay to empty", func() bool {
+		l.pendingMu.Lock()
+		defer l.pendingMu.Unlock()
+		return len(l.overlay) == 0 && len(l.pending) == 0 && l.stats.FastUncommitted.Load() == 0
+	})
+}
+
+// TestStoredReleasesFastWrites: once the log store reports a batch durable,
+// the writer of each fast write in it is released — found by the request id
+// its entry carries — and nothing else is: a strong write waits for its
+// commit, and an entry that is no proposal of this replica's (a re-offer, a
+// follower's copy) or not a write is passed over.
+func TestStoredReleasesFastWrites(t *testing.T) {
+	r := bareReplica(t)
+	st := fsm.Stamp{Version: 1, Timestamp: hlc.Timestamp{WallTime: 1}}
+	entry := func(flags byte, w fsm.Write) *raft.Log {
+		data, _ := fsm.AppendWrite([]byte{flags}, w)
+		return &raft.Log{Type: raft.LogCommand, Data: data}
+	}
+	for _, id := range []uint64{1, 2, 3} {
+		r.pending[id] = &proposal{durable: make(chan struct{})}
+	}
+	props := map[uint64]*proposal{1: r.pending[1], 2: r.pending[2], 3: r.pending[3]}
+	r.onStored([]*raft.Log{
+		{Type: raft.LogNoop},
+		entry(flagFast, fsm.Put{RequestID: 1, Key: []byte("a"), Value: []byte("1"), Stamp: st}),
+		entry(0, fsm.Put{RequestID: 3, Key: []byte("c"), Value: []byte("3"), Stamp: st}),
+		entry(flagFast, fsm.Put{RequestID: 99, Key: []byte("re-offered"), Stamp: st}),
+		{Type: raft.LogCommand, Data: []byte{flagFast}},
+		{Type: raft.LogCommand, Data: encodeEntry(flagFast, fsm.Batch{})},
+		entry(flagFast, fsm.Delete{RequestID: 2, Key: []byte("b"), Stamp: st}),
+	}, time.Now())
+	for id, released := range map[uint64]bool{1: true, 2: true, 3: false} {
+		select {
+		case <-props[id].durable:
+			if !released {
+				t.Errorf("write %d released", id)
+			}
+		default:
+			if released {
+				t.Errorf("write %d not released", id)
+			}
+		}
+		if _, still := r.pending[id]; still == released {
+			t.Errorf("write %d: still pending %v after the batch was stored", id, still)
+		}
+	}
+}
