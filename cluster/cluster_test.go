@@ -137,7 +137,10 @@ func TestEncodeRoundTrip(t *testing.T) {
 }
 
 func TestHealth(t *testing.T) {
-	to := Timeouts{}.WithDefaults()
+	to, err := Timeouts{}.WithDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
 	up := Member{ID: "a", State: Up, Since: t0.UnixNano()}
 	for _, tc := range []struct {
 		name     string

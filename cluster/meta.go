@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/raftwal"
 	"github.com/ringkv/ringkv/wal"
 )
@@ -33,6 +34,10 @@ const MaxVoters = 5
 // metadata group.
 var ErrNotLeader = errors.New("cluster: not the metadata leader")
 
+// snapshots is the metadata group's snapshot policy: its state is small
+// (members and a placement), so it snapshots often and keeps a short log.
+var snapshots = raftgroup.SnapshotPolicy{Threshold: 1024, Interval: 2 * time.Minute, TrailingLogs: 1024}
+
 // Config describes this node's member of the metadata group.
 type Config struct {
 	NodeID    string
@@ -40,20 +45,32 @@ type Config struct {
 	WAL       *wal.WAL
 	Transport raft.Transport
 	Logger    hclog.Logger
-
-	HeartbeatTimeout   time.Duration
-	ElectionTimeout    time.Duration
-	LeaderLeaseTimeout time.Duration
-	CommitTimeout      time.Duration
+	// Raft is the node's Raft timing, shared with its partitions.
+	Raft raftgroup.Timing
 
 	// OnChange is called, on the applying goroutine, with every new State.
 	OnChange func(*State)
 }
 
+// withDefaults fills zero fields and checks the rest.
+func (c Config) withDefaults() (Config, error) {
+	var err error
+	if c.NodeID == "" || c.Dir == "" || c.WAL == nil || c.Transport == nil {
+		return c, fmt.Errorf("cluster: %w: NodeID, Dir, WAL and Transport are required", raftgroup.ErrInvalid)
+	}
+	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
+		return c, fmt.Errorf("cluster: Raft: %w", err)
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c, nil
+}
+
 // Meta is this node's member of the metadata group.
 type Meta struct {
+	group *raftgroup.Group
 	cfg   Config
-	raft  *raft.Raft
 	state atomic.Pointer[State]
 	mu    sync.Mutex // serializes Apply and Restore with OnChange
 }
@@ -61,8 +78,9 @@ type Meta struct {
 // Open starts the member. A new cluster's members then Bootstrap; a joining
 // node is added by the leader.
 func Open(cfg Config) (*Meta, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = hclog.NewNullLogger()
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
@@ -73,52 +91,30 @@ func Open(cfg Config) (*Meta, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.NodeID)
-	setIf(&rc.HeartbeatTimeout, cfg.HeartbeatTimeout)
-	setIf(&rc.ElectionTimeout, cfg.ElectionTimeout)
-	setIf(&rc.LeaderLeaseTimeout, cfg.LeaderLeaseTimeout)
-	setIf(&rc.CommitTimeout, cfg.CommitTimeout)
-	rc.SnapshotThreshold = 1024
-	rc.TrailingLogs = 1024
-	rc.Logger = cfg.Logger.Named("meta-raft")
-	rc.NoLegacyTelemetry = true
-	if m.raft, err = raft.NewRaft(rc, (*metaFSM)(m), logs, logs, snaps, cfg.Transport); err != nil {
+	m.group, err = raftgroup.Open(
+		raftgroup.Config{ID: raft.ServerID(cfg.NodeID), Timing: cfg.Raft, Snapshots: snapshots, Logger: cfg.Logger.Named("meta-raft")},
+		raftgroup.Stores{FSM: (*metaFSM)(m), Logs: logs, Stable: logs, Snapshots: snaps, Transport: cfg.Transport})
+	if err != nil {
 		return nil, fmt.Errorf("metadata group: start raft: %w", err)
 	}
 	return m, nil
 }
 
-func setIf(d *time.Duration, v time.Duration) {
-	if v != 0 {
-		*d = v
-	}
-}
-
-// Bootstrap makes servers the group's first configuration; a no-op for a
-// member that already has Raft state.
-func (m *Meta) Bootstrap(servers []raft.Server) error {
-	err := m.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-	if errors.Is(err, raft.ErrCantBootstrap) {
-		return nil
-	}
-	return err
-}
-
 // State is the latest State this member applied, nil before the first.
 func (m *Meta) State() *State { return m.state.Load() }
 
+// Bootstrap makes servers the group's first configuration; a no-op for a
+// member that already has Raft state.
+func (m *Meta) Bootstrap(servers []raft.Server) error { return m.group.Bootstrap(servers) }
+
 // Raft exposes the group's Raft instance, for its membership.
-func (m *Meta) Raft() *raft.Raft { return m.raft }
+func (m *Meta) Raft() *raft.Raft { return m.group.Raft }
 
 // IsLeader reports whether this member leads the group.
-func (m *Meta) IsLeader() bool { return m.raft.State() == raft.Leader }
+func (m *Meta) IsLeader() bool { return m.group.IsLeader() }
 
 // Leader is the group's leader as this member knows it.
-func (m *Meta) Leader() (raft.ServerID, raft.ServerAddress) {
-	addr, id := m.raft.LeaderWithID()
-	return id, addr
-}
+func (m *Meta) Leader() (raft.ServerID, raft.ServerAddress) { return m.group.Leader() }
 
 // Propose commits cmd and returns the State after it. It fails with
 // ErrNotLeader on a follower, and with an ErrRefused error (nothing
@@ -135,7 +131,7 @@ func (m *Meta) Propose(ctx context.Context, cmd Command) (*State, error) {
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	f := m.raft.Apply(data, timeout)
+	f := m.group.Apply(data, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
@@ -147,7 +143,7 @@ func (m *Meta) Propose(ctx context.Context, cmd Command) (*State, error) {
 }
 
 // Close stops the member.
-func (m *Meta) Close() error { return m.raft.Shutdown().Error() }
+func (m *Meta) Close() error { return m.group.Shutdown().Error() }
 
 type applyResult struct {
 	state *State

@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
+	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/ring"
 )
 
@@ -19,18 +21,30 @@ type Timeouts struct {
 	ReplaceAfter time.Duration
 }
 
-// WithDefaults fills zero fields.
-func (t Timeouts) WithDefaults() Timeouts {
+// Defaults of Timeouts.
+const (
+	DefaultSuspectAfter = 5 * time.Second
+	DefaultDeadAfter    = 30 * time.Second
+	DefaultReplaceAfter = 10 * time.Minute
+)
+
+// WithDefaults fills zero fields and checks that 0 < SuspectAfter <=
+// DeadAfter <= ReplaceAfter.
+func (t Timeouts) WithDefaults() (Timeouts, error) {
 	if t.SuspectAfter == 0 {
-		t.SuspectAfter = 5 * time.Second
+		t.SuspectAfter = DefaultSuspectAfter
 	}
 	if t.DeadAfter == 0 {
-		t.DeadAfter = 30 * time.Second
+		t.DeadAfter = DefaultDeadAfter
 	}
 	if t.ReplaceAfter == 0 {
-		t.ReplaceAfter = 10 * time.Minute
+		t.ReplaceAfter = DefaultReplaceAfter
 	}
-	return t
+	if t.SuspectAfter < 0 || t.DeadAfter < t.SuspectAfter || t.ReplaceAfter < t.DeadAfter {
+		return t, fmt.Errorf("%w: Timeouts: want 0 < SuspectAfter (%v) <= DeadAfter (%v) <= ReplaceAfter (%v)",
+			raftgroup.ErrInvalid, t.SuspectAfter, t.DeadAfter, t.ReplaceAfter)
+	}
+	return t, nil
 }
 
 // Health is the state member m should be in, last heard from at lastSeen

@@ -11,6 +11,7 @@ import (
 	"github.com/ringkv/ringkv/internal/testing/testcluster"
 	"github.com/ringkv/ringkv/node"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/shard"
 )
 
@@ -26,8 +27,7 @@ func BenchmarkStrongPut64(b *testing.B) {
 			c := testcluster.Start(b, testcluster.Options{Partitions: 16, Tweak: func(cfg *node.Config) {
 				cfg.RaftLog = backend
 				cfg.WALSegmentSize = 0
-				cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, time.Second
-				cfg.CommitTimeout = 50 * time.Millisecond
+				cfg.Raft = raftgroup.Timing{HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: time.Second, CommitTimeout: 50 * time.Millisecond}
 			}})
 			kvs := make([]pb.KVClient, len(c.Nodes))
 			for i := range c.Nodes {

@@ -167,3 +167,11 @@ func checkPeers(self string, s *cluster.State) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// clusterID is the node's cluster, "" while it belongs to none.
+func (n *Node) clusterID() string {
+	if v := n.view.Load(); v != nil {
+		return v.ClusterID
+	}
+	return ""
+}

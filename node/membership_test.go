@@ -293,7 +293,7 @@ func TestMetadataLeaderLeaves(t *testing.T) {
 func TestStopHandsMetadataLeadershipOver(t *testing.T) {
 	const heartbeat = 5 * time.Second
 	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: func(cfg *node.Config) {
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
+		cfg.Raft.HeartbeatTimeout, cfg.Raft.ElectionTimeout = heartbeat, heartbeat
 	}})
 	leader, i := metadataLeader(t, c)
 	c.StopNode(i)

@@ -1,8 +1,11 @@
 // Package node assembles one ringkv server process: the shared WAL, a replica
-// per hosted partition, and one gRPC server carrying the KV, Raft and Admin
-// services (plus health and reflection), and its observability: Prometheus
-// metrics, /healthz and /readyz over HTTP, the gRPC health status, and
-// OpenTelemetry tracing of KV and Admin calls.
+// per hosted partition, the node's member of the metadata group and its
+// control loop (package control), and one gRPC server carrying the KV, Raft
+// and Admin services (plus health and reflection), and its observability:
+// Prometheus metrics, /healthz and /readyz over HTTP, the gRPC health status,
+// and OpenTelemetry tracing of KV and Admin calls. It wires; what to host and
+// how the cluster changes is control's to decide, requests are router's, the
+// Admin service is admin's.
 //
 // Invariants:
 //   - One WAL per node; every hosted replica keeps its Raft log in its own
@@ -14,13 +17,24 @@
 //     DataDir/cluster.json. A node whose data dir holds one ignores
 //     Config.Peers and rejoins with what it recorded; a node with neither
 //     waits to be adopted by Join.
-//   - A node hosts a replica of exactly the partitions its view places on
-//     it (target or recorded configuration); it opens and closes replicas as
-//     the view changes, and deletes a replica's data only once the recorded
-//     configuration no longer includes it.
+//   - A node deletes a replica's data only once the recorded configuration
+//     no longer includes it (control decides; DropReplica executes).
 //   - The gRPC health status is SERVING exactly while Ready reports nil (as
 //     of its last check, every ReadyPoll); Raft RPCs are never traced unless
 //     Config.TraceRaft is set.
+//
+// Goroutines: the gRPC server's Serve and the HTTP server's (until Close);
+// watchReady (until Close); the control loops, once the node belongs to a
+// cluster (control.Controller, stopped by Close); the metadata group's
+// OnChange runs setView on its apply goroutine.
+//
+// Lock order: closeMu → adoptMu → viewMu, and adoptMu → repMu; viewMu and
+// repMu are never held together. closeMu makes Close run once; adoptMu
+// makes the start of the cluster's parts (startCluster, from Start or an
+// Admin.Adopt) and Close exclusive, so an adoption either sees the node
+// closed or has started its loops before Close stops them; viewMu orders
+// view changes with their saving; repMu guards changes of the replica map,
+// which readers load without locking.
 package node
 
 import (
@@ -32,22 +46,21 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/ringkv/ringkv/admin"
 	"github.com/ringkv/ringkv/cluster"
-	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/control"
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/connpool"
 	"github.com/ringkv/ringkv/metrics"
@@ -58,83 +71,6 @@ import (
 	"github.com/ringkv/ringkv/transport"
 	"github.com/ringkv/ringkv/wal"
 )
-
-// Peer is a member of the initial cluster.
-type Peer struct {
-	ID   string
-	Addr string
-}
-
-// Config describes a node. Zero values take the defaults of shard.Config.
-type Config struct {
-	ID     string
-	Listen string // gRPC address to listen on, host:port
-	// Advertise is the address peers and clients reach this node at. By
-	// default: the node's address in the cluster metadata (its --peers
-	// entry, or the address it joined with), else Listen.
-	Advertise string
-	DataDir   string
-	// Peers creates the cluster on first start (every initial node gets the
-	// same list, itself included). Ignored once DataDir is initialized.
-	Peers []Peer
-	// ClusterToken goes into the cluster id with Peers, as etcd's
-	// --initial-cluster-token does: a cluster bootstrapped again from the
-	// same --peers under another token is another cluster, and its nodes
-	// refuse the old one's stale nodes. Ignored once DataDir is initialized.
-	ClusterToken string
-	Partitions   int // default ring.DefaultPartitions
-	RaftLog      shard.LogBackend
-	Limits       fsm.Options
-	Logger       hclog.Logger
-	// Listener, if set, is used instead of listening on Listen (tests pass
-	// a :0 listener and its address as Listen).
-	Listener net.Listener
-
-	HeartbeatTimeout   time.Duration
-	ElectionTimeout    time.Duration
-	LeaderLeaseTimeout time.Duration
-	CommitTimeout      time.Duration
-	SnapshotThreshold  uint64
-	SnapshotInterval   time.Duration
-	TrailingLogs       uint64
-	OpTimeout          time.Duration
-	// MaxSnapshotTransfers caps concurrent snapshot sends and receives on
-	// the node (default 2).
-	MaxSnapshotTransfers int
-	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
-	// address, for profiling a live node; off by default.
-	Pprof bool
-	// BalanceInterval is how often the node hands partitions it leads to
-	// their preferred primaries (0: never; kvnode defaults to 5s).
-	BalanceInterval time.Duration
-	// Timeouts of failure detection and replacement (cluster defaults).
-	Timeouts cluster.Timeouts
-	// MaxMoves caps the partitions whose replicas move at the same time
-	// (default 2).
-	MaxMoves int
-	// PromoteMaxLag is how far (in entries) a new replica may trail the
-	// primary's commit index when it is promoted to voter (default 256).
-	PromoteMaxLag uint64
-	// ManageInterval is how often the metadata leader checks health and
-	// advances replica moves (default 250ms).
-	ManageInterval time.Duration
-	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
-	WALSegmentSize int64
-
-	// MetricsAddr, if set, serves /metrics, /healthz and /readyz over HTTP.
-	MetricsAddr string
-	// MetricsListener, if set, is used instead of listening on MetricsAddr.
-	MetricsListener net.Listener
-	// ReadyMaxLag is how far (in entries) a replica's applied index may
-	// trail its commit index while the node counts as ready (default 1000).
-	ReadyMaxLag uint64
-	// TracerProvider traces KV and Admin calls, served and sent, and the
-	// spans below them (forward, Raft apply, WAL append). Nil: no tracing,
-	// at no cost.
-	TracerProvider trace.TracerProvider
-	// TraceRaft also traces Raft RPCs (high volume; off by default).
-	TraceRaft bool
-}
 
 // ReadyPoll is how often a node re-checks readiness for its gRPC health
 // status.
@@ -167,13 +103,12 @@ type Node struct {
 	metrics   *metrics.Metrics
 	http      *http.Server
 	httpLis   net.Listener
-	stop      chan struct{} // closed by Close; stops the background loops
+	stop      chan struct{} // closed by Close; stops watchReady
 	watch     sync.WaitGroup
 	closeMu   sync.Mutex
 	closed    bool
-	// adopted guards the start of the cluster's parts on a node that waited
-	// to be adopted.
-	adoptMu sync.Mutex
+	adoptMu   sync.Mutex
+	ctl       atomic.Pointer[control.Controller] // set under adoptMu; nil until the node belongs to a cluster
 	// fatal receives the reason the node must stop (it was removed).
 	fatal     chan error
 	fatalOnce sync.Once
@@ -182,70 +117,17 @@ type Node struct {
 	// without locking.
 	repMu    sync.Mutex
 	replicas atomic.Pointer[map[ring.PartitionID]*shard.Replica]
-	// mgr is the metadata leader's bookkeeping (manage.go).
-	mgr manager
 }
 
 // Start opens the node's data, starts its replicas and serves gRPC. A node
 // with no cluster yet (no cluster.json, no Config.Peers) serves only Status
-// and Adopt until Join adds it.
+// and Adopt until Join adds it. A Config it refuses gives an error wrapping
+// ErrInvalidConfig.
 func Start(cfg Config) (n *Node, err error) {
-	if cfg.ID == "" {
-		return nil, errors.New("node: --id is required")
+	if cfg, err = cfg.withDefaults(); err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		return nil, fmt.Errorf("node: listen address %q: %w", cfg.Listen, err)
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = hclog.NewNullLogger()
-	}
-	if cfg.MaxSnapshotTransfers == 0 {
-		cfg.MaxSnapshotTransfers = 2
-	}
-	if cfg.ReadyMaxLag == 0 {
-		cfg.ReadyMaxLag = 1000
-	}
-	if cfg.MaxMoves == 0 {
-		cfg.MaxMoves = 2
-	}
-	if cfg.PromoteMaxLag == 0 {
-		cfg.PromoteMaxLag = 256
-	}
-	if cfg.ManageInterval == 0 {
-		cfg.ManageInterval = 250 * time.Millisecond
-	}
-	if cfg.OpTimeout == 0 {
-		cfg.OpTimeout = shard.DefaultOpTimeout
-	}
-	cfg.Timeouts = cfg.Timeouts.WithDefaults()
-	n = &Node{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.ID),
-		clock:   hlc.New(nil),
-		stop:    make(chan struct{}),
-		viewCh:  make(chan struct{}, 1),
-		fatal:   make(chan error, 1),
-		gate:    make(chan struct{}, cfg.MaxSnapshotTransfers),
-		httpLis: cfg.MetricsListener,
-	}
-	n.replicas.Store(&map[ring.PartitionID]*shard.Replica{})
-	n.metrics = metrics.New(metrics.Options{
-		Node:     cfg.ID,
-		Replicas: n.metricReplicas,
-		WALStats: func() wal.Stats { return n.wal.Stats() },
-		UpWindow: 3 * cfg.HeartbeatTimeout,
-		MovesInFlight: func() int {
-			k := 0
-			if v := n.view.Load(); v != nil {
-				for p := range ring.PartitionID(v.Partitions) {
-					if v.Moving(p) {
-						k++
-					}
-				}
-			}
-			return k
-		},
-	})
+	n = newNode(cfg)
 	// Returning an error sets n to nil: close what was started through a
 	// copy.
 	started := n
@@ -254,77 +136,16 @@ func Start(cfg Config) (n *Node, err error) {
 			started.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, err
-	}
-	view, err := loadState(cfg.DataDir, cfg.ID)
+	view, create, err := n.loadView()
 	if err != nil {
 		return nil, err
 	}
-	create := view == nil && len(cfg.Peers) > 0
-	if create {
-		if view, err = newView(cfg); err != nil {
-			return nil, err
-		}
-		if err := checkPeers(cfg.ID, view); err != nil {
-			return nil, err
-		}
-	}
-	if n.wal, err = wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentSize: cfg.WALSegmentSize, OnSync: n.metrics.ObserveWALSync}); err != nil {
+	if err := n.openWAL(); err != nil {
 		return nil, err
 	}
-	if rec := n.wal.Recovery(); rec.DroppedBytes > 0 {
-		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
-	}
-	tr := newTracing(cfg.TracerProvider, cfg.TraceRaft)
-	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse,
-		DialOptions: append(n.identityDialOptions(), chaosDialOptions()...),
-		// raft sends a group's heartbeats HeartbeatTimeout/10 to /5 apart;
-		// waiting up to half the shortest gap lets a node's groups share
-		// their heartbeats' messages and keeps them well inside the lease.
-		HeartbeatWindow: cfg.HeartbeatTimeout / 20}
-	if cfg.TraceRaft {
-		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
-	}
-	n.advertise = cfg.Advertise
-	if n.advertise == "" && view != nil {
-		n.advertise = view.Addr(cfg.ID)
-	}
-	if n.advertise == "" {
-		n.advertise = cfg.Listen
-	}
-	if n.trans, err = transport.NewNode(raft.ServerAddress(n.advertise), topts); err != nil {
+	if err := n.serveGRPC(view); err != nil {
 		return nil, err
 	}
-	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
-	// to a 1 MiB value each.
-	n.grpc = grpc.NewServer(append(append(append(tr.serverOptions(), n.identityServerOptions()...), transport.ServerOptions()...),
-		grpc.MaxRecvMsgSize(72<<20),
-		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
-	n.trans.Register(n.grpc)
-	n.router = router.New(n, n.pool.Dial, router.Options{Limits: cfg.Limits, TracerProvider: cfg.TracerProvider, Interceptor: n.metrics.UnaryServerInterceptor()})
-	pb.RegisterKVServer(n.grpc, n.router)
-	pb.RegisterAdminServer(n.grpc, &admin{n: n})
-	registerChaos(n.grpc)
-	n.health = health.NewServer()
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(n.grpc, n.health)
-	reflection.Register(n.grpc)
-
-	n.lis = cfg.Listener
-	if n.lis == nil {
-		if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return nil, fmt.Errorf("node: %w", err)
-		}
-	}
-	n.served = make(chan struct{})
-	go func() {
-		defer close(n.served)
-		if err := n.grpc.Serve(n.lis); err != nil {
-			n.log.Error("grpc server stopped", "error", err)
-		}
-	}()
 	if view != nil {
 		if err := n.startCluster(view, create); err != nil {
 			return nil, err
@@ -341,9 +162,116 @@ func Start(cfg Config) (n *Node, err error) {
 	return n, nil
 }
 
+func newNode(cfg Config) *Node {
+	n := &Node{
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.ID),
+		clock:   hlc.New(nil),
+		stop:    make(chan struct{}),
+		viewCh:  make(chan struct{}, 1),
+		fatal:   make(chan error, 1),
+		gate:    make(chan struct{}, cfg.MaxSnapshotTransfers),
+		httpLis: cfg.MetricsListener,
+	}
+	n.replicas.Store(&map[ring.PartitionID]*shard.Replica{})
+	n.metrics = metrics.New(metrics.Options{
+		Node:          cfg.ID,
+		Replicas:      n.metricReplicas,
+		WALStats:      func() wal.Stats { return n.wal.Stats() },
+		UpWindow:      3 * cfg.Raft.HeartbeatTimeout,
+		MovesInFlight: n.movesInFlight,
+	})
+	return n
+}
+
+// loadView reads the view the data dir holds or, on a new cluster's first
+// start, places the cluster from Config.Peers (create). Nil: the node
+// waits to be adopted.
+func (n *Node) loadView() (view *cluster.State, create bool, err error) {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
+		return nil, false, err
+	}
+	if view, err = loadState(n.cfg.DataDir, n.cfg.ID); err != nil || view != nil || len(n.cfg.Peers) == 0 {
+		return view, false, err
+	}
+	if view, err = newView(n.cfg); err != nil {
+		return nil, false, err
+	}
+	return view, true, checkPeers(n.cfg.ID, view)
+}
+
+func (n *Node) openWAL() (err error) {
+	n.wal, err = wal.Open(filepath.Join(n.cfg.DataDir, "wal"), wal.Options{SegmentSize: n.cfg.WALSegmentSize, OnSync: n.metrics.ObserveWALSync})
+	if err != nil {
+		return err
+	}
+	if rec := n.wal.Recovery(); rec.DroppedBytes > 0 {
+		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
+	}
+	return nil
+}
+
+// serveGRPC builds the Raft transport, the connection pool and the gRPC
+// server with its services, and serves it.
+func (n *Node) serveGRPC(view *cluster.State) (err error) {
+	tr := newTracing(n.cfg.TracerProvider, n.cfg.TraceRaft)
+	topts := transport.Options{OnAppendResponse: n.metrics.ObserveAppendResponse,
+		DialOptions:     append(n.identityDialOptions(), chaosDialOptions()...),
+		HeartbeatWindow: heartbeatWindow(n.cfg)}
+	if n.cfg.TraceRaft {
+		topts.DialOptions = append(topts.DialOptions, tr.dialOptions()...)
+	}
+	n.advertise = n.cfg.Advertise
+	if n.advertise == "" && view != nil {
+		n.advertise = view.Addr(n.cfg.ID)
+	}
+	if n.advertise == "" {
+		n.advertise = n.cfg.Listen
+	}
+	if n.trans, err = transport.NewNode(raft.ServerAddress(n.advertise), topts); err != nil {
+		return err
+	}
+	n.pool = connpool.New(append(tr.dialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	// One AppendEntries carries up to raft's MaxAppendEntries (64) entries of up
+	// to a 1 MiB value each.
+	n.grpc = grpc.NewServer(append(append(append(tr.serverOptions(), n.identityServerOptions()...), transport.ServerOptions()...),
+		grpc.MaxRecvMsgSize(72<<20),
+		grpc.ChainUnaryInterceptor(n.metrics.UnaryServerInterceptor()))...)
+	n.trans.Register(n.grpc)
+	n.router = router.New(routerDirectory{n}, n.pool.Dial, router.Options{Limits: n.cfg.Limits, TracerProvider: n.cfg.TracerProvider, Interceptor: n.metrics.UnaryServerInterceptor()})
+	pb.RegisterKVServer(n.grpc, n.router)
+	pb.RegisterAdminServer(n.grpc, admin.New(adminNode{n}, n.log))
+	registerChaos(n.grpc)
+	n.health = health.NewServer()
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
+
+	n.lis = n.cfg.Listener
+	if n.lis == nil {
+		if n.lis, err = net.Listen("tcp", n.cfg.Listen); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	}
+	n.served = make(chan struct{})
+	go func() {
+		defer close(n.served)
+		if err := n.grpc.Serve(n.lis); err != nil {
+			n.log.Error("grpc server stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+// heartbeatWindow is how long the transport holds a heartbeat to send it
+// with others: raft sends a group's heartbeats HeartbeatTimeout/10 to /5
+// apart; waiting up to half the shortest gap lets a node's groups share
+// their heartbeats' messages and keeps them well inside the lease.
+func heartbeatWindow(cfg Config) time.Duration { return cfg.Raft.HeartbeatTimeout / 20 }
+
 // startCluster starts the node's member of the metadata group, its replicas
-// and the loops that keep them in line with the metadata. create bootstraps
-// a new cluster's groups.
+// and the control loop that keeps them in line with the metadata. create
+// bootstraps a new cluster's groups.
 func (n *Node) startCluster(view *cluster.State, create bool) error {
 	n.adoptMu.Lock()
 	defer n.adoptMu.Unlock()
@@ -363,31 +291,9 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 	if err := n.setView(view, true); err != nil {
 		return err
 	}
-	tr, err := n.trans.Transport(cluster.Group)
+	meta, err := n.openMeta(view, create)
 	if err != nil {
 		return err
-	}
-	meta, err := cluster.Open(cluster.Config{
-		NodeID:             n.cfg.ID,
-		Dir:                filepath.Join(n.cfg.DataDir, "meta"),
-		WAL:                n.wal,
-		Transport:          tr,
-		Logger:             n.log,
-		HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
-		ElectionTimeout:    n.cfg.ElectionTimeout,
-		LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
-		CommitTimeout:      n.cfg.CommitTimeout,
-		OnChange:           func(s *cluster.State) { n.setView(s, false) },
-	})
-	if err != nil {
-		tr.Close()
-		return err
-	}
-	n.meta.Store(meta)
-	if create {
-		if err := meta.Bootstrap(metaServers(view)); err != nil {
-			return fmt.Errorf("metadata group: bootstrap: %w", err)
-		}
 	}
 	if err := n.dropStrays(view); err != nil {
 		return err
@@ -410,15 +316,72 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 			}
 		}
 	}
-	n.watch.Add(3)
-	go n.hostReplicas()
-	go n.heartbeat()
-	go n.manage()
-	if n.cfg.BalanceInterval > 0 {
-		n.watch.Add(1)
-		go n.balancePrimaries()
-	}
+	n.ctl.Store(control.Start(control.Config{
+		ID:              n.cfg.ID,
+		Advertise:       n.advertise,
+		Meta:            meta,
+		Ring:            r,
+		View:            n.view.Load,
+		ViewChanged:     n.viewCh,
+		Dial:            n.pool.Dial,
+		OnRemoved:       n.fail,
+		Logger:          n.log,
+		Timeouts:        n.cfg.Timeouts,
+		ManageInterval:  n.cfg.ManageInterval,
+		MaxMoves:        n.cfg.MaxMoves,
+		PromoteMaxLag:   n.cfg.PromoteMaxLag,
+		BalanceInterval: max(n.cfg.BalanceInterval, 0),
+	}, host{n}))
 	return nil
+}
+
+// openMeta starts the node's member of the metadata group; create
+// bootstraps a new cluster's.
+func (n *Node) openMeta(view *cluster.State, create bool) (*cluster.Meta, error) {
+	tr, err := n.trans.Transport(cluster.Group)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := cluster.Open(cluster.Config{
+		NodeID:    n.cfg.ID,
+		Dir:       filepath.Join(n.cfg.DataDir, "meta"),
+		WAL:       n.wal,
+		Transport: tr,
+		Logger:    n.log,
+		Raft:      n.cfg.Raft,
+		OnChange:  func(s *cluster.State) { n.setView(s, false) },
+	})
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	n.meta.Store(meta)
+	if create {
+		if err := meta.Bootstrap(metaServers(view)); err != nil {
+			return nil, fmt.Errorf("metadata group: bootstrap: %w", err)
+		}
+	}
+	return meta, nil
+}
+
+func (n *Node) fail(err error) {
+	n.fatalOnce.Do(func() {
+		n.log.Error("node must stop", "error", err)
+		n.fatal <- err
+	})
+}
+
+// movesInFlight counts the partitions the view has moving.
+func (n *Node) movesInFlight() int {
+	k := 0
+	if v := n.view.Load(); v != nil {
+		for p := range ring.PartitionID(v.Partitions) {
+			if v.Moving(p) {
+				k++
+			}
+		}
+	}
+	return k
 }
 
 // metaServers is a new cluster's metadata group: its first MaxVoters
@@ -462,26 +425,21 @@ func (n *Node) setView(s *cluster.State, force bool) error {
 
 func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config {
 	return shard.Config{
-		Partition:          uint32(p),
-		NodeID:             raft.ServerID(n.cfg.ID),
-		Dir:                n.partitionDir(p),
-		Backend:            n.cfg.RaftLog,
-		WAL:                n.wal,
-		Transport:          tr,
-		Clock:              n.clock,
-		Logger:             n.log,
-		Limits:             n.cfg.Limits,
-		HeartbeatTimeout:   n.cfg.HeartbeatTimeout,
-		ElectionTimeout:    n.cfg.ElectionTimeout,
-		LeaderLeaseTimeout: n.cfg.LeaderLeaseTimeout,
-		CommitTimeout:      n.cfg.CommitTimeout,
-		SnapshotThreshold:  n.cfg.SnapshotThreshold,
-		SnapshotInterval:   n.cfg.SnapshotInterval,
-		TrailingLogs:       n.cfg.TrailingLogs,
-		OpTimeout:          n.cfg.OpTimeout,
-		Snapshots:          n.gate,
-		Reoffer:            n.reoffer,
-		OnSnapshot:         n.metrics.ObserveSnapshot,
+		Partition:      uint32(p),
+		NodeID:         raft.ServerID(n.cfg.ID),
+		Dir:            n.partitionDir(p),
+		Backend:        n.cfg.RaftLog,
+		WAL:            n.wal,
+		Transport:      tr,
+		Clock:          n.clock,
+		Logger:         n.log,
+		Limits:         n.cfg.Limits,
+		Raft:           n.cfg.Raft,
+		SnapshotPolicy: n.cfg.SnapshotPolicy,
+		OpTimeout:      n.cfg.OpTimeout,
+		Snapshots:      n.gate,
+		Reoffer:        n.reoffer,
+		OnSnapshot:     n.metrics.ObserveSnapshot,
 	}
 }
 
@@ -507,7 +465,7 @@ func (n *Node) Addr() string { return n.lis.Addr().String() }
 // ID is the node's id.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// Lookup implements router.Directory. A node that belongs to no cluster
+// Lookup maps a key to its partition. A node that belongs to no cluster
 // yet maps every key to partition 0, which it neither hosts nor knows.
 func (n *Node) Lookup(key []byte) ring.PartitionID {
 	if r := n.ring.Load(); r != nil {
@@ -516,10 +474,10 @@ func (n *Node) Lookup(key []byte) ring.PartitionID {
 	return 0
 }
 
-// Replica implements router.Directory: this node's replica of p, or nil.
+// Replica is this node's replica of p, or nil.
 func (n *Node) Replica(p ring.PartitionID) *shard.Replica { return (*n.replicas.Load())[p] }
 
-// Addrs implements router.Directory: the voters of p's recorded
+// Addrs lists the voters of p's recorded
 // configuration that are not down, the preferred primary first.
 func (n *Node) Addrs(p ring.PartitionID) []string {
 	view := n.view.Load()
@@ -578,6 +536,9 @@ func (n *Node) Close() error {
 	// started its loops before Close waits for them.
 	n.adoptMu.Lock()
 	close(n.stop)
+	if ctl := n.ctl.Load(); ctl != nil {
+		ctl.Stop()
+	}
 	n.adoptMu.Unlock()
 	n.watch.Wait()
 	if n.health != nil {
@@ -651,28 +612,4 @@ func (n *Node) Close() error {
 		errs = append(errs, n.wal.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// ParsePeers parses "n1=host:port,n2=host:port,...".
-func ParsePeers(s string) ([]Peer, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var peers []Peer
-	seen := map[string]bool{}
-	for _, part := range strings.Split(s, ",") {
-		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok || id == "" || addr == "" {
-			return nil, fmt.Errorf("--peers: %q is not ID=HOST:PORT", part)
-		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, fmt.Errorf("--peers: %s: address %q: %w", id, addr, err)
-		}
-		if seen[id] {
-			return nil, fmt.Errorf("--peers: node id %q appears twice", id)
-		}
-		seen[id] = true
-		peers = append(peers, Peer{ID: id, Addr: addr})
-	}
-	return peers, nil
 }

@@ -62,7 +62,7 @@ func (r *Replica) signalReoffers() {
 // runReoffers delivers saved fast writes to the primary until none is left.
 func (r *Replica) runReoffers() {
 	defer r.wg.Done()
-	retry := time.NewTicker(r.cfg.ElectionTimeout)
+	retry := time.NewTicker(r.cfg.Raft.ElectionTimeout)
 	defer retry.Stop()
 	for {
 		select {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/raftwal"
 	"github.com/ringkv/ringkv/wal"
 )
@@ -34,10 +35,20 @@ const (
 	LogBoltDB LogBackend = "boltdb"
 )
 
-// DefaultOpTimeout is Config.OpTimeout's default.
-const DefaultOpTimeout = 3 * time.Second
+// Defaults of Config.
+const (
+	DefaultOpTimeout = 3 * time.Second
+	// DefaultSnapshotThreshold: a partition snapshots every 8192 entries...
+	DefaultSnapshotThreshold = 8192
+	// ...checked every 30 s...
+	DefaultSnapshotInterval = 30 * time.Second
+	// ...and keeps 10240 entries after one, so that a replica back from a
+	// short outage replays the log instead of taking a snapshot.
+	DefaultTrailingLogs = 10240
+)
 
-// Config describes one replica. Zero durations take the defaults below.
+// Config describes one replica. Zero fields take the defaults above and
+// raftgroup's.
 type Config struct {
 	Partition uint32
 	NodeID    raft.ServerID
@@ -50,13 +61,9 @@ type Config struct {
 	Logger    hclog.Logger
 	Limits    fsm.Options
 
-	HeartbeatTimeout   time.Duration // default 500ms
-	ElectionTimeout    time.Duration // default 500ms
-	LeaderLeaseTimeout time.Duration // default 500ms
-	CommitTimeout      time.Duration // default 50ms
-	SnapshotThreshold  uint64        // default 8192 entries
-	SnapshotInterval   time.Duration // default 30s
-	TrailingLogs       uint64        // default 10240 entries
+	// Raft is the node's Raft timing, shared by all its groups.
+	Raft           raftgroup.Timing
+	SnapshotPolicy raftgroup.SnapshotPolicy
 	// OpTimeout bounds a strong write or quorum read that cannot reach a
 	// majority (default 3s).
 	OpTimeout time.Duration
@@ -78,26 +85,44 @@ type SnapshotInfo struct {
 	Bytes     int64
 }
 
-func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
+// withDefaults fills zero fields and checks the rest.
+func (c Config) withDefaults() (Config, error) {
+	var err error
+	if c.Transport == nil {
+		return c, fmt.Errorf("shard: %w: Transport is required", raftgroup.ErrInvalid)
 	}
-	def(&c.HeartbeatTimeout, 500*time.Millisecond)
-	def(&c.ElectionTimeout, 500*time.Millisecond)
-	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
-	def(&c.CommitTimeout, 50*time.Millisecond)
-	def(&c.SnapshotInterval, 30*time.Second)
-	def(&c.OpTimeout, DefaultOpTimeout)
-	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = 8192
+	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
+		return c, fmt.Errorf("shard: Raft: %w", err)
 	}
-	if c.TrailingLogs == 0 {
-		c.TrailingLogs = 10240
+	if c.SnapshotPolicy.Threshold == 0 {
+		c.SnapshotPolicy.Threshold = DefaultSnapshotThreshold
+	}
+	if c.SnapshotPolicy.Interval == 0 {
+		c.SnapshotPolicy.Interval = DefaultSnapshotInterval
+	}
+	if c.SnapshotPolicy.TrailingLogs == 0 {
+		c.SnapshotPolicy.TrailingLogs = DefaultTrailingLogs
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = DefaultOpTimeout
+	}
+	switch {
+	case c.SnapshotPolicy.Interval < 5*time.Millisecond:
+		return c, fmt.Errorf("shard: %w: SnapshotPolicy.Interval is %v, want at least 5ms", raftgroup.ErrInvalid, c.SnapshotPolicy.Interval)
+	case c.OpTimeout < 0:
+		return c, fmt.Errorf("shard: %w: OpTimeout is %v, want more than 0", raftgroup.ErrInvalid, c.OpTimeout)
 	}
 	if c.Backend == "" {
 		c.Backend = LogWAL
+	}
+	switch c.Backend {
+	case LogWAL:
+		if c.WAL == nil {
+			return c, fmt.Errorf("shard: %w: Backend %q needs WAL", raftgroup.ErrInvalid, LogWAL)
+		}
+	case LogBoltDB:
+	default:
+		return c, fmt.Errorf("shard: %w: Backend %q, want %q or %q", raftgroup.ErrInvalid, c.Backend, LogWAL, LogBoltDB)
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
@@ -105,6 +130,7 @@ func (c *Config) setDefaults() {
 	if c.Clock == nil {
 		c.Clock = hlc.New(nil)
 	}
+	return c, nil
 }
 
 // StreamOf is the WAL stream holding a partition's Raft log. Stream 0 is
@@ -118,7 +144,7 @@ type Replica struct {
 	cfg    Config
 	log    hclog.Logger
 	store  *fsm.Store
-	raft   *raft.Raft
+	raft   *raftgroup.Group
 	logs   raft.LogStore
 	stable raft.StableStore
 	closer io.Closer // the bolt store, if any
@@ -189,7 +215,10 @@ type pendingKey struct {
 // Open starts the replica. A new replica must then be bootstrapped (by every
 // initial member, with the same servers) or added by the group's leader.
 func Open(cfg Config) (*Replica, error) {
-	cfg.setDefaults()
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
 	store, err := fsm.New(cfg.Limits)
 	if err != nil {
 		return nil, err
@@ -222,23 +251,13 @@ func Open(cfg Config) (*Replica, error) {
 		r.closeLog()
 		return nil, err
 	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = cfg.NodeID
-	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.ElectionTimeout
-	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
-	rc.CommitTimeout = cfg.CommitTimeout
-	rc.SnapshotThreshold = cfg.SnapshotThreshold
-	rc.SnapshotInterval = cfg.SnapshotInterval
-	rc.TrailingLogs = cfg.TrailingLogs
-	rc.Logger = r.log.Named("raft")
-	rc.NotifyCh = r.leaderCh
-	rc.NoLegacyTelemetry = true
 	var snapStore raft.SnapshotStore = snaps
 	if cfg.Snapshots != nil {
 		snapStore = &gatedSnapshots{SnapshotStore: snaps, gate: cfg.Snapshots}
 	}
-	r.raft, err = raft.NewRaft(rc, (*fsmAdapter)(r), r.logs, r.stable, snapStore, cfg.Transport)
+	r.raft, err = raftgroup.Open(
+		raftgroup.Config{ID: cfg.NodeID, Timing: cfg.Raft, Snapshots: cfg.SnapshotPolicy, Logger: r.log.Named("raft"), NotifyCh: r.leaderCh},
+		raftgroup.Stores{FSM: (*fsmAdapter)(r), Logs: r.logs, Stable: r.stable, Snapshots: snapStore, Transport: cfg.Transport})
 	if err != nil {
 		r.closeLog()
 		return nil, fmt.Errorf("partition %d: start raft: %w", cfg.Partition, err)
@@ -256,7 +275,7 @@ func Open(cfg Config) (*Replica, error) {
 	go r.runReoffers()
 	go func() {
 		defer r.wg.Done()
-		r.verify.run(r.raft, cfg.Transport, r.closeCh)
+		r.verify.run(r.raft.Raft, cfg.Transport, r.closeCh)
 	}()
 	return r, nil
 }
@@ -265,9 +284,6 @@ func (r *Replica) openLog() error {
 	var base raft.LogStore
 	switch r.cfg.Backend {
 	case LogWAL:
-		if r.cfg.WAL == nil {
-			return errors.New("shard: LogWAL needs Config.WAL")
-		}
 		ls := raftwal.New(r.cfg.WAL, StreamOf(r.cfg.Partition), 30*time.Second)
 		base, r.stable = ls, ls
 	case LogBoltDB:
@@ -276,8 +292,6 @@ func (r *Replica) openLog() error {
 			return fmt.Errorf("partition %d: open bolt log: %w", r.cfg.Partition, err)
 		}
 		base, r.stable, r.closer = b, b, b
-	default:
-		return fmt.Errorf("shard: unknown log backend %q (want %q or %q)", r.cfg.Backend, LogWAL, LogBoltDB)
 	}
 	r.logs = &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}
 	return nil
@@ -291,31 +305,22 @@ func (r *Replica) closeLog() {
 
 // Bootstrap makes servers the group's initial configuration. It is a no-op
 // for a replica that already has Raft state.
-func (r *Replica) Bootstrap(servers []raft.Server) error {
-	err := r.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-	if errors.Is(err, raft.ErrCantBootstrap) {
-		return nil
-	}
-	return err
-}
+func (r *Replica) Bootstrap(servers []raft.Server) error { return r.raft.Bootstrap(servers) }
 
 // Partition is the partition this replica serves.
 func (r *Replica) Partition() uint32 { return r.cfg.Partition }
 
 // Raft exposes the Raft instance for membership changes and status.
-func (r *Replica) Raft() *raft.Raft { return r.raft }
+func (r *Replica) Raft() *raft.Raft { return r.raft.Raft }
 
 // Stats returns the replica's counters.
 func (r *Replica) Stats() *Stats { return &r.stats }
 
 // IsPrimary reports whether this replica is its group's leader.
-func (r *Replica) IsPrimary() bool { return r.raft.State() == raft.Leader }
+func (r *Replica) IsPrimary() bool { return r.raft.IsLeader() }
 
 // Leader returns the group's leader as this replica knows it (empty if none).
-func (r *Replica) Leader() (raft.ServerID, raft.ServerAddress) {
-	addr, id := r.raft.LeaderWithID()
-	return id, addr
-}
+func (r *Replica) Leader() (raft.ServerID, raft.ServerAddress) { return r.raft.Leader() }
 
 // Status is a replica's Raft state as it knows it.
 type Status struct {
@@ -458,7 +463,7 @@ func (r *Replica) markTerm() {
 		select {
 		case <-r.closeCh:
 			return
-		case <-time.After(r.cfg.CommitTimeout):
+		case <-time.After(r.cfg.Raft.CommitTimeout):
 		}
 	}
 }

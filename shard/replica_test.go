@@ -17,6 +17,7 @@ import (
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/testing/wait"
+	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/wal"
 )
 
@@ -95,18 +96,20 @@ func (g *group) start(id raft.ServerID) {
 		g.t.Fatal(err)
 	}
 	cfg := Config{
-		Partition:          7,
-		NodeID:             id,
-		Dir:                filepath.Join(g.dir, string(id), "p7"),
-		WAL:                w,
-		Transport:          g.trans[id],
-		Logger:             hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Name: string(id)}),
-		HeartbeatTimeout:   200 * time.Millisecond,
-		ElectionTimeout:    200 * time.Millisecond,
-		LeaderLeaseTimeout: 200 * time.Millisecond,
-		CommitTimeout:      10 * time.Millisecond,
-		OpTimeout:          2 * time.Second,
-		Snapshots:          make(chan struct{}, 2),
+		Partition: 7,
+		NodeID:    id,
+		Dir:       filepath.Join(g.dir, string(id), "p7"),
+		WAL:       w,
+		Transport: g.trans[id],
+		Logger:    hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Name: string(id)}),
+		Raft: raftgroup.Timing{
+			HeartbeatTimeout:   200 * time.Millisecond,
+			ElectionTimeout:    200 * time.Millisecond,
+			LeaderLeaseTimeout: 200 * time.Millisecond,
+			CommitTimeout:      10 * time.Millisecond,
+		},
+		OpTimeout: 2 * time.Second,
+		Snapshots: make(chan struct{}, 2),
 	}
 	if g.tweak != nil {
 		g.tweak(&cfg)
@@ -434,9 +437,7 @@ func TestIsolatedPrimary(t *testing.T) {
 
 func TestRestartedReplicaCatchesUpBySnapshot(t *testing.T) {
 	g := newGroup(t, func(c *Config) {
-		c.SnapshotThreshold = 64
-		c.TrailingLogs = 32
-		c.SnapshotInterval = 50 * time.Millisecond
+		c.SnapshotPolicy = raftgroup.SnapshotPolicy{Threshold: 64, TrailingLogs: 32, Interval: 50 * time.Millisecond}
 	})
 	l := g.leader()
 	down := g.followers(l)[0]

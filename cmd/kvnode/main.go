@@ -21,6 +21,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,7 +39,10 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/node"
+	"github.com/ringkv/ringkv/raftgroup"
+	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/shard"
 )
 
@@ -63,29 +67,29 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (required)")
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")
 	fs.StringVar(&cfg.ClusterToken, "cluster-token", "", "mixed into a new cluster's id with --peers: bootstrap each cluster with its own token, so that nodes of another cluster at the same addresses are refused (ignored once the data dir is initialized)")
-	fs.IntVar(&cfg.Partitions, "partitions", 16, "partitions of a new cluster (power of two)")
+	fs.IntVar(&cfg.Partitions, "partitions", ring.DefaultPartitions, "partitions of a new cluster (power of two)")
 	fs.StringVar(&raftLog, "raft-log", string(shard.LogWAL), "where Raft logs live: wal (the node's shared WAL) or boltdb (baseline)")
 	// Raft sends a heartbeat every heartbeat-timeout/10 per partition and
 	// replica, which is most of an idle node's CPU; a primary's loss is
 	// noticed in about two heartbeat timeouts (docs/benchmarks.md measures
 	// both).
-	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", time.Second, "Raft heartbeat timeout")
-	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", time.Second, "Raft election timeout")
-	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease", 500*time.Millisecond, "a primary cut off from its replicas for this long steps down")
-	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", time.Second, "how long an idle primary waits before telling replicas the commit index again")
+	fs.DurationVar(&cfg.Raft.HeartbeatTimeout, "heartbeat-timeout", raftgroup.DefaultHeartbeatTimeout, "Raft heartbeat timeout")
+	fs.DurationVar(&cfg.Raft.ElectionTimeout, "election-timeout", raftgroup.DefaultElectionTimeout, "Raft election timeout")
+	fs.DurationVar(&cfg.Raft.LeaderLeaseTimeout, "leader-lease", raftgroup.DefaultLeaderLeaseTimeout, "a primary cut off from its replicas for this long steps down")
+	fs.DurationVar(&cfg.Raft.CommitTimeout, "commit-timeout", raftgroup.DefaultCommitTimeout, "how long an idle primary waits before telling replicas the commit index again")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --metrics-addr")
 	var contention bool
 	fs.BoolVar(&contention, "pprof-contention", false, "with --pprof, also record where goroutines block and wait for locks (/debug/pprof/block and /debug/pprof/mutex); costs CPU")
-	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 3*time.Second, "bound for a strong write or quorum read that cannot reach a majority")
-	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
-	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 5*time.Second, "how often to hand partitions to their preferred primaries, spreading primaries evenly (0: never)")
-	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
-	fs.Uint64Var(&cfg.TrailingLogs, "trailing-logs", 10240, "log entries kept after a snapshot, so a short outage replays the log")
-	fs.DurationVar(&cfg.Timeouts.SuspectAfter, "suspect-after", 5*time.Second, "a node silent this long is suspect")
-	fs.DurationVar(&cfg.Timeouts.DeadAfter, "dead-after", 30*time.Second, "a node silent this long is down and dropped from routing")
-	fs.DurationVar(&cfg.Timeouts.ReplaceAfter, "replace-after", 10*time.Minute, "the replicas of a node down this long are re-created on other nodes")
-	fs.IntVar(&cfg.MaxMoves, "max-moves", 2, "partitions whose replicas move at the same time")
-	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", 1000, "entries a replica's applied index may trail its commit index while the node is ready")
+	fs.DurationVar(&cfg.OpTimeout, "op-timeout", shard.DefaultOpTimeout, "bound for a strong write or quorum read that cannot reach a majority")
+	fs.Uint64Var(&cfg.SnapshotPolicy.Threshold, "snapshot-threshold", shard.DefaultSnapshotThreshold, "log entries between snapshots")
+	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", node.DefaultBalanceInterval, "how often to hand partitions to their preferred primaries, spreading primaries evenly (negative: never)")
+	fs.DurationVar(&cfg.SnapshotPolicy.Interval, "snapshot-interval", shard.DefaultSnapshotInterval, "how often to check whether a snapshot is due")
+	fs.Uint64Var(&cfg.SnapshotPolicy.TrailingLogs, "trailing-logs", shard.DefaultTrailingLogs, "log entries kept after a snapshot, so a short outage replays the log")
+	fs.DurationVar(&cfg.Timeouts.SuspectAfter, "suspect-after", cluster.DefaultSuspectAfter, "a node silent this long is suspect")
+	fs.DurationVar(&cfg.Timeouts.DeadAfter, "dead-after", cluster.DefaultDeadAfter, "a node silent this long is down and dropped from routing")
+	fs.DurationVar(&cfg.Timeouts.ReplaceAfter, "replace-after", cluster.DefaultReplaceAfter, "the replicas of a node down this long are re-created on other nodes")
+	fs.IntVar(&cfg.MaxMoves, "max-moves", node.DefaultMaxMoves, "partitions whose replicas move at the same time")
+	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", node.DefaultReadyMaxLag, "entries a replica's applied index may trail its commit index while the node is ready")
 	fs.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&otlp, "otlp-endpoint", "", "OTLP/gRPC trace collector, host:port (plaintext) or http(s)://host:port; default $OTEL_EXPORTER_OTLP_ENDPOINT, empty: no tracing")
@@ -103,15 +107,6 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.ID == "" || cfg.DataDir == "" {
 		return usage("--id and --data-dir are required")
 	}
-	if cfg.Timeouts.SuspectAfter <= 0 || cfg.Timeouts.DeadAfter < cfg.Timeouts.SuspectAfter || cfg.Timeouts.ReplaceAfter < cfg.Timeouts.DeadAfter {
-		return usage("want 0 < --suspect-after (%v) <= --dead-after (%v) <= --replace-after (%v)", cfg.Timeouts.SuspectAfter, cfg.Timeouts.DeadAfter, cfg.Timeouts.ReplaceAfter)
-	}
-	if cfg.MaxMoves < 1 {
-		return usage("--max-moves %d: must be at least 1", cfg.MaxMoves)
-	}
-	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		return usage("--listen %q: %v", cfg.Listen, err)
-	}
 	if contention {
 		if !cfg.Pprof {
 			return usage("--pprof-contention needs --pprof")
@@ -121,12 +116,9 @@ func run(args []string, stderr io.Writer) int {
 		runtime.SetMutexProfileFraction(10)
 	}
 	cfg.RaftLog = shard.LogBackend(raftLog)
-	if cfg.RaftLog != shard.LogWAL && cfg.RaftLog != shard.LogBoltDB {
-		return usage("--raft-log %q: want wal or boltdb", raftLog)
-	}
 	var err error
 	if cfg.Peers, err = node.ParsePeers(peers); err != nil {
-		return usage("%v", err)
+		return usage("--peers: %v", err)
 	}
 	level := hclog.LevelFromString(logLevel)
 	if level == hclog.NoLevel {
@@ -154,6 +146,11 @@ func run(args []string, stderr io.Writer) int {
 		log.Info("exporting traces", "otlp_endpoint", otlp, "sample_ratio", sampleRatio)
 	}
 	n, err := node.Start(cfg)
+	if errors.Is(err, node.ErrInvalidConfig) {
+		// The library names Config fields; each flag above sets the field
+		// of its name (--max-moves: MaxMoves).
+		return usage("%v", err)
+	}
 	if err != nil {
 		log.Error("start failed", "error", err)
 		return 3

@@ -18,7 +18,14 @@ func TestBadFlagsAreUsageErrors(t *testing.T) {
 		{"sample ratio above 1", []string{"--trace-sample-ratio", "1.5"}, "--trace-sample-ratio 1.5: must be in [0, 1]"},
 		{"negative sample ratio", []string{"--trace-sample-ratio", "-0.1"}, "must be in [0, 1]"},
 		{"otlp endpoint", []string{"--otlp-endpoint", "collector"}, `--otlp-endpoint "collector"`},
-		{"raft log", []string{"--raft-log", "sqlite"}, `--raft-log "sqlite"`},
+		// Checked by node.Config, so library users get them too.
+		{"raft log", []string{"--raft-log", "sqlite"}, `RaftLog "sqlite": want "wal" or "boltdb"`},
+		{"max moves", []string{"--max-moves", "-1"}, "MaxMoves is -1, want at least 1"},
+		{"failure timeouts out of order", []string{"--suspect-after", "10s", "--dead-after", "5s"}, "want 0 < SuspectAfter (10s) <= DeadAfter (5s)"},
+		{"listen address", []string{"--listen", "7001"}, `Listen "7001"`},
+		{"lease longer than heartbeat", []string{"--leader-lease", "2s"}, "LeaderLeaseTimeout 2s is longer than HeartbeatTimeout"},
+		{"partitions", []string{"--partitions", "12"}, "Partitions:"},
+		{"peers", []string{"--peers", "n1=127.0.0.1"}, "--peers: n1: address"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

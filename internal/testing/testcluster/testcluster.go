@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ringkv/ringkv/node"
+	"github.com/ringkv/ringkv/raftgroup"
 )
 
 // Cluster is a set of running nodes.
@@ -59,18 +60,23 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	for i, p := range peers {
 		cfg := node.Config{
-			ID:                 p.ID,
-			Listen:             p.Addr,
-			DataDir:            filepath.Join(dir, p.ID),
-			Peers:              peers,
-			Partitions:         opts.Partitions,
-			Logger:             hclog.New(&hclog.LoggerOptions{Name: p.ID, Level: hclog.Warn}),
-			HeartbeatTimeout:   300 * time.Millisecond,
-			ElectionTimeout:    300 * time.Millisecond,
-			LeaderLeaseTimeout: 300 * time.Millisecond,
-			CommitTimeout:      20 * time.Millisecond,
-			OpTimeout:          3 * time.Second,
-			WALSegmentSize:     4 << 20,
+			ID:         p.ID,
+			Listen:     p.Addr,
+			DataDir:    filepath.Join(dir, p.ID),
+			Peers:      peers,
+			Partitions: opts.Partitions,
+			Logger:     hclog.New(&hclog.LoggerOptions{Name: p.ID, Level: hclog.Warn}),
+			Raft: raftgroup.Timing{
+				HeartbeatTimeout:   300 * time.Millisecond,
+				ElectionTimeout:    300 * time.Millisecond,
+				LeaderLeaseTimeout: 300 * time.Millisecond,
+				CommitTimeout:      20 * time.Millisecond,
+			},
+			// Primaries stay where elections put them unless a test
+			// balances them.
+			BalanceInterval: -1,
+			OpTimeout:       3 * time.Second,
+			WALSegmentSize:  4 << 20,
 		}
 		if opts.Metrics {
 			cfg.MetricsAddr = mlis[i].Addr().String()

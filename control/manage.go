@@ -1,4 +1,4 @@
-package node
+package control
 
 import (
 	"context"
@@ -15,49 +15,6 @@ import (
 	"github.com/ringkv/ringkv/ring"
 )
 
-// manager is the metadata leader's bookkeeping: when it last heard from
-// each member. It lives in memory only: a new leader gives every member a
-// full timeout from its own start before suspecting it.
-type manager struct {
-	mu          sync.Mutex
-	leaderSince time.Time // zero while this node does not lead
-	seen        map[string]time.Time
-}
-
-func (m *manager) heard(id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.seen != nil {
-		m.seen[id] = time.Now()
-	}
-}
-
-// lastSeen is when id was last heard from; for a member not heard from
-// under this leader, the leader's start (zero for a joining member, which
-// must be heard from to count as up).
-func (m *manager) lastSeen(mb cluster.Member) time.Time {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if t, ok := m.seen[mb.ID]; ok {
-		return t
-	}
-	if mb.State == cluster.Joining {
-		return time.Time{}
-	}
-	return m.leaderSince
-}
-
-func (m *manager) lead(leading bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	switch {
-	case leading && m.seen == nil:
-		m.leaderSince, m.seen = time.Now(), map[string]time.Time{}
-	case !leading:
-		m.leaderSince, m.seen = time.Time{}, nil
-	}
-}
-
 // manage runs on every node and acts while the node leads the metadata
 // group: it initializes a new cluster's metadata, tracks members' health,
 // re-plans the placement when members change, keeps the metadata group's
@@ -65,40 +22,40 @@ func (m *manager) lead(leading bool) {
 // Everything it decides is recorded in the metadata group before or after
 // it is done, and every step is re-derived from the recorded and actual
 // state, so a new leader finishes what a failed one started.
-func (n *Node) manage() {
-	n.repeat(n.cfg.ManageInterval, nil, func() bool {
-		leading := n.metaMember().IsLeader()
-		n.mgr.lead(leading)
+func (c *Controller) manage() {
+	c.repeat(c.cfg.ManageInterval, nil, func() bool {
+		leading := c.cfg.Meta.IsLeader()
+		c.health.lead(leading)
 		if !leading {
 			return true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := n.manageOnce(ctx); err != nil && !errors.Is(err, cluster.ErrNotLeader) {
-			n.log.Warn("cluster management", "error", err)
+		if err := c.manageOnce(ctx); err != nil && !errors.Is(err, cluster.ErrNotLeader) {
+			c.log.Warn("cluster management", "error", err)
 		}
 		return true
 	})
 }
 
-func (n *Node) manageOnce(ctx context.Context) error {
-	view := n.metaMember().State()
+func (c *Controller) manageOnce(ctx context.Context) error {
+	view := c.cfg.Meta.State()
 	if view == nil {
 		// A new cluster: every initial member recorded the same view.
-		_, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpInit, Init: n.view.Load()})
+		_, err := c.cfg.Meta.Propose(ctx, cluster.Command{Op: cluster.OpInit, Init: c.cfg.View()})
 		return err
 	}
 	now := time.Now()
 	for _, m := range view.Members {
-		if want := cluster.Health(m, n.mgr.lastSeen(m), now, n.cfg.Timeouts); want != m.State {
-			n.log.Info("member health changed", "member", m.ID, "from", m.State, "to", want)
-			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: m.ID, State: want, At: now.UnixNano()}); err != nil {
+		if want := cluster.Health(m, c.health.lastSeen(m), now, c.cfg.Timeouts); want != m.State {
+			c.log.Info("member health changed", "member", m.ID, "from", m.State, "to", want)
+			if _, err := c.cfg.Meta.Propose(ctx, cluster.Command{Op: cluster.OpSetState, ID: m.ID, State: want, At: now.UnixNano()}); err != nil {
 				return err
 			}
 		}
 	}
-	view = n.metaMember().State()
-	next, err := view.Plan(n.ring.Load(), now, n.cfg.Timeouts.ReplaceAfter)
+	view = c.cfg.Meta.State()
+	next, err := view.Plan(c.cfg.Ring, now, c.cfg.Timeouts.ReplaceAfter)
 	if err != nil {
 		return err
 	}
@@ -107,27 +64,27 @@ func (n *Node) manageOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		n.log.Info("new placement", "nodes", fmt.Sprint(next.Nodes()))
-		if view, err = n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetTarget, Target: enc}); err != nil {
+		c.log.Info("new placement", "nodes", fmt.Sprint(next.Nodes()))
+		if view, err = c.cfg.Meta.Propose(ctx, cluster.Command{Op: cluster.OpSetTarget, Target: enc}); err != nil {
 			return err
 		}
 	}
 	// A failed change of the metadata group's own membership (a peer
 	// that does not answer) must not hold up the replica moves.
-	metaErr := n.manageMetaGroup(view)
-	n.advanceMoves(ctx, view)
-	view = n.metaMember().State()
+	metaErr := c.manageMetaGroup(view)
+	c.advanceMoves(ctx, view)
+	view = c.cfg.Meta.State()
 	for _, m := range view.Members {
 		if (m.State == cluster.Leaving || m.State == cluster.Down) && !view.Holds(m.ID) {
-			if m.ID == n.cfg.ID {
+			if m.ID == c.cfg.ID {
 				// Once removed, this node is refused by every peer and
 				// could hand leadership to none of them: hand it over
 				// first, and the next leader removes this node.
-				n.log.Info("handing metadata leadership over before this node is removed")
-				return errors.Join(metaErr, n.metaMember().Raft().LeadershipTransfer().Error())
+				c.log.Info("handing metadata leadership over before this node is removed")
+				return errors.Join(metaErr, c.cfg.Meta.Raft().LeadershipTransfer().Error())
 			}
-			n.log.Info("removing a member that holds no replicas", "member", m.ID, "state", m.State)
-			if _, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
+			c.log.Info("removing a member that holds no replicas", "member", m.ID, "state", m.State)
+			if _, err := c.cfg.Meta.Propose(ctx, cluster.Command{Op: cluster.OpRemove, ID: m.ID}); err != nil {
 				return errors.Join(metaErr, err)
 			}
 		}
@@ -140,8 +97,8 @@ func (n *Node) manageOnce(ctx context.Context) error {
 
 // manageMetaGroup keeps every member in the metadata group: up to
 // MaxVoters healthy members vote, the others follow, removed ones go.
-func (n *Node) manageMetaGroup(view *cluster.State) error {
-	r := n.metaMember().Raft()
+func (c *Controller) manageMetaGroup(view *cluster.State) error {
+	r := c.cfg.Meta.Raft()
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return err
@@ -161,23 +118,23 @@ func (n *Node) manageMetaGroup(view *cluster.State) error {
 		if view.Member(string(s.ID)) != nil {
 			continue
 		}
-		if string(s.ID) == n.cfg.ID {
+		if string(s.ID) == c.cfg.ID {
 			return r.LeadershipTransfer().Error()
 		}
-		n.log.Info("metadata group: removing a former member", "member", s.ID)
+		c.log.Info("metadata group: removing a former member", "member", s.ID)
 		return r.RemoveServer(s.ID, idx, 5*time.Second).Error()
 	}
 	for _, m := range view.Members {
 		suf, ok := in[m.ID]
 		switch {
 		case !ok && voters < cluster.MaxVoters && m.State != cluster.Leaving:
-			n.log.Info("metadata group: adding a voter", "member", m.ID)
+			c.log.Info("metadata group: adding a voter", "member", m.ID)
 			return r.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), idx, 5*time.Second).Error()
 		case !ok:
-			n.log.Info("metadata group: adding a non-voter", "member", m.ID)
+			c.log.Info("metadata group: adding a non-voter", "member", m.ID)
 			return r.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), idx, 5*time.Second).Error()
 		case suf == raft.Nonvoter && voters < cluster.MaxVoters && healthy(view.Member(m.ID)):
-			n.log.Info("metadata group: promoting a member", "member", m.ID)
+			c.log.Info("metadata group: promoting a member", "member", m.ID)
 			return r.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), idx, 5*time.Second).Error()
 		}
 	}
@@ -187,7 +144,7 @@ func (n *Node) manageMetaGroup(view *cluster.State) error {
 // advanceMoves takes one step on each partition whose configuration
 // differs from its target, at most MaxMoves partitions at a time (those
 // with a move under way first), in parallel.
-func (n *Node) advanceMoves(ctx context.Context, view *cluster.State) {
+func (c *Controller) advanceMoves(ctx context.Context, view *cluster.State) {
 	var started, fresh []ring.PartitionID
 	for p := range ring.PartitionID(view.Partitions) {
 		if !view.Moving(p) {
@@ -200,16 +157,16 @@ func (n *Node) advanceMoves(ctx context.Context, view *cluster.State) {
 		}
 	}
 	moving := append(started, fresh...)
-	if len(moving) > n.cfg.MaxMoves {
-		moving = moving[:max(n.cfg.MaxMoves, len(started))]
+	if len(moving) > c.cfg.MaxMoves {
+		moving = moving[:max(c.cfg.MaxMoves, len(started))]
 	}
 	var wg sync.WaitGroup
 	for _, p := range moving {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.moveStep(ctx, view, p); err != nil {
-				n.log.Debug("replica move step", "partition", p, "error", err)
+			if err := c.moveStep(ctx, view, p); err != nil {
+				c.log.Debug("replica move step", "partition", p, "error", err)
 			}
 		}()
 	}
@@ -232,12 +189,12 @@ func moveStarted(config []cluster.Server) bool {
 
 // moveStep asks p's primary for its configuration, records it, and takes
 // the next step towards the target.
-func (n *Node) moveStep(ctx context.Context, view *cluster.State, p ring.PartitionID) error {
-	primary, cur, err := n.findPrimary(ctx, view, p)
+func (c *Controller) moveStep(ctx context.Context, view *cluster.State, p ring.PartitionID) error {
+	primary, cur, err := c.findPrimary(ctx, view, p)
 	if err != nil {
 		return err
 	}
-	if err := n.recordConfig(ctx, p, cur); err != nil {
+	if err := c.recordConfig(ctx, p, cur); err != nil {
 		return err
 	}
 	config := serversOf(cur)
@@ -254,7 +211,7 @@ func (n *Node) moveStep(ctx context.Context, view *cluster.State, p ring.Partiti
 	case cluster.StepAddLearner:
 		req.Op = pb.ReconfigureRequest_OP_ADD_LEARNER
 	case cluster.StepPromote:
-		caughtUp, err := n.caughtUp(ctx, view.Addr(step.ID), p, cur.GetCommitIndex())
+		caughtUp, err := c.caughtUp(ctx, view.Addr(step.ID), p, cur.GetCommitIndex())
 		if err != nil || !caughtUp {
 			return err
 		}
@@ -264,12 +221,12 @@ func (n *Node) moveStep(ctx context.Context, view *cluster.State, p ring.Partiti
 	case cluster.StepTransfer:
 		req.Op = pb.ReconfigureRequest_OP_TRANSFER_LEADERSHIP
 	}
-	n.log.Info("replica move", "partition", p, "op", req.Op.String(), "replica", step.ID, "primary", primary.id)
+	c.log.Info("replica move", "partition", p, "op", req.Op.String(), "replica", step.ID, "primary", primary.id)
 	after, err := primary.admin.Reconfigure(ctx, req)
 	if err != nil {
 		return fmt.Errorf("partition %d: %s %s: %w", p, req.Op, step.ID, err)
 	}
-	return n.recordConfig(ctx, p, after)
+	return c.recordConfig(ctx, p, after)
 }
 
 type primaryConn struct {
@@ -279,7 +236,7 @@ type primaryConn struct {
 
 // findPrimary asks p's replicas, those not down first, which one leads,
 // and returns it with its configuration.
-func (n *Node) findPrimary(ctx context.Context, view *cluster.State, p ring.PartitionID) (primaryConn, *pb.ReconfigureResponse, error) {
+func (c *Controller) findPrimary(ctx context.Context, view *cluster.State, p ring.PartitionID) (primaryConn, *pb.ReconfigureResponse, error) {
 	var candidates []cluster.Member
 	for _, sv := range view.Config[p] {
 		if m := view.Member(sv.ID); m != nil && m.State != cluster.Down {
@@ -288,7 +245,7 @@ func (n *Node) findPrimary(ctx context.Context, view *cluster.State, p ring.Part
 	}
 	var last error = fmt.Errorf("partition %d: no replica reachable", p)
 	for i := 0; i < len(candidates) && i < 8; i++ {
-		conn, err := n.pool.Dial(candidates[i].Addr)
+		conn, err := c.cfg.Dial(candidates[i].Addr)
 		if err != nil {
 			last = err
 			continue
@@ -321,19 +278,19 @@ func serversOf(resp *pb.ReconfigureResponse) []cluster.Server {
 
 // recordConfig records p's actual configuration if it differs from the
 // recorded one.
-func (n *Node) recordConfig(ctx context.Context, p ring.PartitionID, resp *pb.ReconfigureResponse) error {
+func (c *Controller) recordConfig(ctx context.Context, p ring.PartitionID, resp *pb.ReconfigureResponse) error {
 	cfg := serversOf(resp)
-	if slices.Equal(n.metaMember().State().Config[p], cfg) {
+	if slices.Equal(c.cfg.Meta.State().Config[p], cfg) {
 		return nil
 	}
-	_, err := n.metaMember().Propose(ctx, cluster.Command{Op: cluster.OpSetConfig, Partition: uint32(p), Config: cfg})
+	_, err := c.cfg.Meta.Propose(ctx, cluster.Command{Op: cluster.OpSetConfig, Partition: uint32(p), Config: cfg})
 	return err
 }
 
 // caughtUp reports whether the replica of p at addr has applied all but
 // PromoteMaxLag entries of the primary's commit index.
-func (n *Node) caughtUp(ctx context.Context, addr string, p ring.PartitionID, commit uint64) (bool, error) {
-	conn, err := n.pool.Dial(addr)
+func (c *Controller) caughtUp(ctx context.Context, addr string, p ring.PartitionID, commit uint64) (bool, error) {
+	conn, err := c.cfg.Dial(addr)
 	if err != nil {
 		return false, err
 	}
@@ -346,7 +303,7 @@ func (n *Node) caughtUp(ctx context.Context, addr string, p ring.PartitionID, co
 	for _, ps := range st.GetPartitions() {
 		if ps.GetPartition() == uint32(p) {
 			applied := ps.GetAppliedIndex()
-			return applied > 0 && applied+n.cfg.PromoteMaxLag >= commit, nil
+			return applied > 0 && applied+c.cfg.PromoteMaxLag >= commit, nil
 		}
 	}
 	return false, nil

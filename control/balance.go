@@ -1,4 +1,4 @@
-package node
+package control
 
 import (
 	"time"
@@ -17,34 +17,33 @@ import (
 // by clients. A partition whose transfer failed (the target is down or
 // lagging) is left alone for a while, so a sick node does not make
 // leadership flap.
-func (n *Node) balancePrimaries() {
-	defer n.watch.Done()
-	tick := time.NewTicker(n.cfg.BalanceInterval)
+func (c *Controller) balancePrimaries() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.cfg.BalanceInterval)
 	defer tick.Stop()
 	failed := map[ring.PartitionID]time.Time{}
 	for {
 		select {
-		case <-n.stop:
+		case <-c.stop:
 			return
 		case <-tick.C:
 		}
-		view := n.view.Load()
-		for _, p := range n.Partitions() {
-			r := n.Replica(p)
+		view := c.cfg.View()
+		for _, p := range c.host.Hosted() {
 			pref := string(view.Placement().Primary(p))
 			m := view.Member(pref)
-			if r == nil || pref == n.cfg.ID || m == nil || m.State != cluster.Up || view.Moving(p) || !r.IsPrimary() || time.Since(failed[p]) < 10*n.cfg.BalanceInterval {
+			if pref == c.cfg.ID || m == nil || m.State != cluster.Up || view.Moving(p) || !c.host.Leads(p) || time.Since(failed[p]) < 10*c.cfg.BalanceInterval {
 				continue
 			}
-			err := r.Raft().LeadershipTransferToServer(raft.ServerID(pref), raft.ServerAddress(m.Addr)).Error()
+			err := c.host.Transfer(p, raft.ServerID(pref), raft.ServerAddress(m.Addr))
 			if err != nil {
 				failed[p] = time.Now()
-				n.log.Debug("primary balance: transfer failed", "partition", p, "to", pref, "error", err)
+				c.log.Debug("primary balance: transfer failed", "partition", p, "to", pref, "error", err)
 				continue
 			}
-			n.log.Info("primary balance: handed leadership to the preferred primary", "partition", p, "to", pref)
+			c.log.Info("primary balance: handed leadership to the preferred primary", "partition", p, "to", pref)
 			select {
-			case <-n.stop:
+			case <-c.stop:
 				return
 			default:
 			}

@@ -1,0 +1,201 @@
+package node
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/raftgroup"
+	"github.com/ringkv/ringkv/ring"
+	"github.com/ringkv/ringkv/shard"
+)
+
+// Defaults of Config; kvnode's flags default to the same values. The Raft
+// timing defaults are raftgroup's, the snapshot and op-timeout defaults
+// shard's, and the failure-detection defaults cluster's.
+const (
+	DefaultMaxSnapshotTransfers = 2
+	DefaultBalanceInterval      = 5 * time.Second
+	DefaultMaxMoves             = 2
+	DefaultPromoteMaxLag        = 256
+	DefaultManageInterval       = 250 * time.Millisecond
+	DefaultReadyMaxLag          = 1000
+)
+
+// ErrInvalidConfig marks every error Start returns for a Config it refuses;
+// the error names the field and the limit.
+var ErrInvalidConfig = raftgroup.ErrInvalid
+
+// Peer is a member of the initial cluster.
+type Peer struct {
+	ID   string
+	Addr string
+}
+
+// Config describes a node. Zero fields take the defaults above (or those of
+// the package that owns the field).
+type Config struct {
+	ID     string // required
+	Listen string // gRPC address to listen on, host:port; required
+	// Advertise is the address peers and clients reach this node at. By
+	// default: the node's address in the cluster metadata (its Peers entry,
+	// or the address it joined with), else Listen.
+	Advertise string
+	DataDir   string // required
+	// Peers creates the cluster on first start (every initial node gets the
+	// same list, itself included). Ignored once DataDir is initialized.
+	Peers []Peer
+	// ClusterToken goes into the cluster id with Peers, as etcd's
+	// --initial-cluster-token does: a cluster bootstrapped again from the
+	// same Peers under another token is another cluster, and its nodes
+	// refuse the old one's stale nodes. Ignored once DataDir is initialized.
+	ClusterToken string
+	Partitions   int // of a new cluster; default ring.DefaultPartitions
+	RaftLog      shard.LogBackend
+	Limits       fsm.Options
+	Logger       hclog.Logger
+	// Listener, if set, is used instead of listening on Listen (tests pass
+	// a :0 listener and its address as Listen).
+	Listener net.Listener
+
+	// Raft is the timing of every Raft group of the node, partitions and
+	// metadata group alike.
+	Raft raftgroup.Timing
+	// SnapshotPolicy is when partitions snapshot (shard's defaults).
+	SnapshotPolicy raftgroup.SnapshotPolicy
+	// OpTimeout bounds a strong write or quorum read that cannot reach a
+	// majority (shard.DefaultOpTimeout).
+	OpTimeout time.Duration
+	// MaxSnapshotTransfers caps concurrent snapshot sends and receives on
+	// the node.
+	MaxSnapshotTransfers int
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// address, for profiling a live node; off by default.
+	Pprof bool
+	// BalanceInterval is how often the node hands partitions it leads to
+	// their preferred primaries; negative: never.
+	BalanceInterval time.Duration
+	// Timeouts of failure detection and replacement (cluster's defaults).
+	Timeouts cluster.Timeouts
+	// MaxMoves caps the partitions whose replicas move at the same time.
+	MaxMoves int
+	// PromoteMaxLag is how far (in entries) a new replica may trail the
+	// primary's commit index when it is promoted to voter.
+	PromoteMaxLag uint64
+	// ManageInterval is how often the metadata leader checks health and
+	// advances replica moves.
+	ManageInterval time.Duration
+	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
+	WALSegmentSize int64
+
+	// MetricsAddr, if set, serves /metrics, /healthz and /readyz over HTTP.
+	MetricsAddr string
+	// MetricsListener, if set, is used instead of listening on MetricsAddr.
+	MetricsListener net.Listener
+	// ReadyMaxLag is how far (in entries) a replica's applied index may
+	// trail its commit index while the node counts as ready.
+	ReadyMaxLag uint64
+	// TracerProvider traces KV and Admin calls, served and sent, and the
+	// spans below them (forward, Raft apply, WAL append). Nil: no tracing,
+	// at no cost.
+	TracerProvider trace.TracerProvider
+	// TraceRaft also traces Raft RPCs (high volume; off by default).
+	TraceRaft bool
+}
+
+// withDefaults fills zero fields and checks everything, so that a library
+// user (the test cluster, say) gets the checks kvnode's users get. Every
+// error wraps ErrInvalidConfig and names the field.
+func (c Config) withDefaults() (Config, error) {
+	invalid := func(format string, a ...any) (Config, error) {
+		return c, fmt.Errorf("node: %w: "+format, append([]any{ErrInvalidConfig}, a...)...)
+	}
+	if c.ID == "" {
+		return invalid("ID is required")
+	}
+	if c.DataDir == "" {
+		return invalid("DataDir is required")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return invalid("Listen %q: %v", c.Listen, err)
+	}
+	if c.Partitions == 0 {
+		c.Partitions = ring.DefaultPartitions
+	}
+	if _, err := ring.New(c.Partitions); err != nil {
+		return invalid("Partitions: %v", err)
+	}
+	if c.RaftLog == "" {
+		c.RaftLog = shard.LogWAL
+	}
+	if c.RaftLog != shard.LogWAL && c.RaftLog != shard.LogBoltDB {
+		return invalid("RaftLog %q: want %q or %q", c.RaftLog, shard.LogWAL, shard.LogBoltDB)
+	}
+	var err error
+	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
+		return c, fmt.Errorf("node: Raft: %w", err)
+	}
+	if c.Timeouts, err = c.Timeouts.WithDefaults(); err != nil {
+		return c, fmt.Errorf("node: %w", err)
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = shard.DefaultOpTimeout
+	}
+	setDefault(&c.MaxSnapshotTransfers, DefaultMaxSnapshotTransfers)
+	setDefault(&c.MaxMoves, DefaultMaxMoves)
+	setDefault(&c.PromoteMaxLag, DefaultPromoteMaxLag)
+	setDefault(&c.ReadyMaxLag, DefaultReadyMaxLag)
+	setDefault(&c.ManageInterval, DefaultManageInterval)
+	setDefault(&c.BalanceInterval, DefaultBalanceInterval)
+	switch {
+	case c.OpTimeout < 0:
+		return invalid("OpTimeout is %v, want more than 0", c.OpTimeout)
+	case c.MaxSnapshotTransfers < 1:
+		return invalid("MaxSnapshotTransfers is %d, want at least 1", c.MaxSnapshotTransfers)
+	case c.MaxMoves < 1:
+		return invalid("MaxMoves is %d, want at least 1", c.MaxMoves)
+	case c.ManageInterval < 0:
+		return invalid("ManageInterval is %v, want more than 0", c.ManageInterval)
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c, nil
+}
+
+// setDefault sets a zero *v to def.
+func setDefault[T ~int | ~uint64 | ~int64](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// ParsePeers parses "n1=host:port,n2=host:port,...".
+func ParsePeers(s string) ([]Peer, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var peers []Peer
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("%q is not ID=HOST:PORT", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("%s: address %q: %w", id, addr, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("node id %q appears twice", id)
+		}
+		seen[id] = true
+		peers = append(peers, Peer{ID: id, Addr: addr})
+	}
+	return peers, nil
+}

@@ -1,0 +1,69 @@
+package node
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/raftgroup"
+	"github.com/ringkv/ringkv/shard"
+)
+
+func TestConfigWithDefaults(t *testing.T) {
+	base := Config{ID: "n1", Listen: "127.0.0.1:7001", DataDir: "/tmp/x"}
+	t.Run("defaults", func(t *testing.T) {
+		got, err := base.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRaft, _ := raftgroup.Timing{}.WithDefaults()
+		wantTimeouts, _ := cluster.Timeouts{}.WithDefaults()
+		if got.Raft != wantRaft || got.Timeouts != wantTimeouts || got.OpTimeout != shard.DefaultOpTimeout ||
+			got.MaxMoves != DefaultMaxMoves || got.BalanceInterval != DefaultBalanceInterval ||
+			got.ManageInterval != DefaultManageInterval || got.PromoteMaxLag != DefaultPromoteMaxLag ||
+			got.ReadyMaxLag != DefaultReadyMaxLag || got.MaxSnapshotTransfers != DefaultMaxSnapshotTransfers ||
+			got.RaftLog != shard.LogWAL || got.Logger == nil {
+			t.Fatalf("defaults not applied: %+v", got)
+		}
+	})
+	for _, tc := range []struct {
+		name  string
+		tweak func(*Config)
+		want  string
+	}{
+		{"no id", func(c *Config) { c.ID = "" }, "ID is required"},
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "DataDir is required"},
+		{"listen not host:port", func(c *Config) { c.Listen = "7001" }, `Listen "7001"`},
+		{"partitions not a power of two", func(c *Config) { c.Partitions = 12 }, "Partitions:"},
+		{"unknown raft log", func(c *Config) { c.RaftLog = "sqlite" }, `RaftLog "sqlite"`},
+		{"raft timing", func(c *Config) { c.Raft.LeaderLeaseTimeout = 2 * time.Second }, "Raft: invalid configuration: LeaderLeaseTimeout 2s"},
+		{"failure timeouts", func(c *Config) { c.Timeouts.SuspectAfter = time.Minute }, "SuspectAfter (1m0s) <= DeadAfter (30s)"},
+		{"max moves", func(c *Config) { c.MaxMoves = -1 }, "MaxMoves is -1"},
+		{"snapshot transfers", func(c *Config) { c.MaxSnapshotTransfers = -2 }, "MaxSnapshotTransfers is -2"},
+		{"op timeout", func(c *Config) { c.OpTimeout = -time.Second }, "OpTimeout is -1s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			tc.tweak(&c)
+			_, err := c.withDefaults()
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want ErrInvalidConfig naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDerivedValuesUseDefaults: derived values are computed
+// after defaults, so a library user who leaves the Raft timing zero still
+// gets heartbeat coalescing (a window of HeartbeatTimeout/20).
+func TestDerivedValuesUseDefaults(t *testing.T) {
+	cfg, err := Config{ID: "n1", Listen: "127.0.0.1:0", DataDir: t.TempDir()}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := heartbeatWindow(cfg); w != raftgroup.DefaultHeartbeatTimeout/20 || w == 0 {
+		t.Fatalf("heartbeat window %v, want %v", w, raftgroup.DefaultHeartbeatTimeout/20)
+	}
+}
