@@ -10,15 +10,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/internal/batchsend"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
-// Bounds of one BatchRequest message; a single larger request is sent
-// alone.
-const (
-	maxBatchRequests = 256
-	maxBatchBytes    = 1 << 20
-)
+// maxBatchRequests bounds the requests of one BatchRequest message; its
+// payload is bounded by batchsend.MaxBytes (a single larger request is
+// sent alone).
+const maxBatchRequests = 256
 
 // kvCaller is what a call needs of a node: the unary methods of
 // pb.KVClient, which a batcher implements too.
@@ -59,13 +58,15 @@ func newBatcher(conn grpc.ClientConnInterface, onPrimary func(string)) *batcher 
 type batchStream struct {
 	b      *batcher
 	stream pb.KV_BatchClient
+	// out holds the requests not yet handed to gRPC and sends them, as
+	// many to a message as are queued (see batchsend). Its lock nests
+	// inside mu (fail stops it), never the other way round.
+	out *batchsend.Queue[*pb.Request]
 
-	mu      sync.Mutex
-	queue   []*pb.Request // not yet handed to gRPC
-	sending bool
-	calls   map[uint64]chan answer // by request id, until answered
-	next    uint64
-	err     error // set once the stream broke
+	mu    sync.Mutex
+	calls map[uint64]chan answer // by request id, until answered
+	next  uint64
+	err   error // set once the stream broke
 }
 
 type answer struct {
@@ -173,6 +174,7 @@ func (b *batcher) stream(ctx context.Context) (*batchStream, error) {
 		return nil, &notSentError{err}
 	}
 	s := &batchStream{b: b, stream: stream, calls: map[uint64]chan answer{}}
+	s.out = batchsend.New(batchsend.Limits{Items: maxBatchRequests, Bytes: batchsend.MaxBytes}, requestSize, s.sendMessage)
 	b.cur.Store(s)
 	go s.receive(cancel)
 	return s, nil
@@ -184,46 +186,44 @@ func (s *batchStream) broken() bool {
 	return s.err != nil
 }
 
-// send queues req and, unless another caller is sending, sends everything
-// queued until the queue is empty, so that requests queued during a send
-// leave together in the next message.
+// send registers req's call and queues req; unless another caller is
+// sending, it then sends everything queued until the queue is empty, so
+// that requests queued during a send leave together in the next message.
 func (s *batchStream) send(req *pb.Request) (uint64, chan answer, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.err != nil {
+		s.mu.Unlock()
 		return 0, nil, &notSentError{s.err}
 	}
 	s.next++
 	req.Id = s.next
 	ch := make(chan answer, 1)
 	s.calls[req.Id] = ch
-	s.queue = append(s.queue, req)
-	if s.sending {
-		return req.Id, ch, nil
+	// Not under mu: sendMessage takes it.
+	s.mu.Unlock()
+	if err := s.out.Add(req); err != nil {
+		// The stream broke before req was queued: it was never sent.
+		s.forget(req.Id)
+		return 0, nil, &notSentError{err}
 	}
-	s.sending = true
-	for len(s.queue) > 0 && s.err == nil {
-		n, size := 0, 0
-		for n < len(s.queue) && n < maxBatchRequests && (n == 0 || size+requestSize(s.queue[n]) <= maxBatchBytes) {
-			size += requestSize(s.queue[n])
-			n++
-		}
-		msg := &pb.BatchRequest{Requests: s.queue[:n:n]}
-		s.queue = s.queue[n:]
-		s.mu.Unlock()
-		err := s.stream.Send(msg)
-		s.mu.Lock()
-		if err != nil {
-			// gRPC did not take the message: its requests were not sent.
-			// The stream is done; receive learns and reports why.
-			for _, r := range msg.Requests {
-				s.answer(r.GetId(), answer{err: &notSentError{status.Errorf(codes.Unavailable, "batch stream: %v", err)}})
-			}
-			s.err = err
-		}
-	}
-	s.sending = false
 	return req.Id, ch, nil
+}
+
+// sendMessage sends one message of queued requests; it is s.out's send
+// function, run by one caller at a time.
+func (s *batchStream) sendMessage(batch []*pb.Request) error {
+	err := s.stream.Send(&pb.BatchRequest{Requests: batch})
+	if err != nil {
+		// gRPC did not take the message: its requests were not sent.
+		// The stream is done; receive learns and reports why.
+		s.mu.Lock()
+		for _, r := range batch {
+			s.answer(r.GetId(), answer{err: &notSentError{status.Errorf(codes.Unavailable, "batch stream: %v", err)}})
+		}
+		s.err = err
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // requestSize estimates a request's encoded size: key and value dominate.
@@ -284,10 +284,9 @@ func (s *batchStream) fail(err error) {
 	if s.err == nil {
 		s.err = err
 	}
-	for _, r := range s.queue {
+	for _, r := range s.out.Stop(err) {
 		s.answer(r.GetId(), answer{err: &notSentError{err}})
 	}
-	s.queue = nil
 	for id := range s.calls {
 		a := answer{err: err}
 		if unserved {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/internal/batchsend"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
@@ -21,12 +22,10 @@ const (
 	// once; past it the stream is not read, so HTTP/2 flow control holds
 	// the client back instead of the server's memory growing.
 	maxBatchInFlight = 4096
-	// maxBatchBytes bounds the payload bytes of one BatchResponse message
-	// (one answer is sent alone if it is larger), well under a client's
-	// default 4 MiB receive limit.
-	maxBatchBytes = 1 << 20
 	// maxBatchAnswers bounds the answers of one BatchResponse, so the
-	// first answers of a burst are not held back by encoding the rest.
+	// first answers of a burst are not held back by encoding the rest. Its
+	// payload is bounded by batchsend.MaxBytes (an answer larger than that
+	// is sent alone), well under a client's default 4 MiB receive limit.
 	maxBatchAnswers = 256
 )
 
@@ -164,7 +163,11 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 			}
 		}
 	}()
-	out := &answers{stream: stream}
+	// Answers leave as they complete: whoever completes one while no
+	// answer is being sent sends all that are ready. After a failed send
+	// the stream is broken and the remaining answers are dropped.
+	out := batchsend.New(batchsend.Limits{Items: maxBatchAnswers, Bytes: batchsend.MaxBytes}, answerSize,
+		func(batch []*pb.Response) error { return stream.Send(&pb.BatchResponse{Responses: batch}) })
 	inflight := make(chan struct{}, b.maxInFlight)
 	var wg sync.WaitGroup
 	// Every request taken is answered before Serve returns, so a request
@@ -206,7 +209,7 @@ func (b *BatchServer) Serve(stream pb.KV_BatchServer) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				out.send(serveOne(ctx, b.kv, b.intercept, req))
+				_ = out.Add(serveOne(ctx, b.kv, b.intercept, req))
 				<-inflight
 			}()
 		}
@@ -271,50 +274,6 @@ func unary[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterce
 	})
 	resp, _ := out.(Resp)
 	return resp, primary, err
-}
-
-// answers sends a stream's answers. Whoever finds no send under way sends
-// everything queued, looping until the queue is empty, so answers that
-// complete during a send leave together in the next message and no
-// goroutine waits for work.
-type answers struct {
-	stream  pb.KV_BatchServer
-	mu      sync.Mutex
-	queue   []*pb.Response
-	sending bool
-	err     error // the first failed send; later answers are dropped
-}
-
-func (a *answers) send(r *pb.Response) {
-	a.mu.Lock()
-	if a.err != nil {
-		a.mu.Unlock()
-		return
-	}
-	a.queue = append(a.queue, r)
-	if a.sending {
-		a.mu.Unlock()
-		return
-	}
-	a.sending = true
-	for len(a.queue) > 0 && a.err == nil {
-		n, size := 0, 0
-		for n < len(a.queue) && n < maxBatchAnswers && (n == 0 || size+answerSize(a.queue[n]) <= maxBatchBytes) {
-			size += answerSize(a.queue[n])
-			n++
-		}
-		msg := &pb.BatchResponse{Responses: a.queue[:n:n]}
-		a.queue = a.queue[n:]
-		a.mu.Unlock()
-		err := a.stream.Send(msg)
-		a.mu.Lock()
-		a.err = err
-	}
-	if a.err != nil {
-		a.queue = nil
-	}
-	a.sending = false
-	a.mu.Unlock()
 }
 
 // answerSize estimates an answer's encoded size: its value dominates.
