@@ -226,18 +226,19 @@
 // And two kinds of goroutines per event:
 //
 //   - markTerm, one per leadership gained, also counted by wg. It ends once
-//     its marker is applied, when raft shuts down or refuses it and closeCh
-//     is closed, or once leadership or the term changed.
-//   - futureDone, one per write and per re-offer, turns a raft future into a
-//     channel the caller can select on with its context. It is not counted:
-//     it may outlive the call and ends when raft answers the future.
+//     its marker is applied, when raft shuts down or refuses it, when
+//     closeCh is closed, or once leadership or the term changed.
+//   - futureDone, one per write, per re-offer and per marker, turns a raft
+//     future into a channel the caller can select on with its context or
+//     closeCh. It is not counted: it may outlive the call and ends when raft
+//     answers the future.
 //
 // Raft answers every entry it took (applied, ErrLeadershipLost when its
 // leader steps down, ErrRaftShutdown), except one already queued for its FSM
 // goroutine when it shuts down, which that goroutine may leave behind: a
-// futureDone, or a markTerm, waiting on such an entry never ends, and such a
-// markTerm keeps Close waiting. markTerm waits on its future without a
-// deadline of its own.
+// futureDone waiting on such an entry never ends (one goroutine leaked per
+// such entry, at shutdown only). markTerm waits on its marker through
+// futureDone and closeCh, so that case cannot keep Close waiting.
 //
 // Raft's own goroutines call in: its main loop stores entries (onStored),
 // removes log suffixes (onTruncated), installs snapshots and sends on

@@ -449,7 +449,15 @@ func (r *Replica) markTerm() {
 	term := r.raft.CurrentTerm()
 	data := encodeEntry(0, fsm.Batch{})
 	for r.IsPrimary() && r.raft.CurrentTerm() == term {
-		err := r.raft.Apply(data, r.cfg.OpTimeout).Error()
+		f := r.raft.Apply(data, r.cfg.OpTimeout)
+		// raft may shut down with the marker queued for its FSM goroutine
+		// and never answer it: Close must not wait for that answer.
+		select {
+		case <-futureDone(f):
+		case <-r.closeCh:
+			return
+		}
+		err := f.Error()
 		switch {
 		case err == nil:
 			r.setReady(term)
