@@ -135,18 +135,20 @@
 // fails, the removal fails too (Stats.Reoffered counts the saved entries).
 // runReoffers hands the queue, oldest first, to the primary: to itself
 // (Reoffer) if it leads, else through Config.Reoffer (Admin.Reoffer between
-// nodes), and drops an entry from the saved queue once the primary has
-// applied it. The primary proposes the entry again as it was, original stamp
-// and fast flag included, so the conflict rule decides: a newer write wins
-// (Stats.ReofferLost), an equal stamp is already applied, and an entry cut
-// again is re-offered again. Reporting an entry that was in fact committed is
-// therefore harmless.
+// nodes; TestReofferDeliveredToRemotePrimary), and drops an entry from the
+// saved queue once the primary has applied it. A replica restarted before
+// delivering its queue loads it again (loadReoffers) and delivers it then
+// (TestReofferQueueSurvivesRestart). The primary proposes the entry again as
+// it was, original stamp and fast flag included, so the conflict rule
+// decides: a newer write wins (Stats.ReofferLost), an equal stamp is already
+// applied, and an entry cut again is re-offered again. Reporting an entry
+// that was in fact committed is therefore harmless.
 //
-// No test in this package cuts an acknowledged fast write:
-// TestIsolatedPrimary means to, but its isolated primary steps down during
-// the strong write and quorum read that come first, and acknowledges no fast
-// write. Nor does one restart a replica holding a saved queue or deliver
-// through Config.Reoffer.
+// TestIsolatedPrimaryReoffersFastWrites is the guarantee end to end: a
+// primary cut off from its group acknowledges fast writes until its lease
+// runs out, the new leader overwrites them and writes one of their keys
+// again; once healed, every acknowledged fast write is readable with its
+// original stamp but that one, which lost to the newer write.
 //
 // # Reads
 //

@@ -1,0 +1,211 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/testing/wait"
+)
+
+// TestIsolatedPrimaryReoffersFastWrites is the re-offer guarantee end to
+// end. A primary cut off from its group acknowledges fast writes until its
+// lease runs out; the new leader overwrites them in the log, and writes one
+// of their keys (fast0) again with a newer strong write. Once healed, the
+// old primary's log is cut, it saves the fast writes and re-offers them to
+// the new primary through Config.Reoffer: every acknowledged fast write is
+// readable with its original stamp, except fast0's, which loses to the
+// newer write by the conflict rule.
+func TestIsolatedPrimaryReoffersFastWrites(t *testing.T) {
+	// A lease long enough for a few acknowledged fast writes on a loaded
+	// machine.
+	g := newGroup(t, func(c *Config) {
+		c.Raft.HeartbeatTimeout = 500 * time.Millisecond
+		c.Raft.ElectionTimeout = 500 * time.Millisecond
+		c.Raft.LeaderLeaseTimeout = 500 * time.Millisecond
+	})
+	old := g.leader()
+	ctx := context.Background()
+	if _, err := old.Put(ctx, []byte("base"), []byte("0"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	g.isolate(old.cfg.NodeID)
+
+	// Right after the cut, while the lease lasts.
+	acked := map[string]fsm.Stamp{}
+	for i := range 20 {
+		key := fmt.Sprintf("fast%d", i)
+		st, err := old.Put(ctx, []byte(key), []byte("v"), Fast)
+		if err != nil {
+			if !errors.Is(err, ErrNotPrimary) && !errors.Is(err, ErrNoQuorum) {
+				t.Fatalf("fast write after step-down: %v", err)
+			}
+			break
+		}
+		acked[key] = st
+	}
+	if len(acked) < 2 {
+		t.Fatalf("the isolated primary acknowledged %d fast writes before stepping down; the test needs 2", len(acked))
+	}
+	t.Logf("the isolated primary acknowledged %d fast writes", len(acked))
+	eventually(t, "the isolated primary to step down", func() bool { return !old.IsPrimary() })
+
+	nl := g.leader(old.cfg.NodeID)
+	for key := range acked {
+		if _, err := nl.Get(ctx, []byte(key), Quorum); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s on the new primary before healing: %v, want ErrNotFound", key, err)
+		}
+	}
+	newer, err := nl.Put(ctx, []byte("fast0"), []byte("newer"), Strong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newer.Compare(acked["fast0"]) <= 0 {
+		t.Fatalf("the new write %v is not newer than the cut one %v", newer, acked["fast0"])
+	}
+
+	g.connectAll()
+	eventually(t, "the old primary to cut and save its fast writes", func() bool {
+		return old.Stats().Reoffered.Load() >= uint64(len(acked))
+	})
+	eventually(t, "the re-offer queue to empty", func() bool { return len(queued(old)) == 0 })
+	for key, st := range acked {
+		want := st
+		if key == "fast0" {
+			want = newer
+		}
+		g.waitStamp(key, want)
+	}
+	if lost := g.sumStats(func(s *Stats) uint64 { return s.ReofferLost.Load() }); lost == 0 {
+		t.Error("the re-offer of fast0 did not lose to the newer write (ReofferLost is 0)")
+	}
+	g.converged()
+}
+
+// TestReofferQueueSurvivesRestart: the queue is saved in the stable store
+// before the entries are cut, so a replica restarted before delivering it
+// loads it again and delivers it then.
+func TestReofferQueueSurvivesRestart(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	id := g.followers(l)[0].cfg.NodeID
+	g.holdReoffers.Store(true)
+	entries, stamps := fastEntries("restart", 3)
+	cutFrom(t, g.reps[id], entries)
+
+	g.stop(id)
+	g.start(id)
+	if got := queued(g.reps[id]); !equalEntries(got, entries) {
+		t.Fatalf("restarted replica queues %d entries, want the %d saved", len(got), len(entries))
+	}
+	g.holdReoffers.Store(false)
+	for i, st := range stamps {
+		g.waitStamp(fmt.Sprintf("restart%d", i), st)
+	}
+	eventually(t, "the restarted replica's queue to empty", func() bool { return len(queued(g.reps[id])) == 0 })
+	if saved, err := loadReoffers(g.reps[id].stable); err != nil || len(saved) != 0 {
+		t.Fatalf("saved queue after delivery: %d entries, %v; want none", len(saved), err)
+	}
+}
+
+// TestReofferDeliveredToRemotePrimary: a replica that does not lead hands
+// its queue to the primary through Config.Reoffer.
+func TestReofferDeliveredToRemotePrimary(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	f := g.followers(l)[0]
+	eventually(t, "the follower to know the primary", func() bool {
+		id, _ := f.Leader()
+		return id == l.cfg.NodeID
+	})
+	entries, stamps := fastEntries("remote", 3)
+	cutFrom(t, f, entries)
+	for i, st := range stamps {
+		g.waitStamp(fmt.Sprintf("remote%d", i), st)
+	}
+	eventually(t, "the follower's queue to empty", func() bool { return len(queued(f)) == 0 })
+	if n := g.reofferedVia[f.cfg.NodeID].Load(); n != uint64(len(entries)) {
+		t.Fatalf("the follower delivered %d re-offers through Config.Reoffer, want %d", n, len(entries))
+	}
+}
+
+// fastEntries are n fast Puts of the fresh keys prefix0, prefix1, ... as a
+// primary logs them, and their stamps.
+func fastEntries(prefix string, n int) (entries [][]byte, stamps []fsm.Stamp) {
+	now := time.Now().UnixNano()
+	for i := range n {
+		st := fsm.Stamp{Version: 1, Timestamp: hlc.Timestamp{WallTime: now + int64(i)}}
+		put := fsm.Put{RequestID: uint64(i + 1), Key: []byte(fmt.Sprint(prefix, i)), Value: []byte("v"), Stamp: st}
+		entries = append(entries, encodeEntry(flagFast, put))
+		stamps = append(stamps, st)
+	}
+	return entries, stamps
+}
+
+// cutFrom hands entries to r as raft's conflict path does before removing
+// them from r's log.
+func cutFrom(t *testing.T, r *Replica, entries [][]byte) {
+	t.Helper()
+	logs := make([]*raft.Log, len(entries))
+	for i, e := range entries {
+		logs[i] = &raft.Log{Index: uint64(1000 + i), Term: 1, Type: raft.LogCommand, Data: e}
+	}
+	if err := r.onTruncated(logs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// queued is a copy of r's re-offer queue.
+func queued(r *Replica) [][]byte {
+	r.reofferMu.Lock()
+	defer r.reofferMu.Unlock()
+	return append([][]byte(nil), r.reoffers...)
+}
+
+func equalEntries(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitStamp waits until a quorum read on the group's primary finds key with
+// stamp want.
+func (g *group) waitStamp(key string, want fsm.Stamp) {
+	g.t.Helper()
+	wait.For(g.t, waitFor, key+" at "+want.String(), func() (bool, string) {
+		for _, id := range g.ids {
+			if r := g.reps[id]; !g.closed[id] && r.IsPrimary() {
+				it, err := r.Get(context.Background(), []byte(key), Quorum)
+				if err != nil {
+					return false, err.Error()
+				}
+				return it.Stamp == want, "found " + it.Stamp.String()
+			}
+		}
+		return false, "no primary"
+	})
+}
+
+// sumStats adds up one counter over the running replicas.
+func (g *group) sumStats(counter func(*Stats) uint64) uint64 {
+	var n uint64
+	for _, id := range g.ids {
+		if !g.closed[id] {
+			n += counter(g.reps[id].Stats())
+		}
+	}
+	return n
+}
