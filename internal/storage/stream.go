@@ -1,0 +1,270 @@
+package storage
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+)
+
+// Snapshot stream, format 1. Integers are big-endian; every CRC is
+// CRC-32C (Castagnoli).
+//
+//	header  "RKVS" | format (1 byte) | applied index (8) | CRC of the 13 bytes before (4)
+//	chunk   length n > 0 (4) | n bytes of records | CRC of those n bytes (4)
+//	        a record: space (1) | uvarint key length | key | uvarint value length | value
+//	trailer 0 (4) | records (8) | CRC of every chunk's records in order (4) | CRC of the 16 bytes before (4)
+//
+// Records come in strictly ascending (space, key) order; space 0, the
+// engine's own, is never in a stream: the applied index travels in the
+// header.
+const (
+	streamMagic   = "RKVS"
+	streamFormat  = 1
+	headerLen     = 4 + 1 + 8 + 4
+	chunkTarget   = 1 << 20  // a writer ends a chunk past this many bytes
+	maxChunk      = 64 << 20 // a reader refuses a longer chunk
+	sstTargetSize = 64 << 20 // an ingestion starts a new SSTable past this
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorruptSnapshot reports a stream that fails verification: a checksum,
+// a length, the order of its records, or an early end.
+var ErrCorruptSnapshot = errors.New("storage: corrupt snapshot stream")
+
+// ErrSnapshotFormat reports a well-formed header naming a format this
+// version does not read.
+var ErrSnapshotFormat = errors.New("storage: unknown snapshot format")
+
+// WriteSnapshot streams the view's partition to w and returns the bytes
+// written and the applied index the stream carries.
+func (v *View) WriteSnapshot(w io.Writer) (n int64, applied uint64, err error) {
+	if applied, err = v.Applied(); err != nil {
+		return 0, 0, err
+	}
+	start, end := span(v.p.id)
+	it, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: engineKey(nil, v.p.id, metaSpace+1, nil), UpperBound: end})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer it.Close()
+	cw := &countingWriter{w: bufio.NewWriterSize(w, 64<<10)}
+	hdr := append([]byte(streamMagic), streamFormat)
+	hdr = binary.BigEndian.AppendUint64(hdr, applied)
+	cw.write(binary.BigEndian.AppendUint32(hdr, crc32.Checksum(hdr, castagnoli)))
+	var chunk []byte
+	var records uint64
+	var all uint32
+	flush := func() {
+		if len(chunk) == 0 {
+			return
+		}
+		cw.write(binary.BigEndian.AppendUint32(nil, uint32(len(chunk))))
+		cw.write(chunk)
+		cw.write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(chunk, castagnoli)))
+		all = crc32.Update(all, castagnoli, chunk)
+		chunk = chunk[:0]
+	}
+	for valid := it.First(); valid && cw.err == nil; valid = it.Next() {
+		k := it.Key()[len(start):]
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return cw.n, 0, err
+		}
+		chunk = append(chunk, k[0])
+		chunk = binary.AppendUvarint(chunk, uint64(len(k)-1))
+		chunk = append(chunk, k[1:]...)
+		chunk = binary.AppendUvarint(chunk, uint64(len(val)))
+		chunk = append(chunk, val...)
+		records++
+		if len(chunk) >= chunkTarget {
+			flush()
+		}
+	}
+	if err := it.Error(); err != nil {
+		return cw.n, 0, err
+	}
+	flush()
+	tr := binary.BigEndian.AppendUint32(nil, 0)
+	tr = binary.BigEndian.AppendUint64(tr, records)
+	tr = binary.BigEndian.AppendUint32(tr, all)
+	cw.write(binary.BigEndian.AppendUint32(tr, crc32.Checksum(tr, castagnoli)))
+	if cw.err == nil {
+		cw.err = cw.w.Flush()
+	}
+	return cw.n, applied, cw.err
+}
+
+type countingWriter struct {
+	w   *bufio.Writer
+	n   int64
+	err error
+}
+
+func (cw *countingWriter) write(b []byte) {
+	if cw.err != nil {
+		return
+	}
+	var k int
+	k, cw.err = cw.w.Write(b)
+	cw.n += int64(k)
+}
+
+// Ingest replaces the partition's whole state with the stream read from r
+// and returns the applied index it carried. It verifies the stream as it
+// writes it into SSTables beside the engine and swaps them in atomically
+// only once all of it checked out; on any error the partition is left as it
+// was (errors.Is ErrCorruptSnapshot or ErrSnapshotFormat for a bad
+// stream).
+func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
+	e := p.e
+	e.ingestMu.Lock()
+	defer e.ingestMu.Unlock()
+	fs := e.opts.FS
+	if err := fs.MkdirAll(e.staging, 0o755); err != nil {
+		return 0, err
+	}
+	var paths []string
+	defer func() {
+		// Ingestion moves the files into the engine; what is left is
+		// garbage, all of it on error.
+		for _, path := range paths {
+			fs.Remove(path)
+		}
+	}()
+	br := bufio.NewReaderSize(r, 64<<10)
+	hdr := make([]byte, headerLen)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		return 0, fmt.Errorf("%w: header: %v", ErrCorruptSnapshot, err)
+	}
+	if string(hdr[:4]) != streamMagic || binary.BigEndian.Uint32(hdr[13:]) != crc32.Checksum(hdr[:13], castagnoli) {
+		return 0, fmt.Errorf("%w: bad header", ErrCorruptSnapshot)
+	}
+	if hdr[4] != streamFormat {
+		return 0, fmt.Errorf("%w: format %d, this version reads %d", ErrSnapshotFormat, hdr[4], streamFormat)
+	}
+	applied = binary.BigEndian.Uint64(hdr[5:13])
+
+	var w *sstable.Writer
+	closeSST := func() error {
+		if w == nil {
+			return nil
+		}
+		err := w.Close()
+		w = nil
+		return err
+	}
+	defer closeSST()
+	newSST := func() error {
+		if err := closeSST(); err != nil {
+			return err
+		}
+		path := fs.PathJoin(e.staging, fmt.Sprintf("p%d-%d.sst", p.id, len(paths)))
+		f, err := fs.Create(path, "")
+		if err != nil {
+			return err
+		}
+		paths = append(paths, path)
+		w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), e.popts.MakeWriterOptions(0, e.db.TableFormat()))
+		return nil
+	}
+	if err := newSST(); err != nil {
+		return 0, err
+	}
+	if err := w.Set(engineKey(nil, p.id, metaSpace, appliedKey), binary.BigEndian.AppendUint64(nil, applied)); err != nil {
+		return 0, err
+	}
+	var (
+		records uint64
+		all     uint32
+		prev    []byte
+		key     []byte
+		word    [4]byte
+		written uint64
+	)
+	for {
+		if _, err := io.ReadFull(br, word[:]); err != nil {
+			return 0, fmt.Errorf("%w: chunk length: %v", ErrCorruptSnapshot, err)
+		}
+		size := binary.BigEndian.Uint32(word[:])
+		if size == 0 {
+			break
+		}
+		if size > maxChunk {
+			return 0, fmt.Errorf("%w: chunk of %d bytes, at most %d", ErrCorruptSnapshot, size, maxChunk)
+		}
+		chunk := make([]byte, size+4)
+		if _, err := io.ReadFull(br, chunk); err != nil {
+			return 0, fmt.Errorf("%w: chunk: %v", ErrCorruptSnapshot, err)
+		}
+		body := chunk[:size]
+		if binary.BigEndian.Uint32(chunk[size:]) != crc32.Checksum(body, castagnoli) {
+			return 0, fmt.Errorf("%w: chunk checksum", ErrCorruptSnapshot)
+		}
+		all = crc32.Update(all, castagnoli, body)
+		for len(body) > 0 {
+			space := body[0]
+			kl, k1 := binary.Uvarint(body[1:])
+			if k1 <= 0 || kl > uint64(len(body)) {
+				return 0, fmt.Errorf("%w: record key length", ErrCorruptSnapshot)
+			}
+			rest := body[1+k1:]
+			if uint64(len(rest)) < kl {
+				return 0, fmt.Errorf("%w: record key", ErrCorruptSnapshot)
+			}
+			key = engineKey(key[:0], p.id, space, rest[:kl])
+			rest = rest[kl:]
+			vl, v1 := binary.Uvarint(rest)
+			if v1 <= 0 || vl > uint64(len(rest)-v1) {
+				return 0, fmt.Errorf("%w: record value", ErrCorruptSnapshot)
+			}
+			val := rest[v1 : v1+int(vl)]
+			body = rest[v1+int(vl):]
+			if space == metaSpace || (prev != nil && string(key) <= string(prev)) {
+				return 0, fmt.Errorf("%w: records out of order", ErrCorruptSnapshot)
+			}
+			if written >= sstTargetSize {
+				if err := newSST(); err != nil {
+					return 0, err
+				}
+				written = 0
+			}
+			if err := w.Set(key, val); err != nil {
+				return 0, err
+			}
+			written += uint64(len(key) + len(val))
+			prev = append(prev[:0], key...)
+			records++
+		}
+	}
+	tr := make([]byte, 16)
+	if _, err := io.ReadFull(br, tr); err != nil {
+		return 0, fmt.Errorf("%w: trailer: %v", ErrCorruptSnapshot, err)
+	}
+	trailer := append(word[:], tr[:12]...)
+	switch {
+	case binary.BigEndian.Uint32(tr[12:]) != crc32.Checksum(trailer, castagnoli):
+		return 0, fmt.Errorf("%w: trailer checksum", ErrCorruptSnapshot)
+	case binary.BigEndian.Uint64(tr[:8]) != records:
+		return 0, fmt.Errorf("%w: %d records, the trailer says %d", ErrCorruptSnapshot, records, binary.BigEndian.Uint64(tr[:8]))
+	case binary.BigEndian.Uint32(tr[8:12]) != all:
+		return 0, fmt.Errorf("%w: checksum over all records", ErrCorruptSnapshot)
+	}
+	if err := closeSST(); err != nil {
+		return 0, err
+	}
+	start, end := span(p.id)
+	if _, err := e.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: start, End: end}); err != nil {
+		return 0, fmt.Errorf("storage: partition %d: ingest: %w", p.id, err)
+	}
+	paths = nil
+	return applied, nil
+}
