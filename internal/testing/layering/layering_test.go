@@ -25,6 +25,7 @@ var allowed = map[string][]string{
 	"internal/lenprefix":   nil,
 	"internal/connpool":    nil,
 	"internal/batchsend":   nil,
+	"internal/storage":     nil,
 	"fsm":                  {"hlc"},
 	"raftwal":              {"wal", "internal/lenprefix"},
 	"transport":            {"proto/ringkvpb", "internal/lenprefix"},
