@@ -144,6 +144,15 @@
 // applied, and an entry cut again is re-offered again. Reporting an entry
 // that was in fact committed is therefore harmless.
 //
+// An entry no primary can take (it does not decode, or its command breaks
+// Config.Limits) is dropped from the queue with an error logged and counted
+// (Stats.ReofferDropped), so it cannot hold up the entries behind it: the
+// replica checks the entry itself before delivering it, as the primary's
+// Reoffer does, and takes such an answer from the primary (an error wrapping
+// fsm.ErrMalformedCommand or an *fsm.LimitError) the same way. Any other
+// failure (no primary known, no quorum, the primary unreachable) leaves the
+// entry first in the queue for the next round (TestReofferDropsRefusedEntries).
+//
 // TestIsolatedPrimaryReoffersFastWrites is the guarantee end to end: a
 // primary cut off from its group acknowledges fast writes until its lease
 // runs out, the new leader overwrites them and writes one of their keys
@@ -216,7 +225,8 @@
 //     pendingMu and the ready broadcast. It ends when closeCh is closed.
 //   - runReoffers owns delivery of the re-offer queue. It wakes on
 //     reofferCh (onTruncated, markTerm) and every election timeout, and
-//     delivers until the queue is empty or a delivery fails. It ends when
+//     delivers until the queue is empty or a delivery fails for a reason
+//     other than the entry itself (which drops the entry). It ends when
 //     closeCh is closed, but only between rounds: a round in progress does
 //     not look at closeCh, so Close waits for it (each delivery is bounded
 //     by OpTimeout).

@@ -77,7 +77,11 @@ func (r *Replica) runReoffers() {
 }
 
 // deliverReoffer hands the oldest saved write to the primary and reports
-// whether it should be called again at once.
+// whether it should be called again at once. An entry refused for good (it
+// does not decode, or breaks the limits) is dropped, with an error logged
+// and counted, so that it cannot hold up the entries behind it; after any
+// other failure (no primary known, no quorum, unreachable) it stays first in
+// the queue and is offered again in the next round.
 func (r *Replica) deliverReoffer() bool {
 	r.reofferMu.Lock()
 	if len(r.reoffers) == 0 {
@@ -87,20 +91,38 @@ func (r *Replica) deliverReoffer() bool {
 	entry := r.reoffers[0]
 	r.reofferMu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
-	defer cancel()
-	var err error
-	if r.IsPrimary() {
-		err = r.Reoffer(ctx, entry)
-	} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
-		err = r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
-	} else {
-		return false
+	// The primary's own check, done here first: what it refuses for good
+	// need not reach it, whatever error its answer would come back as.
+	err := checkReoffer(r.cfg.Limits, entry)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+		defer cancel()
+		if r.IsPrimary() {
+			err = r.Reoffer(ctx, entry)
+		} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
+			err = r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
+		} else {
+			return false
+		}
 	}
-	if err != nil {
+	switch {
+	case err == nil:
+		return r.popReoffer()
+	case refusedForGood(err):
+		if !r.popReoffer() {
+			return false
+		}
+		r.stats.ReofferDropped.Add(1)
+		r.log.Error("dropped a re-offered fast write the primary refuses for good", "error", err, "bytes", len(entry))
+		return true
+	default:
 		r.log.Debug("re-offer not delivered yet", "error", err)
 		return false
 	}
+}
+
+// popReoffer removes the oldest entry from the queue, saved copy first.
+func (r *Replica) popReoffer() bool {
 	r.reofferMu.Lock()
 	defer r.reofferMu.Unlock()
 	rest := r.reoffers[1:]
@@ -110,6 +132,24 @@ func (r *Replica) deliverReoffer() bool {
 	}
 	r.reoffers = rest
 	return true
+}
+
+// checkReoffer decodes a re-offered entry and checks its command against
+// limits.
+func checkReoffer(limits fsm.Options, entry []byte) error {
+	_, cmd, err := decodeEntry(entry)
+	if err != nil {
+		return err
+	}
+	return limits.Validate(cmd)
+}
+
+// refusedForGood reports whether a re-offer failed because of the entry
+// itself, which no primary can take: it does not decode, or its command
+// breaks the limits. Offering it again can only fail again.
+func refusedForGood(err error) bool {
+	var le *fsm.LimitError
+	return errors.Is(err, fsm.ErrMalformedCommand) || errors.As(err, &le)
 }
 
 // Reoffer proposes a fast write cut from some replica's log again, with its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,4 +209,66 @@ func (g *group) sumStats(counter func(*Stats) uint64) uint64 {
 		}
 	}
 	return n
+}
+
+// TestReofferDropsRefusedEntries: an entry no primary can take is dropped,
+// counted, and does not hold up the queue behind it, whether this replica
+// finds it out itself (it does not decode, or breaks the limits) or the
+// remote primary answers so; an entry whose delivery fails for a while is
+// offered again until it is delivered.
+func TestReofferDropsRefusedEntries(t *testing.T) {
+	var calls atomic.Int32
+	g := newGroup(t, func(c *Config) {
+		next := c.Reoffer
+		c.Reoffer = func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error {
+			_, cmd, err := decodeEntry(entry)
+			if err != nil {
+				return err
+			}
+			switch n := calls.Add(1); {
+			case n <= 2:
+				return &NoQuorumError{Partition: partition, Op: "re-offer", Cause: context.DeadlineExceeded}
+			case string(cmd.(fsm.Put).Key) == "refused":
+				// What a primary with smaller limits would answer.
+				return fmt.Errorf("primary says: %w", &fsm.LimitError{Field: "key", Size: 7, Limit: 6, Err: fsm.ErrKeyTooLarge})
+			}
+			return next(ctx, primary, partition, entry)
+		}
+	})
+	l := g.leader()
+	good, stamps := fastEntries("good", 4)
+	long := bytes.Repeat([]byte("k"), fsm.DefaultMaxKeySize+1)
+	tooLong := encodeEntry(flagFast, fsm.Put{Key: long, Value: []byte("v"), Stamp: stamps[0]})
+	malformed := []byte{flagFast, 0xde, 0xad}
+
+	// On the primary itself, which finds both bad entries out.
+	cutFrom(t, l, [][]byte{malformed, good[0], tooLong, good[1]})
+	g.waitStamp("good0", stamps[0])
+	g.waitStamp("good1", stamps[1])
+	eventually(t, "the primary's queue to empty", func() bool { return len(queued(l)) == 0 })
+	if n := l.Stats().ReofferDropped.Load(); n != 2 {
+		t.Errorf("the primary dropped %d re-offers, want 2", n)
+	}
+
+	// Through Config.Reoffer: good2's first two deliveries fail and are
+	// retried; the primary refuses "refused" for good.
+	f := g.followers(l)[0]
+	eventually(t, "the follower to know the primary", func() bool {
+		id, _ := f.Leader()
+		return id == l.cfg.NodeID
+	})
+	refused := encodeEntry(flagFast, fsm.Put{Key: []byte("refused"), Value: []byte("v"), Stamp: stamps[0]})
+	cutFrom(t, f, [][]byte{good[2], refused, tooLong, good[3]})
+	g.waitStamp("good2", stamps[2])
+	g.waitStamp("good3", stamps[3])
+	eventually(t, "the follower's queue to empty", func() bool { return len(queued(f)) == 0 })
+	if n := f.Stats().ReofferDropped.Load(); n != 2 {
+		t.Errorf("the follower dropped %d re-offers, want 2", n)
+	}
+	if n := calls.Load(); n != 5 {
+		t.Errorf("Config.Reoffer called %d times, want 5: good2 three times, refused and good3 once", n)
+	}
+	if _, err := l.Get(context.Background(), []byte("refused"), Quorum); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the refused entry: %v, want ErrNotFound", err)
+	}
 }

@@ -72,6 +72,9 @@ type Config struct {
 	Snapshots chan struct{}
 	// Reoffer delivers a re-offered fast write to a remote primary (see
 	// Replica.Reoffer). Without it re-offers wait until this replica leads.
+	// An error wrapping fsm.ErrMalformedCommand or an *fsm.LimitError says
+	// the primary refused the entry for good, and the entry is dropped;
+	// after any other error it is offered again.
 	Reoffer func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error
 	// OnSnapshot, if set, is called after each snapshot of the store is
 	// persisted. It must not block.
@@ -197,6 +200,7 @@ type Stats struct {
 	FastUncommitted atomic.Int64  // keys whose acknowledged fast write is not yet applied
 	Reoffered       atomic.Uint64 // fast writes cut from the log and re-offered
 	ReofferLost     atomic.Uint64 // re-offered writes that lost to a newer write
+	ReofferDropped  atomic.Uint64 // re-offered writes refused for good (malformed, or breaking the limits) and dropped
 	LeaderChanges   atomic.Uint64 // times this replica learned of a new leader
 }
 
