@@ -142,7 +142,10 @@
 // it was, original stamp and fast flag included, so the conflict rule
 // decides: a newer write wins (Stats.ReofferLost), an equal stamp is already
 // applied, and an entry cut again is re-offered again. Reporting an entry
-// that was in fact committed is therefore harmless.
+// that was in fact committed is therefore harmless. Reoffer answers with
+// what applying the entry did: applied, already applied or lost, it is
+// delivered; refused by Apply, it is not, and the error says why
+// (TestReofferReportsItsOutcome).
 //
 // An entry no primary can take (it does not decode, or its command breaks
 // Config.Limits) is dropped from the queue with an error logged and counted

@@ -153,9 +153,13 @@ func refusedForGood(err error) bool {
 }
 
 // Reoffer proposes a fast write cut from some replica's log again, with its
-// original stamp, and waits until it is applied. Only the primary accepts it.
+// original stamp, and waits until it is applied. Only the primary accepts
+// it. An entry that does not decode or breaks the limits is refused before
+// it reaches the log. The answer is what applying the entry did: nil once it
+// is applied, whether its writes won, were already applied or lost to newer
+// ones (counted in Stats.ReofferLost); Apply's error if Apply refused it.
 func (r *Replica) Reoffer(ctx context.Context, entry []byte) error {
-	if _, _, err := decodeEntry(entry); err != nil {
+	if err := checkReoffer(r.cfg.Limits, entry); err != nil {
 		return err
 	}
 	if !r.IsPrimary() {
@@ -172,14 +176,30 @@ func (r *Replica) Reoffer(ctx context.Context, entry []byte) error {
 	if err := future.Error(); err != nil {
 		return r.proposeError(Fast, err)
 	}
-	if res, ok := future.Response().(applyResult); ok {
-		for _, w := range res.res.Writes {
-			if w.Outcome == fsm.Lost {
-				r.stats.ReofferLost.Add(1)
-			}
+	lost, err := reofferResult(r.cfg.Partition, future.Response())
+	if err != nil {
+		return err
+	}
+	r.stats.ReofferLost.Add(uint64(lost))
+	return nil
+}
+
+// reofferResult reads what applying a re-offered entry did: how many of its
+// writes lost the conflict rule, or why Apply refused it.
+func reofferResult(partition uint32, response interface{}) (lost int, err error) {
+	res, ok := response.(applyResult)
+	if !ok {
+		return 0, fmt.Errorf("partition %d: unexpected apply response %T", partition, response)
+	}
+	if res.err != nil {
+		return 0, fmt.Errorf("partition %d: re-offered entry refused: %w", partition, res.err)
+	}
+	for _, w := range res.res.Writes {
+		if w.Outcome == fsm.Lost {
+			lost++
 		}
 	}
-	return nil
+	return lost, nil
 }
 
 func encodeReoffers(entries [][]byte) []byte {

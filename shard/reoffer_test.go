@@ -272,3 +272,78 @@ func TestReofferDropsRefusedEntries(t *testing.T) {
 		t.Errorf("the refused entry: %v, want ErrNotFound", err)
 	}
 }
+
+// TestReofferReportsItsOutcome: Reoffer refuses an entry that does not
+// decode or breaks the limits before it reaches the log, and otherwise
+// answers with what applying the entry did: a write that wins, is already
+// applied or loses the conflict rule is delivered (a loss is counted), and
+// an entry Apply refuses is an error, not a delivery.
+func TestReofferReportsItsOutcome(t *testing.T) {
+	g := newGroup(t, nil)
+	l := g.leader()
+	ctx := context.Background()
+	old := fsm.Stamp{Version: 1, Timestamp: hlc.Timestamp{WallTime: 1}}
+	long := bytes.Repeat([]byte("k"), fsm.DefaultMaxKeySize+1)
+	huge := make([]byte, fsm.DefaultMaxValueSize+1)
+	fast := func(w fsm.Write) []byte { return encodeEntry(flagFast, w) }
+
+	last := l.Raft().LastIndex()
+	for _, tc := range []struct {
+		name  string
+		entry []byte
+		want  error
+	}{
+		{"empty", nil, fsm.ErrMalformedCommand},
+		{"not a command", []byte{flagFast, 0xde, 0xad}, fsm.ErrMalformedCommand},
+		{"empty key", fast(fsm.Put{Value: []byte("v"), Stamp: old}), fsm.ErrEmptyKey},
+		{"key too large", fast(fsm.Delete{Key: long, Stamp: old}), fsm.ErrKeyTooLarge},
+		{"value too large", fast(fsm.Put{Key: []byte("k"), Value: huge, Stamp: old}), fsm.ErrValueTooLarge},
+		{"a bad write in a batch", encodeEntry(flagFast, fsm.Batch{Writes: []fsm.Write{
+			fsm.Put{Key: []byte("k"), Value: []byte("v"), Stamp: old},
+			fsm.Put{Key: long, Value: []byte("v"), Stamp: old},
+		}}), fsm.ErrKeyTooLarge},
+	} {
+		if err := l.Reoffer(ctx, tc.entry); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if got := l.Raft().LastIndex(); got != last {
+		t.Errorf("refused re-offers reached the log: last index %d → %d", last, got)
+	}
+
+	// Won, then already applied: delivered, nothing lost.
+	won := fast(fsm.Put{RequestID: 1, Key: []byte("won"), Value: []byte("v"), Stamp: old})
+	for range 2 {
+		if err := l.Reoffer(ctx, won); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if it, err := l.Get(ctx, []byte("won"), Quorum); err != nil || it.Stamp != old {
+		t.Fatalf("won: %v %v, want %v", it.Stamp, err, old)
+	}
+	// Lost to a newer write: delivered, and counted.
+	newer, err := l.Put(ctx, []byte("lost"), []byte("newer"), Strong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reoffer(ctx, fast(fsm.Put{RequestID: 2, Key: []byte("lost"), Value: []byte("v"), Stamp: old})); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Stats().ReofferLost.Load(); n != 1 {
+		t.Errorf("ReofferLost = %d, want 1", n)
+	}
+	if it, err := l.Get(ctx, []byte("lost"), Quorum); err != nil || it.Stamp != newer {
+		t.Fatalf("lost: %v %v, want the newer %v", it.Stamp, err, newer)
+	}
+
+	// Refused by Apply. Apply checks with the limits its store was opened
+	// with, the same as Reoffer's own check unless they differ, as they do
+	// here once the primary's are raised after Open.
+	l.cfg.Limits.MaxKeySize = 2 * fsm.DefaultMaxKeySize
+	err = l.Reoffer(ctx, fast(fsm.Put{RequestID: 3, Key: long, Value: []byte("v"), Stamp: old}))
+	l.cfg.Limits.MaxKeySize = 0
+	var le *fsm.LimitError
+	if !errors.As(err, &le) || !errors.Is(err, fsm.ErrKeyTooLarge) {
+		t.Fatalf("an entry Apply refused: %v, want its *fsm.LimitError", err)
+	}
+}
