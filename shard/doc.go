@@ -230,9 +230,10 @@
 //     reofferCh (onTruncated, markTerm) and every election timeout, and
 //     delivers until the queue is empty or a delivery fails for a reason
 //     other than the entry itself (which drops the entry). It ends when
-//     closeCh is closed, but only between rounds: a round in progress does
-//     not look at closeCh, so Close waits for it (each delivery is bounded
-//     by OpTimeout).
+//     closeCh is closed, which a round checks before each delivery: Close
+//     waits for the delivery in flight only (bounded by OpTimeout), and the
+//     entries left stay saved for the next start
+//     (TestCloseStopsReofferRound).
 //   - The verifier's run is the only caller of VerifyLeader: it owns the
 //     rounds. It ends when closeCh is closed, after the round in flight
 //     (raft answers it when shut down), failing the round that was waiting

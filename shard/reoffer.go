@@ -59,7 +59,9 @@ func (r *Replica) signalReoffers() {
 	}
 }
 
-// runReoffers delivers saved fast writes to the primary until none is left.
+// runReoffers delivers saved fast writes to the primary until none is left,
+// or until the replica closes: a round stops between deliveries then, and
+// leaves the rest saved for the next start.
 func (r *Replica) runReoffers() {
 	defer r.wg.Done()
 	retry := time.NewTicker(r.cfg.Raft.ElectionTimeout)
@@ -71,8 +73,18 @@ func (r *Replica) runReoffers() {
 		case <-r.reofferCh:
 		case <-retry.C:
 		}
-		for r.deliverReoffer() {
+		for !r.closing() && r.deliverReoffer() {
 		}
+	}
+}
+
+// closing reports whether Close has begun.
+func (r *Replica) closing() bool {
+	select {
+	case <-r.closeCh:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -121,11 +121,7 @@ func TestReofferQueueSurvivesRestart(t *testing.T) {
 func TestReofferDeliveredToRemotePrimary(t *testing.T) {
 	g := newGroup(t, nil)
 	l := g.leader()
-	f := g.followers(l)[0]
-	eventually(t, "the follower to know the primary", func() bool {
-		id, _ := f.Leader()
-		return id == l.cfg.NodeID
-	})
+	f := g.follower(l)
 	entries, stamps := fastEntries("remote", 3)
 	cutFrom(t, f, entries)
 	for i, st := range stamps {
@@ -135,6 +131,17 @@ func TestReofferDeliveredToRemotePrimary(t *testing.T) {
 	if n := g.reofferedVia[f.cfg.NodeID].Load(); n != uint64(len(entries)) {
 		t.Fatalf("the follower delivered %d re-offers through Config.Reoffer, want %d", n, len(entries))
 	}
+}
+
+// follower is a follower of l, once it knows that l leads.
+func (g *group) follower(l *Replica) *Replica {
+	g.t.Helper()
+	f := g.followers(l)[0]
+	eventually(g.t, "the follower to know the primary", func() bool {
+		id, _ := f.Leader()
+		return id == l.cfg.NodeID
+	})
+	return f
 }
 
 // fastEntries are n fast Puts of the fresh keys prefix0, prefix1, ... as a
@@ -252,11 +259,7 @@ func TestReofferDropsRefusedEntries(t *testing.T) {
 
 	// Through Config.Reoffer: good2's first two deliveries fail and are
 	// retried; the primary refuses "refused" for good.
-	f := g.followers(l)[0]
-	eventually(t, "the follower to know the primary", func() bool {
-		id, _ := f.Leader()
-		return id == l.cfg.NodeID
-	})
+	f := g.follower(l)
 	refused := encodeEntry(flagFast, fsm.Put{Key: []byte("refused"), Value: []byte("v"), Stamp: stamps[0]})
 	cutFrom(t, f, [][]byte{good[2], refused, tooLong, good[3]})
 	g.waitStamp("good2", stamps[2])
@@ -345,5 +348,64 @@ func TestReofferReportsItsOutcome(t *testing.T) {
 	var le *fsm.LimitError
 	if !errors.As(err, &le) || !errors.Is(err, fsm.ErrKeyTooLarge) {
 		t.Fatalf("an entry Apply refused: %v, want its *fsm.LimitError", err)
+	}
+}
+
+// TestCloseStopsReofferRound: closing the replica does not wait for its
+// queue to empty. The round in progress stops after the delivery in flight,
+// and the entries left stay saved for the next start. The test closes
+// closeCh alone, as Close does first, and shuts raft down itself after: a
+// raft shut down forgets the leader, which ends a round too, and would hide
+// a round that does not look at closeCh.
+func TestCloseStopsReofferRound(t *testing.T) {
+	var calls atomic.Int32
+	started, release := make(chan struct{}), make(chan struct{})
+	g := newGroup(t, func(c *Config) {
+		next := c.Reoffer
+		c.Reoffer = func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error {
+			if calls.Add(1) == 1 {
+				// The first delivery is in flight when the replica closes.
+				close(started)
+				<-release
+			}
+			return next(ctx, primary, partition, entry)
+		}
+	})
+	l := g.leader()
+	f := g.follower(l)
+	entries, _ := fastEntries("close", 5)
+	cutFrom(t, f, entries)
+	within(t, started, "the first delivery to start")
+
+	close(f.closeCh)
+	close(release)
+	stopped := make(chan struct{})
+	go func() {
+		f.wg.Wait()
+		close(stopped)
+	}()
+	within(t, stopped, "the replica's goroutines to end")
+	if err := f.raft.Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d deliveries, want the one in flight when the replica closed", n)
+	}
+	if got := queued(f); !equalEntries(got, entries[1:]) {
+		t.Errorf("%d entries queued after closing, want the %d not delivered", len(got), len(entries)-1)
+	}
+	if saved, err := loadReoffers(f.stable); err != nil || !equalEntries(saved, entries[1:]) {
+		t.Errorf("%d entries saved after closing (%v), want the %d not delivered", len(saved), err, len(entries)-1)
+	}
+}
+
+// within waits until ch is closed, failing t after waitFor.
+func within(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(waitFor):
+		t.Fatalf("timed out after %v waiting for %s", waitFor, what)
 	}
 }
