@@ -263,7 +263,9 @@ func (r ReadConsistency) String() string {
 // Result is what a write reports.
 type Result struct {
 	// Version is the version the write was given; versions of a key
-	// strictly increase.
+	// strictly increase, except that a key written again after its
+	// delete's tombstone was purged (the nodes' --tombstone-ttl later)
+	// starts again at 1.
 	Version uint64
 	// Timestamp is the write's hybrid logical clock time.
 	Timestamp hlc.Timestamp

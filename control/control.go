@@ -26,10 +26,14 @@ type Host interface {
 	// Transfer hands leadership of p, which the node leads, to the replica
 	// id at addr.
 	Transfer(p ring.PartitionID, id raft.ServerID, addr raft.ServerAddress) error
+	// Purge has the node's replica of p, which must lead its group, purge
+	// the tombstones older than the TTL, and reports how many it removed.
+	Purge(p ring.PartitionID) (int, error)
 }
 
 // Config describes a node's control loop. Every field is required but
-// Logger and BalanceInterval; the node validated the durations.
+// Logger, BalanceInterval and TombstoneTTL; the node validated the
+// durations.
 type Config struct {
 	ID        string // the node's id
 	Advertise string // the address the node's peers reach it at
@@ -51,6 +55,10 @@ type Config struct {
 	MaxMoves        int
 	PromoteMaxLag   uint64
 	BalanceInterval time.Duration // 0: never
+	// TombstoneTTL is how long a delete's tombstone is kept before a purge
+	// removes it; it sets how often purges are proposed (PurgeInterval).
+	// The cutoff is the replicas' own (Host.Purge). 0 or less: never.
+	TombstoneTTL time.Duration
 }
 
 // Controller runs the control loop of one node.
@@ -76,6 +84,10 @@ func Start(cfg Config, host Host) *Controller {
 	if cfg.BalanceInterval > 0 {
 		c.wg.Add(1)
 		go c.balancePrimaries()
+	}
+	if PurgeInterval(cfg.TombstoneTTL) > 0 {
+		c.wg.Add(1)
+		go c.purgeTombstones()
 	}
 	return c
 }

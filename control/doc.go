@@ -25,7 +25,7 @@
 //     refuses it, so it hands leadership over first (node
 //     TestMetadataLeaderLeaves).
 //
-// Goroutines: Start runs four loops, each until Stop —
+// Goroutines: Start runs up to five loops, each until Stop —
 //   - host: reconciles the hosted replicas with the view, every second and
 //     whenever Config.ViewChanged fires;
 //   - heartbeat: reports this node to the metadata leader every
@@ -35,7 +35,13 @@
 //     group; a round's replica moves run in parallel goroutines that the
 //     round waits for;
 //   - balance (if BalanceInterval > 0): hands partitions this node leads to
-//     their preferred primaries.
+//     their preferred primaries;
+//   - purge (if TombstoneTTL > 0): every PurgeInterval(TombstoneTTL) (a
+//     quarter of the TTL, between 1 s and 1 h), has each partition this
+//     node leads purge its tombstones older than the TTL through Host.Purge
+//     — a log entry carrying the primary's cutoff, so every replica removes
+//     the same ones. A round checks Stop between partitions; each purge is
+//     bounded by the node's op timeout.
 //
 // Locks: health.mu guards the heartbeat times; it is a leaf (nothing is
 // called while it is held). The loops share no other state: what they read

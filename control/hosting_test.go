@@ -16,6 +16,10 @@ import (
 type fakeHost struct {
 	hosted          []ring.PartitionID
 	opened, dropped []ring.PartitionID
+	leads           map[ring.PartitionID]bool
+	purged          []ring.PartitionID
+	// purge answers Purge when set (purge_test.go).
+	purge func(ring.PartitionID) (int, error)
 }
 
 func (h *fakeHost) Hosted() []ring.PartitionID { return h.hosted }
@@ -27,8 +31,15 @@ func (h *fakeHost) DropReplica(p ring.PartitionID) error {
 	h.dropped = append(h.dropped, p)
 	return nil
 }
-func (h *fakeHost) Leads(ring.PartitionID) bool                                        { return false }
+func (h *fakeHost) Leads(p ring.PartitionID) bool                                      { return h.leads[p] }
 func (h *fakeHost) Transfer(ring.PartitionID, raft.ServerID, raft.ServerAddress) error { return nil }
+func (h *fakeHost) Purge(p ring.PartitionID) (int, error) {
+	h.purged = append(h.purged, p)
+	if h.purge == nil {
+		return 0, nil
+	}
+	return h.purge(p)
+}
 
 // TestReconcileHostsExactlyWhatTheViewPlaces: a node opens the replicas its
 // view places on it and drops (deleting their data) only those that neither

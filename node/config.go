@@ -26,6 +26,10 @@ const (
 	DefaultPromoteMaxLag        = 256
 	DefaultManageInterval       = 250 * time.Millisecond
 	DefaultReadyMaxLag          = 1000
+	// DefaultTombstoneTTL keeps a delete's tombstone a day, far longer than
+	// any delay a late write meets while its replica is up and connected
+	// (see Config.TombstoneTTL).
+	DefaultTombstoneTTL = 24 * time.Hour
 )
 
 // ErrInvalidConfig marks every error Start returns for a Config it refuses;
@@ -91,6 +95,17 @@ type Config struct {
 	// ManageInterval is how often the metadata leader checks health and
 	// advances replica moves.
 	ManageInterval time.Duration
+	// TombstoneTTL is how long a delete's tombstone is kept: each primary
+	// proposes a purge of the older ones every control.PurgeInterval (a
+	// quarter of the TTL, at most an hour). A write that arrives after the
+	// purge with a stamp older than the delete — a re-offered fast write of
+	// a replica that was away for longer — is no longer stopped by it, and
+	// the key comes back (docs/design.md, "Versions and conflicts"); so
+	// the TTL must exceed the longest a replica can be away and still
+	// return. Negative: never purge, tombstones are kept forever. It is the
+	// one knob of the purge: Limits.TombstoneGrace, the cutoff the
+	// replicas compute, is set from it.
+	TombstoneTTL time.Duration
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
 
@@ -153,6 +168,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.ReadyMaxLag, DefaultReadyMaxLag)
 	setDefault(&c.ManageInterval, DefaultManageInterval)
 	setDefault(&c.BalanceInterval, DefaultBalanceInterval)
+	setDefault(&c.TombstoneTTL, DefaultTombstoneTTL)
 	switch {
 	case c.OpTimeout < 0:
 		return invalid("OpTimeout is %v, want more than 0", c.OpTimeout)
@@ -162,6 +178,13 @@ func (c Config) withDefaults() (Config, error) {
 		return invalid("MaxMoves is %d, want at least 1", c.MaxMoves)
 	case c.ManageInterval < 0:
 		return invalid("ManageInterval is %v, want more than 0", c.ManageInterval)
+	case c.Limits.TombstoneGrace != 0:
+		// Two settings of one duration could disagree; the control loop
+		// needs it too, to know how often to purge.
+		return invalid("Limits.TombstoneGrace is %v: set TombstoneTTL instead", c.Limits.TombstoneGrace)
+	}
+	if c.TombstoneTTL > 0 {
+		c.Limits.TombstoneGrace = c.TombstoneTTL
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

@@ -24,7 +24,8 @@ func TestConfigWithDefaults(t *testing.T) {
 			got.MaxMoves != DefaultMaxMoves || got.BalanceInterval != DefaultBalanceInterval ||
 			got.ManageInterval != DefaultManageInterval || got.PromoteMaxLag != DefaultPromoteMaxLag ||
 			got.ReadyMaxLag != DefaultReadyMaxLag || got.MaxSnapshotTransfers != DefaultMaxSnapshotTransfers ||
-			got.RaftLog != shard.LogWAL || got.Logger == nil {
+			got.RaftLog != shard.LogWAL || got.Logger == nil ||
+			got.TombstoneTTL != DefaultTombstoneTTL || got.Limits.TombstoneGrace != DefaultTombstoneTTL {
 			t.Fatalf("defaults not applied: %+v", got)
 		}
 	})
@@ -43,6 +44,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"max moves", func(c *Config) { c.MaxMoves = -1 }, "MaxMoves is -1"},
 		{"snapshot transfers", func(c *Config) { c.MaxSnapshotTransfers = -2 }, "MaxSnapshotTransfers is -2"},
 		{"op timeout", func(c *Config) { c.OpTimeout = -time.Second }, "OpTimeout is -1s"},
+		{"tombstone grace beside the TTL", func(c *Config) { c.Limits.TombstoneGrace = time.Hour }, "Limits.TombstoneGrace is 1h0m0s: set TombstoneTTL instead"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
@@ -65,5 +67,26 @@ func TestDerivedValuesUseDefaults(t *testing.T) {
 	}
 	if w := heartbeatWindow(cfg); w != raftgroup.DefaultHeartbeatTimeout/20 || w == 0 {
 		t.Fatalf("heartbeat window %v, want %v", w, raftgroup.DefaultHeartbeatTimeout/20)
+	}
+}
+
+// TestTombstoneTTL: the TTL is the one setting of tombstone purges; the
+// replicas' cutoff (Limits.TombstoneGrace) follows it, and a negative TTL
+// means the control loop never purges.
+func TestTombstoneTTL(t *testing.T) {
+	for _, tc := range []struct {
+		ttl, wantTTL, wantGrace time.Duration
+	}{
+		{0, DefaultTombstoneTTL, DefaultTombstoneTTL},
+		{time.Hour, time.Hour, time.Hour},
+		{-1, -1, 0}, // never purged: no cutoff is ever computed
+	} {
+		got, err := Config{ID: "n1", Listen: "127.0.0.1:7001", DataDir: "/tmp/x", TombstoneTTL: tc.ttl}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.TombstoneTTL != tc.wantTTL || got.Limits.TombstoneGrace != tc.wantGrace {
+			t.Errorf("TombstoneTTL %v: got TTL %v, grace %v; want %v, %v", tc.ttl, got.TombstoneTTL, got.Limits.TombstoneGrace, tc.wantTTL, tc.wantGrace)
+		}
 	}
 }

@@ -331,6 +331,7 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		MaxMoves:        n.cfg.MaxMoves,
 		PromoteMaxLag:   n.cfg.PromoteMaxLag,
 		BalanceInterval: max(n.cfg.BalanceInterval, 0),
+		TombstoneTTL:    n.cfg.TombstoneTTL,
 	}, host{n}))
 	return nil
 }

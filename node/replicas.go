@@ -118,3 +118,13 @@ func (h host) Transfer(p ring.PartitionID, id raft.ServerID, addr raft.ServerAdd
 	}
 	return r.Raft().LeadershipTransferToServer(id, addr).Error()
 }
+
+// Purge needs no context of its own: the replica bounds a purge by the op
+// timeout, and closing the replica (shutdown, a drop) ends it.
+func (h host) Purge(p ring.PartitionID) (int, error) {
+	r := h.n.Replica(p)
+	if r == nil {
+		return 0, fmt.Errorf("partition %d: not hosted", p)
+	}
+	return r.PurgeTombstones(context.Background())
+}

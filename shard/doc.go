@@ -162,6 +162,29 @@
 // again; once healed, every acknowledged fast write is readable with its
 // original stamp but that one, which lost to the newer write.
 //
+// # Tombstone purges
+//
+// A delete stores a tombstone carrying its stamp, so that an older write of
+// the key still loses and the key's versions go on from it. PurgeTombstones
+// (purge.go), which the node's control loop calls on the primary of each
+// partition it leads, removes those older than Config.Limits.TombstoneGrace
+// (the node's TombstoneTTL): after waitReady, the primary proposes fsm's
+// PurgeTombstones with its cutoff (its HLC now minus the grace,
+// fsm.Store.PurgeCommand) and waits until the entry is applied, reporting
+// how many tombstones the apply removed. The cutoff travels in the entry,
+// so every replica removes the same tombstones at the same index and Apply
+// reads no clock; a replica that missed the delete applies it before the
+// purge, from the log or a snapshot (TestPurgeTombstones). A primary whose
+// store holds no tombstone proposes nothing. An outcome left unknown is not
+// settled: the next round proposes another purge.
+//
+// The price: once its tombstone is gone a key is absent. A re-offered fast
+// write, the one kind of entry that reaches the log with an old stamp, then
+// wins even if it is older than the delete, and the key comes back; and the
+// primary numbers the key's next write 1 again, so a late write of a
+// greater version overwrites even newer, acknowledged writes
+// (TestLateWriteAfterPurge; docs/design.md, "Versions and conflicts").
+//
 // # Reads
 //
 // Both read modes are served by the primary only. A local read returns the
@@ -244,10 +267,10 @@
 //   - markTerm, one per leadership gained, also counted by wg. It ends once
 //     its marker is applied, when raft shuts down or refuses it, when
 //     closeCh is closed, or once leadership or the term changed.
-//   - futureDone, one per write, per re-offer and per marker, turns a raft
-//     future into a channel the caller can select on with its context or
-//     closeCh. It is not counted: it may outlive the call and ends when raft
-//     answers the future.
+//   - futureDone, one per write, per re-offer, per marker and per purge,
+//     turns a raft future into a channel the caller can select on with its
+//     context or closeCh. It is not counted: it may outlive the call and
+//     ends when raft answers the future.
 //
 // Raft answers every entry it took (applied, ErrLeadershipLost when its
 // leader steps down, ErrRaftShutdown), except one already queued for its FSM

@@ -89,6 +89,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Timeouts.DeadAfter, "dead-after", cluster.DefaultDeadAfter, "a node silent this long is down and dropped from routing")
 	fs.DurationVar(&cfg.Timeouts.ReplaceAfter, "replace-after", cluster.DefaultReplaceAfter, "the replicas of a node down this long are re-created on other nodes")
 	fs.IntVar(&cfg.MaxMoves, "max-moves", node.DefaultMaxMoves, "partitions whose replicas move at the same time")
+	fs.DurationVar(&cfg.TombstoneTTL, "tombstone-ttl", node.DefaultTombstoneTTL, "how long a delete's tombstone is kept before primaries purge it; a write older than the delete that arrives later (a fast write re-offered by a replica away that long) brings the key back (negative: never purge)")
 	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", node.DefaultReadyMaxLag, "entries a replica's applied index may trail its commit index while the node is ready")
 	fs.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -26,6 +26,7 @@ func TestBadFlagsAreUsageErrors(t *testing.T) {
 		{"lease longer than heartbeat", []string{"--leader-lease", "2s"}, "LeaderLeaseTimeout 2s is longer than HeartbeatTimeout"},
 		{"partitions", []string{"--partitions", "12"}, "Partitions:"},
 		{"peers", []string{"--peers", "n1=127.0.0.1"}, "--peers: n1: address"},
+		{"tombstone ttl", []string{"--tombstone-ttl", "a day"}, `invalid value "a day" for flag -tombstone-ttl`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
