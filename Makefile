@@ -41,7 +41,7 @@ chaos-short:
 	$(GO) test -count=1 -timeout 15m -run Chaos -v ./test/chaos -chaos.duration 60s -chaos.seed $(CHAOS_SEED) -chaos.nodes $(CHAOS_NODES)
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./ring ./transport
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal ./fsm ./internal/storage ./ring ./transport
 	$(GO) test -run '^$$' -bench StrongPut64 -benchtime 20000x ./node
 
 # Real processes: 3 kvnodes on free loopback ports, a few `kvctl bench` rows
