@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -249,6 +250,15 @@ func (c *Cluster) Signal(p *Proc, sig syscall.Signal) {
 	}
 }
 
+// Addrs lists every node's address, for a client's seeds.
+func (c *Cluster) Addrs() []string {
+	var addrs []string
+	for _, p := range c.Procs {
+		addrs = append(addrs, p.Addr)
+	}
+	return addrs
+}
+
 // KV is a KV client for p.
 func (p *Proc) KV() pb.KVClient { return pb.NewKVClient(p.Conn) }
 
@@ -289,6 +299,81 @@ func (c *Cluster) WaitPrimaries(skip *Proc) {
 	c.t.Helper()
 	wait.Until(c.t, time.Minute, "a primary for every partition", func() bool {
 		return len(c.Leaders(skip)) == c.Partitions
+	})
+}
+
+// WaitSameApplied waits up to d until every running node answers Status
+// and, for every partition, at least min(3, running nodes) replicas report
+// one applied index; it returns that index per partition. Writes must have
+// stopped, or the indexes may never meet.
+func (c *Cluster) WaitSameApplied(d time.Duration) map[uint32]uint64 {
+	c.t.Helper()
+	var applied map[uint32]uint64
+	wait.For(c.t, d, "every partition's replicas at one applied index", func() (bool, string) {
+		running := 0
+		for _, p := range c.Procs {
+			if p.Running() {
+				running++
+			}
+		}
+		sts := c.Status(nil)
+		if len(sts) < running {
+			return false, fmt.Sprintf("%d of %d running nodes answer Status", len(sts), running)
+		}
+		byPart := map[uint32][]uint64{}
+		for _, st := range sts {
+			for _, ps := range st.Partitions {
+				byPart[ps.Partition] = append(byPart[ps.Partition], ps.AppliedIndex)
+			}
+		}
+		applied = map[uint32]uint64{}
+		for part := range uint32(c.Partitions) {
+			idx := byPart[part]
+			if len(idx) < min(3, running) || slices.Min(idx) != slices.Max(idx) {
+				return false, fmt.Sprintf("partition %d: applied indexes %v", part, idx)
+			}
+			applied[part] = idx[0]
+		}
+		return true, ""
+	})
+	return applied
+}
+
+// WaitCaughtUp waits up to d until each of p's replicas has applied the
+// commit index its partition's leader reported when the wait began (or
+// when the partition first had a leader since). A restarted node answers
+// Status before it has opened every replica: in a cluster of up to three
+// nodes, each of which hosts every partition, the wait also covers
+// replicas p does not report yet; in a larger one, only those it reports.
+func (c *Cluster) WaitCaughtUp(p *Proc, d time.Duration) {
+	c.t.Helper()
+	target := map[uint32]uint64{}
+	wait.For(c.t, d, p.ID+" caught up with its leaders", func() (bool, string) {
+		sts := c.Status(nil)
+		mine, ok := sts[p.ID]
+		if !ok {
+			return false, p.ID + " does not answer Status"
+		}
+		if n := len(mine.Partitions); n == 0 || len(c.Procs) <= 3 && n < c.Partitions {
+			return false, fmt.Sprintf("%s reports %d of %d partitions", p.ID, n, c.Partitions)
+		}
+		for _, st := range sts {
+			for _, ps := range st.Partitions {
+				if _, seen := target[ps.Partition]; !seen && ps.State == pb.RaftState_RAFT_STATE_LEADER {
+					target[ps.Partition] = ps.CommitIndex
+				}
+			}
+		}
+		for _, ps := range mine.Partitions {
+			want, seen := target[ps.Partition]
+			if !seen {
+				return false, fmt.Sprintf("partition %d has no leader", ps.Partition)
+			}
+			if ps.AppliedIndex < want {
+				return false, fmt.Sprintf("partition %d applied %d of %d", ps.Partition, ps.AppliedIndex, want)
+			}
+		}
+		return true, ""
 	})
 }
 
