@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/client"
@@ -44,6 +46,10 @@ const (
 	maxClients   = 10000
 	maxValueSize = 64 << 20
 	maxRate      = 1e7
+	// retryPause separates the attempts of an operation repeated under
+	// --retry; the client's own backoff comes on top when it retries
+	// inside an attempt.
+	retryPause = 10 * time.Millisecond
 )
 
 // workload is a YCSB operation mix.
@@ -88,6 +94,12 @@ type benchConfig struct {
 	rate      float64 // ops/s; 0 is closed loop
 	load      bool
 	json      bool
+	// retry repeats a failed operation until it succeeds or this long has
+	// passed since its first attempt; 0 never repeats.
+	retry time.Duration
+	// latencyLog names the file that gets one line per operation of the
+	// run; empty: none.
+	latencyLog string
 }
 
 // runBench implements "kvctl bench", a YCSB-style load generator: the table
@@ -96,7 +108,7 @@ type benchConfig struct {
 //	kvctl bench [--workload A|B|C|W|R] [--clients N] [--duration D] [--keys K]
 //	            [--value-size B] [--distribution uniform|zipfian]
 //	            [--write-consistency strong|fast] [--read-consistency local|quorum]
-//	            [--rate OPS] [--load] [--json]
+//	            [--rate OPS] [--load] [--json] [--retry D] [--latency-log FILE]
 //
 // Workloads: A 50% read / 50% update, B 95/5, C read-only, W update-only, R
 // read-only after a load phase (C with --load). --load first writes every key
@@ -118,6 +130,15 @@ type benchConfig struct {
 // failures are counted by gRPC code (NotFound for a read of an absent key).
 // The client's own CPU use (getrusage user+sys over wall time) is reported so
 // that a saturated load generator is visible.
+//
+// --retry D sends a failed operation again, with the same key and value,
+// retryPause after each failure, until it succeeds or D has passed since its
+// first attempt (never for NotFound or InvalidArgument, which a repeat cannot
+// change): its latency then runs from its first attempt to its success, what
+// a caller that repeats its request waits, and only its last outcome is
+// counted. --latency-log FILE writes one line per operation of the run,
+// "START_UNIX_NS LATENCY_NS OP OUTCOME ATTEMPTS" (OUTCOME is ok or the
+// error's code), so that a script can find the operations around a fault.
 func runBench(fs *flag.FlagSet, args []string, opts *options, stdout, stderr io.Writer) error {
 	cfg, err := parseBench(fs, args, opts)
 	if err != nil {
@@ -149,6 +170,8 @@ func parseBench(fs *flag.FlagSet, args []string, opts *options) (benchConfig, er
 	fs.Float64Var(&cfg.rate, "rate", 0, "open loop at this many ops/s in total (0: closed loop)")
 	fs.BoolVar(&cfg.load, "load", false, "write every key once before the run")
 	fs.BoolVar(&opts.json, "json", false, "print one JSON object")
+	fs.DurationVar(&cfg.retry, "retry", 0, "repeat a failed operation until it succeeds or this long has passed since its first attempt; its latency counts from the first (0: never)")
+	fs.StringVar(&cfg.latencyLog, "latency-log", "", "write one line per operation of the run to this file: start (Unix ns), latency (ns), op, outcome, attempts")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return cfg, err
@@ -183,6 +206,8 @@ func parseBench(fs *flag.FlagSet, args []string, opts *options) (benchConfig, er
 		return cfg, usagef("--value-size = %d, want 0..%d", cfg.valueSize, maxValueSize)
 	case !(cfg.rate >= 0 && cfg.rate <= maxRate):
 		return cfg, usagef("--rate = %v, want 0 (closed loop) to %g ops/s", cfg.rate, float64(maxRate))
+	case cfg.retry < 0:
+		return cfg, usagef("--retry = %v, want >= 0", cfg.retry)
 	}
 	return cfg, nil
 }
@@ -261,6 +286,99 @@ func errorCode(err error) string {
 		return "NotFound"
 	}
 	return status.Code(err).String()
+}
+
+// retryOp runs do, and with retry > 0 runs it again retryPause after each
+// failure that a repeat may cure, until it succeeds or retry has passed since
+// the first attempt (or ctx ends). It returns the number of attempts and the
+// last error.
+func retryOp(ctx context.Context, retry time.Duration, do func() error) (int, error) {
+	start := time.Now()
+	for attempts := 1; ; attempts++ {
+		err := do()
+		if err == nil || retry <= 0 || !repeatable(err) || time.Since(start)+retryPause > retry {
+			return attempts, err
+		}
+		t := time.NewTimer(retryPause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return attempts, err
+		}
+	}
+}
+
+// repeatable reports whether sending a failed operation again may succeed:
+// not for an absent key or an invalid request.
+func repeatable(err error) bool {
+	return !errors.Is(err, client.ErrNotFound) && status.Code(err) != codes.InvalidArgument
+}
+
+// latencyLog writes a line per operation for --latency-log. A nil
+// *latencyLog writes nothing.
+type latencyLog struct {
+	mu  sync.Mutex
+	f   *os.File
+	w   *bufio.Writer
+	buf []byte
+	err error // the first write error
+}
+
+// openLatencyLog creates the file name, or returns nil for "".
+func openLatencyLog(name string) (*latencyLog, error) {
+	if name == "" {
+		return nil, nil
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	return &latencyLog{f: f, w: bufio.NewWriterSize(f, 1<<16)}, nil
+}
+
+// write logs "START_UNIX_NS LATENCY_NS OP OUTCOME ATTEMPTS".
+func (l *latencyLog) write(start time.Time, d time.Duration, op opKind, err error, attempts int) {
+	if l == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = errorCode(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := strconv.AppendInt(l.buf[:0], start.UnixNano(), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(d), 10)
+	b = append(append(append(append(append(b, ' '), op.String()...), ' '), outcome...), ' ')
+	b = strconv.AppendInt(b, int64(attempts), 10)
+	l.buf = append(b, '\n')
+	if _, werr := l.w.Write(l.buf); werr != nil && l.err == nil {
+		l.err = werr
+	}
+}
+
+// close flushes and closes the file; it returns the first error, and nil
+// when called again.
+func (l *latencyLog) close() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.err
+	if ferr := l.w.Flush(); err == nil {
+		err = ferr
+	}
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	l.f = nil
+	return err
 }
 
 // tally is what one operation type recorded.
@@ -392,6 +510,8 @@ type phase struct {
 	status func(elapsed, dt time.Duration, tk tick) string
 	// missed is called at the end: due operations never started.
 	missed func() int64
+	// log gets every operation of the phase; nil: none.
+	log *latencyLog
 }
 
 func (cfg *benchConfig) run(ctx context.Context, stderr io.Writer) (*benchReport, error) {
@@ -432,12 +552,22 @@ func (cfg *benchConfig) run(ctx context.Context, stderr io.Writer) (*benchReport
 		Rate:             cfg.rate,
 		NumCPU:           runtime.NumCPU(),
 	}
+	log, err := openLatencyLog(cfg.latencyLog)
+	if err != nil {
+		return nil, err
+	}
+	defer log.close()
 	prog := newProgress(stderr)
 	if cfg.load {
 		rep.Load = runPhase(ctx, cfg, workers, prog, cfg.loadPhase(ctx))
 	}
 	if cfg.duration > 0 && ctx.Err() == nil {
-		rep.Run = runPhase(ctx, cfg, workers, prog, cfg.runPhase(ctx))
+		ph := cfg.runPhase(ctx)
+		ph.log = log
+		rep.Run = runPhase(ctx, cfg, workers, prog, ph)
+	}
+	if err := log.close(); err != nil {
+		return nil, err
 	}
 	return rep, nil
 }
@@ -538,8 +668,10 @@ func runPhase(ctx context.Context, cfg *benchConfig, workers []*worker, prog pro
 				if begin.IsZero() {
 					begin = time.Now()
 				}
-				err := w.do(opCtx, cfg, j)
-				rec.record(j.op, time.Since(begin), err)
+				attempts, err := retryOp(ctx, cfg.retry, func() error { return w.do(opCtx, cfg, j) })
+				d := time.Since(begin)
+				rec.record(j.op, d, err)
+				ph.log.write(begin, d, j.op, err, attempts)
 			}
 		})
 	}

@@ -2,14 +2,23 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringkv/ringkv/client"
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/internal/testing/testcluster"
 )
@@ -237,6 +246,7 @@ func TestBenchBadInput(t *testing.T) {
 		{[]string{"--rate", "-1"}, "--rate = -1, want 0 (closed loop) to 1e+07 ops/s"},
 		{[]string{"--rate", "NaN"}, "--rate = NaN, want 0 (closed loop)"},
 		{[]string{"--timeout", "0s"}, "--timeout = 0s, want > 0"},
+		{[]string{"--retry", "-1s"}, "--retry = -1s, want >= 0"},
 		{[]string{"extra"}, "bench takes 0 argument(s), got 1"},
 		{[]string{"--clients", "x"}, `invalid value "x" for flag -clients`},
 	}
@@ -275,5 +285,101 @@ func TestZipfianKeysAreSkewed(t *testing.T) {
 	// uniform share, and popularity falls with the rank.
 	if count[0] < 100*draws/keys || !(count[0] > count[1] && count[1] > count[10] && count[10] > count[500]) {
 		t.Errorf("draws of keys 0, 1, 10, 500 = %d, %d, %d, %d; want zipfian skew", count[0], count[1], count[10], count[500])
+	}
+}
+
+func TestBenchRetryOp(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "no quorum")
+	tests := []struct {
+		name         string
+		retry        time.Duration
+		fails        int // attempts that fail before one succeeds
+		err          error
+		wantAttempts int
+		wantErr      bool
+	}{
+		{"no retry: one attempt", 0, 1, unavailable, 1, true},
+		{"retried until it succeeds", time.Minute, 3, unavailable, 4, false},
+		{"a wrapped NotPrimary give-up is retried", time.Minute, 2, fmt.Errorf("ringkv: gave up: %w", status.Error(codes.FailedPrecondition, "not primary")), 3, false},
+		{"absent key not retried", time.Minute, 1, client.ErrNotFound, 1, true},
+		{"invalid request not retried", time.Minute, 1, status.Error(codes.InvalidArgument, "value too large"), 1, true},
+		{"gives up after retry", 5 * retryPause / 2, 1000, unavailable, 3, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			start := time.Now()
+			attempts, err := retryOp(context.Background(), tt.retry, func() error {
+				calls++
+				if calls <= tt.fails {
+					return tt.err
+				}
+				return nil
+			})
+			if attempts != tt.wantAttempts || calls != attempts || (err != nil) != tt.wantErr {
+				t.Errorf("attempts %d, calls %d, err %v; want %d attempts, error %v", attempts, calls, err, tt.wantAttempts, tt.wantErr)
+			}
+			if err != nil && !errors.Is(err, tt.err) {
+				t.Errorf("err = %v, want the last attempt's %v", err, tt.err)
+			}
+			if minWait := time.Duration(attempts-1) * retryPause; time.Since(start) < minWait {
+				t.Errorf("%d attempts took %v, want at least %v (retryPause between them)", attempts, time.Since(start), minWait)
+			}
+		})
+	}
+	t.Run("stops when ctx ends", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		attempts, err := retryOp(ctx, time.Hour, func() error { cancel(); return unavailable })
+		if attempts != 1 || !errors.Is(err, unavailable) {
+			t.Errorf("attempts %d, err %v; want 1 and the attempt's error", attempts, err)
+		}
+	})
+}
+
+func TestBenchLatencyLog(t *testing.T) {
+	addr := testcluster.Start(t, testcluster.Options{}).Addrs()[0]
+	path := filepath.Join(t.TempDir(), "latencies")
+	before := time.Now()
+	rep, _ := runBenchJSON(t, addr, "--workload", "A", "--clients", "4", "--keys", "50", "--duration", "500ms",
+		"--load", "--retry", "5s", "--latency-log", path)
+	after := time.Now()
+	checkCounts(t, "run", rep.Run)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	// The run's operations only, not the load's.
+	if int64(len(lines)) != rep.Run.Ops {
+		t.Fatalf("%d lines, want one per operation of the run (%d)", len(lines), rep.Run.Ops)
+	}
+	var maxNS int64
+	ops := map[string]int64{}
+	for _, line := range lines {
+		var start, ns int64
+		var op, outcome string
+		var attempts int
+		if n, err := fmt.Sscanf(line, "%d %d %s %s %d", &start, &ns, &op, &outcome, &attempts); n != 5 || err != nil {
+			t.Fatalf("line %q: want START_UNIX_NS LATENCY_NS OP OUTCOME ATTEMPTS (%v)", line, err)
+		}
+		if s := time.Unix(0, start); s.Before(before) || s.After(after) || ns <= 0 || attempts < 1 {
+			t.Errorf("line %q: start %v outside the run [%v, %v], or no latency or attempt", line, s, before, after)
+		}
+		if outcome != "ok" {
+			t.Errorf("line %q: outcome %q on a healthy cluster with every key loaded", line, outcome)
+		}
+		ops[op]++
+		maxNS = max(maxNS, ns)
+	}
+	if ops["read"] != opByName(rep.Run, "read").Ops || ops["update"] != opByName(rep.Run, "update").Ops {
+		t.Errorf("lines by op %v, want the report's read %d and update %d", ops, opByName(rep.Run, "read").Ops, opByName(rep.Run, "update").Ops)
+	}
+	// The histograms keep 3 significant digits.
+	var repMax float64
+	for _, o := range rep.Run.Operations {
+		repMax = max(repMax, o.LatencyUS.Max)
+	}
+	if got := float64(maxNS) / 1e3; math.Abs(got-repMax) > repMax/100 {
+		t.Errorf("longest logged latency %.0f µs, report's max %.0f µs", got, repMax)
 	}
 }
