@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ringkv/ringkv/internal/storage"
 )
 
 const (
@@ -37,7 +40,16 @@ func benchKey(i int) []byte {
 
 func benchStore(b *testing.B) (*Store, [][]byte) {
 	bench.once.Do(func() {
-		s := newStore(b, Options{})
+		// Shared by every benchmark of the process: its engine outlives
+		// the benchmark that builds it, so no test cleanup closes it.
+		e, err := storage.Open(storage.Options{Dir: "/engine", FS: vfs.NewMem(), CacheSize: 256 << 20})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := New(Options{}, e.Partition(1))
+		if err != nil {
+			b.Fatal(err)
+		}
 		keys := make([][]byte, benchKeys)
 		value := bytes.Repeat([]byte("v"), benchValueSize)
 		ws := make([]Write, 0, benchBatch)
@@ -116,7 +128,7 @@ func startWriter(b *testing.B, s *Store, keys [][]byte) (stop func() latencies) 
 // decodes it, so the miss on the benchmark's own key table is not counted.
 // "hot" draws from 1,000 keys that stay in cache, separating the CPU cost of
 // a lookup from the memory latency that dominates "idle". "snapshot" reads
-// through Snapshot().Get, a B-tree descent, for comparison.
+// through a Snapshot's Get, for comparison.
 func BenchmarkGet(b *testing.B) {
 	s, keys := benchStore(b)
 	get := func(keys [][]byte, read func([]byte) (Item, bool)) func(*testing.B) {
@@ -149,34 +161,9 @@ func BenchmarkGet(b *testing.B) {
 		w := stop()
 		b.ReportMetric(float64(len(w))/b.Elapsed().Seconds(), "writes/s")
 	})
-	b.Run("snapshot", get(keys, func(k []byte) (Item, bool) { return s.Snapshot().Get(k) }))
-}
-
-// BenchmarkHeap builds a fresh store of 1M keys like the shared one's with
-// 32-byte values and reports the live heap it holds: tree, point index,
-// keys and values.
-func BenchmarkHeap(b *testing.B) {
-	value := bytes.Repeat([]byte("v"), 32)
-	liveHeap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	for b.Loop() {
-		before := liveHeap()
-		s := newStore(b, Options{})
-		ws := make([]Write, 0, benchBatch)
-		for i := range benchKeys {
-			ws = append(ws, Put{Key: benchKey(i), Value: value, Stamp: Stamp{Version: 1}})
-			if len(ws) == benchBatch {
-				apply(b, s, Batch{Writes: ws})
-				ws = ws[:0]
-			}
-		}
-		b.ReportMetric(float64(liveHeap()-before)/(1<<20), "MiB/1M-keys")
-		runtime.KeepAlive(s)
-	}
+	snap := s.Snapshot()
+	defer snap.Close()
+	b.Run("snapshot", get(keys, snap.Get))
 }
 
 // BenchmarkApply overwrites random keys of the 1M-key store, one Put per
@@ -225,8 +212,10 @@ func BenchmarkSnapshot(b *testing.B) {
 			if len(lat) < cap(lat) {
 				lat = append(lat, time.Since(t0))
 			}
-			if snap.Len() < benchKeys {
-				b.Fatalf("snapshot holds %d keys", snap.Len())
+			live, _, err := snap.Counts()
+			snap.Close()
+			if err != nil || live < benchKeys {
+				b.Fatalf("snapshot holds %d keys (%v)", live, err)
 			}
 		}
 		stop().report(b, "writer-apply", time.Microsecond, "µs")
@@ -236,7 +225,9 @@ func BenchmarkSnapshot(b *testing.B) {
 		stop := startWriter(b, s, keys)
 		var size int64
 		for b.Loop() {
-			n, err := s.Snapshot().WriteTo(io.Discard)
+			snap := s.Snapshot()
+			n, err := snap.WriteTo(io.Discard)
+			snap.Close()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -247,10 +238,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.ReportMetric(float64(size)/(1<<20), "MiB")
 	})
 	b.Run("restore", func(b *testing.B) {
-		var image bytes.Buffer
-		if _, err := s.Snapshot().WriteTo(&image); err != nil {
-			b.Fatal(err)
-		}
+		image := bytes.NewBuffer(storeBytes(b, s))
 		b.SetBytes(int64(image.Len()))
 		for b.Loop() {
 			dst := newStore(b, Options{})

@@ -40,7 +40,7 @@ type Command interface {
 	MarshalBinary() ([]byte, error)
 	appendTo(b []byte) ([]byte, error)
 	validate(l config) error
-	apply(st *state) Result
+	apply(tx *txn) Result
 }
 
 // Write is a command that Batch can group: Put or Delete.
@@ -76,9 +76,7 @@ type PurgeTombstones struct {
 }
 
 // Batch applies its writes in order as one log entry: all or none are
-// validated, and a Snapshot sees none or all of them. Store.Get and
-// Store.Lookup, which read each key's latest state, can see some of a Batch
-// while it is being applied.
+// validated, and every reader sees none or all of them (one engine batch).
 type Batch struct {
 	Writes []Write
 }

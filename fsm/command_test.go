@@ -237,10 +237,7 @@ func FuzzDecodeCommand(f *testing.F) {
 			}
 		}
 		// Whatever decodes applies, or is refused for its sizes.
-		s, err := New(Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := newStore(t, Options{})
 		var le *LimitError
 		if _, err := s.Apply(1, cmd); err != nil && !errors.As(err, &le) {
 			t.Fatalf("Apply(%#v) = %v, want success or a *LimitError", cmd, err)

@@ -1,6 +1,6 @@
 // Package fsm is the replicated state machine of one partition: an ordered,
-// versioned in-memory key-value store fed by Raft log entries (Commands) and
-// saved or restored as a snapshot stream.
+// versioned key-value store fed by Raft log entries (Commands), kept in the
+// node's storage engine (internal/storage), one partition's span of it.
 //
 // Invariants:
 //   - Apply is deterministic. It reads no clock and no randomness and never
@@ -10,103 +10,96 @@
 //     the key's current one; an equal Stamp is the same write applied again
 //     and changes nothing. Deletes leave versioned tombstones, removed only
 //     by a PurgeTombstones command carrying its cutoff.
-//   - A Snapshot is an immutable copy-on-write clone of the B-tree (an
-//     O(1) operation) and never stops writers. The clone is taken when a
-//     reader first asks for a Snapshot after a change, not after every
-//     Apply: a clone marks every node shared, and the writes after it copy
-//     their paths, which behind every Apply was a third of a write-heavy
-//     node's allocations. So taking a Snapshot may wait for the Apply in
-//     progress (never for a Restore, which builds its state aside). After
-//     every Apply the store publishes the applied index and key counts
-//     through an atomic pointer; Snapshot reads, Range, Len and
-//     AppliedIndex see each Apply whole or not at all.
-//   - Store.Get and Store.Lookup, the latest-state point reads, go through a
-//     hash index beside the tree instead (see index.go). The writer updates
-//     it write by write, before publishing the Snapshot that carries the
-//     entry's index, so a point read is never behind AppliedIndex: once a
-//     reader has seen AppliedIndex() >= i, it sees every write of entries up
-//     to i. It may be ahead: during a Batch it can show one key's new state
-//     and another's old one. A point read takes a read lock on one of 256
-//     index shards, which the writer holds only for one map assignment.
+//   - Every Apply is one engine batch: the entry's writes, the key counts and
+//     the applied index commit together or not at all, so after a crash the
+//     state on disk is the state of its applied index, and the entries Raft
+//     replays at or below it are refused as stale (ErrStaleIndex) and change
+//     nothing.
+//   - Point reads (Get, Lookup) read the engine's latest committed state:
+//     once a reader has seen AppliedIndex() >= i, it sees every write of
+//     entries up to i, since the applied index is published after the batch
+//     commits. A Snapshot is a consistent view of one applied index that
+//     never stops writers; it must be closed.
 //   - A Command that fails validation changes no key; AppliedIndex still
 //     advances past its entry, which was consumed, so waiters on the index
 //     make progress.
-//   - Restore either installs the whole verified snapshot or leaves the
-//     store as it was.
+//   - Restore either installs the whole verified snapshot stream or leaves
+//     the store as it was.
 //
-// Keys and values handed out by reads alias the store's memory, which is
-// never modified once published; callers must not modify them either.
+// Keys and values handed out by reads are the caller's to keep.
 package fsm
 
 import (
-	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 
-	"github.com/google/btree"
-
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/storage"
 )
 
 // ErrStaleIndex reports an Apply whose log index is not after the applied
 // index, which would replay or reorder the log.
 var ErrStaleIndex = errors.New("fsm: log index not after applied index")
 
-// btreeDegree came out best of 8, 16 and 32 on a 1M-key store: larger nodes
-// make the path copy behind every published write dearer, smaller ones make
-// the tree deeper and Get slower.
-const btreeDegree = 16
+// ErrEngine wraps a failure of the storage engine. Apply cannot go on after
+// one: the replica must stop, and Raft replays the entry when it restarts.
+var ErrEngine = errors.New("fsm: storage engine failed")
 
-// item is what the B-tree holds: the key inline, so comparisons touch one
-// less pointer, and the immutable entry it maps to.
-type item struct {
-	key []byte
-	e   *entry
-}
+// The store's spaces of its engine partition.
+const (
+	// dataSpace maps a key to its entry: flags (1 byte: tombstone), version
+	// (8), wall time (8), logical time (4), then the value.
+	dataSpace byte = 1 + iota
+	// tombSpace indexes tombstones by (wall time, logical, key), so a purge
+	// walks exactly the expired ones, oldest first.
+	tombSpace
+	// countSpace holds the live and tombstone counts under countsKey.
+	countSpace
+)
 
-// entry is one key's state, shared by the B-tree and the point index. It
-// holds its key too, so a point read can hand it out without the tree.
-type entry struct {
-	kv        []byte // key then value, one allocation
-	keyLen    int
-	stamp     Stamp
-	tombstone bool
-}
+var countsKey = []byte("counts")
 
-func (e *entry) key() []byte { return e.kv[:e.keyLen:e.keyLen] }
+const entryHeader = 1 + 8 + 8 + 4
 
-// value is nil for a tombstone.
-func (e *entry) value() []byte {
-	if e.tombstone {
-		return nil
+func encodeEntry(dst []byte, w write) []byte {
+	var flags byte
+	if w.tombstone {
+		flags = 1
 	}
-	return e.kv[e.keyLen:]
-}
-
-func (e *entry) export() Item {
-	return Item{Key: e.key(), Value: e.value(), Tombstone: e.tombstone, Stamp: e.stamp}
-}
-
-func lessKey(a, b item) bool { return bytes.Compare(a.key, b.key) < 0 }
-
-// lessTombstone orders the tombstone index by timestamp, then key, so a
-// purge walks exactly the expired tombstones, oldest first.
-func lessTombstone(a, b item) bool {
-	if c := a.e.stamp.Timestamp.Compare(b.e.stamp.Timestamp); c != 0 {
-		return c < 0
+	dst = append(dst, flags)
+	dst = binary.BigEndian.AppendUint64(dst, w.stamp.Version)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(w.stamp.Timestamp.WallTime))
+	dst = binary.BigEndian.AppendUint32(dst, w.stamp.Timestamp.Logical)
+	if !w.tombstone {
+		dst = append(dst, w.value...)
 	}
-	return lessKey(a, b)
+	return dst
 }
 
-// newItem copies w's key and value into one allocation the store owns.
-func newItem(w write) item {
-	kv := make([]byte, len(w.key)+len(w.value))
-	n := copy(kv, w.key)
-	copy(kv[n:], w.value)
-	e := &entry{kv: kv, keyLen: n, stamp: w.stamp, tombstone: w.tombstone}
-	return item{key: e.key(), e: e}
+func decodeEntry(key, v []byte) (Item, error) {
+	if len(v) < entryHeader || v[0] > 1 {
+		return Item{}, fmt.Errorf("%w: key %q: malformed entry of %d bytes", ErrEngine, key, len(v))
+	}
+	it := Item{Key: key, Tombstone: v[0] == 1, Stamp: Stamp{
+		Version:   binary.BigEndian.Uint64(v[1:]),
+		Timestamp: hlc.Timestamp{WallTime: int64(binary.BigEndian.Uint64(v[9:])), Logical: binary.BigEndian.Uint32(v[17:])},
+	}}
+	if !it.Tombstone {
+		it.Value = v[entryHeader:]
+	}
+	return it, nil
+}
+
+// tombKey orders tombstones by timestamp, then key.
+func tombKey(dst []byte, ts hlc.Timestamp, key []byte) []byte {
+	// Wall times are non-negative; big-endian keeps their order.
+	dst = binary.BigEndian.AppendUint64(dst, uint64(ts.WallTime))
+	dst = binary.BigEndian.AppendUint32(dst, ts.Logical)
+	return append(dst, key...)
 }
 
 // Item is one key's current state. Version and Timestamp are promoted from
@@ -157,28 +150,6 @@ type Result struct {
 	Purged int           // tombstones removed by PurgeTombstones
 }
 
-// Snapshot is an immutable view of the store as of one applied index. Taking
-// one is O(1); it stays valid and unchanged however the store moves on.
-type Snapshot struct {
-	tree    *btree.BTreeG[item]
-	applied uint64
-	live    int // keys holding a value
-	dead    int // keys holding a tombstone
-}
-
-// Lookup returns key's state, tombstone included, so a caller can write
-// "current version + 1" after a delete.
-func (s *Snapshot) Lookup(key []byte) (Item, bool) {
-	it, ok := s.tree.Get(item{key: key})
-	if !ok {
-		return Item{}, false
-	}
-	return it.e.export(), true
-}
-
-// Get returns key's live value; a tombstone reads as not found.
-func (s *Snapshot) Get(key []byte) (Item, bool) { return live(s.Lookup(key)) }
-
 // live hides a tombstone found by a Lookup.
 func live(it Item, found bool) (Item, bool) {
 	if !found || it.Tombstone {
@@ -187,212 +158,102 @@ func live(it Item, found bool) (Item, bool) {
 	return it, true
 }
 
-// Range calls fn on the live keys in [start, end) in ascending order until fn
-// returns false. A nil start begins at the first key, a nil end runs to the
-// last.
-func (s *Snapshot) Range(start, end []byte, fn func(Item) bool) {
-	visit := func(it item) bool {
-		if end != nil && bytes.Compare(it.key, end) >= 0 {
-			return false
-		}
-		return it.e.tombstone || fn(it.e.export())
-	}
-	if start == nil {
-		s.tree.Ascend(visit)
-		return
-	}
-	s.tree.AscendGreaterOrEqual(item{key: start}, visit)
-}
-
-// Len returns the number of live keys.
-func (s *Snapshot) Len() int { return s.live }
-
-// Tombstones returns the number of tombstones awaiting purge.
-func (s *Snapshot) Tombstones() int { return s.dead }
-
-// AppliedIndex returns the index of the last log entry applied.
-func (s *Snapshot) AppliedIndex() uint64 { return s.applied }
-
-// state is the writer's side: a Snapshot whose tree is mutated in place
-// (nodes shared with published clones are copied before they change), the
-// point index, which readers see at once, and an index of its tombstones by
-// (timestamp, key) for purges.
-type state struct {
-	Snapshot
-	tombstones *btree.BTreeG[item]
-	points     *index
-	// dirty says the tree changed since it was last cloned.
-	dirty bool
-}
-
-func newState() state {
-	return state{
-		Snapshot:   Snapshot{tree: btree.NewG(btreeDegree, lessKey)},
-		tombstones: btree.NewG(btreeDegree, lessTombstone),
-		points:     newIndex(),
-		dirty:      true, // never cloned
-	}
-}
-
-// insert stores it, replacing any item with its key, which the caller has
-// already passed to forget.
-func (st *state) insert(it item) {
-	st.tree.ReplaceOrInsert(it)
-	st.points.set(it.e)
-	st.dirty = true
-	if it.e.tombstone {
-		st.tombstones.ReplaceOrInsert(it)
-		st.dead++
-		return
-	}
-	st.live++
-}
-
-// forget drops it from the counts and the tombstone index.
-func (st *state) forget(it item) {
-	if it.e.tombstone {
-		st.tombstones.Delete(it)
-		st.dead--
-		return
-	}
-	st.live--
-}
-
-// write applies the conflict rule to one Put or Delete. It finds the key's
-// current state in the point index, which agrees with the tree and answers
-// in a fraction of the time.
-func (st *state) write(w write) WriteResult {
-	res := WriteResult{RequestID: w.requestID, Outcome: Won, Current: w.stamp}
-	if old, found := st.points.get(w.key); found {
-		switch c := w.stamp.Compare(old.stamp); {
-		case c == 0:
-			res.Outcome = AlreadyApplied
-			return res
-		case c < 0:
-			res.Outcome, res.Current = Lost, old.stamp
-			return res
-		}
-		st.forget(item{key: old.key(), e: old})
-	}
-	st.insert(newItem(w))
-	return res
-}
-
-// purge removes the tombstones stamped before cutoff, oldest first.
-func (st *state) purge(cutoff hlc.Timestamp) int {
-	var expired []item
-	st.tombstones.AscendLessThan(item{e: &entry{stamp: Stamp{Timestamp: cutoff}}}, func(it item) bool {
-		expired = append(expired, it)
-		return true
-	})
-	for _, it := range expired {
-		st.forget(it)
-		st.tree.Delete(it)
-		st.points.delete(it.key)
-		st.dirty = true
-	}
-	return len(expired)
-}
-
 // Store is the state machine of one partition. Apply and Restore serialize
-// among themselves; Snapshot reads are lock-free, point reads (Get, Lookup)
-// briefly share a lock with the writer (see the package doc).
+// among themselves; reads run beside them.
 type Store struct {
-	cfg config
-	cur atomic.Pointer[published]
+	cfg  config
+	part *storage.Partition
 
-	mu sync.Mutex // serializes writers; guards w
-	w  state
+	mu      sync.Mutex // serializes Apply and Restore
+	applied atomic.Uint64
+	live    atomic.Int64 // keys holding a value
+	dead    atomic.Int64 // keys holding a tombstone
+	buf     []byte       // the writer's scratch, under mu
 }
 
-// published is what readers load: a Snapshot, and the point index current
-// with it. Every publication until the next Restore shares the writer's
-// index; Restore's carries a new one, so readers switch tree and index in
-// one atomic load. The Snapshot's tree is nil until a reader needs it.
-type published struct {
-	Snapshot
-	points *index
-}
-
-// New returns an empty store.
-func New(opts Options) (*Store, error) {
+// New opens the store kept in part, empty or as the engine last held it.
+func New(opts Options, part *storage.Partition) (*Store, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: opts.config()}
-	s.install(newState())
+	s := &Store{cfg: opts.config(), part: part}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// install replaces the writer state and publishes it; the caller holds mu or
-// owns s exclusively.
-func (s *Store) install(w state) {
-	s.w = w
-	s.publish()
+// load reads the applied index and counts from the engine.
+func (s *Store) load() error {
+	applied, err := s.part.Applied()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrEngine, err)
+	}
+	live, dead, err := readCounts(s.part)
+	if err != nil {
+		return err
+	}
+	s.applied.Store(applied)
+	s.live.Store(live)
+	s.dead.Store(dead)
+	return nil
 }
 
-// publish makes the writer's state visible to readers, all but its tree:
-// a tree that has not changed since it was last cloned is that clone's
-// twin, which the new publication shares; a changed one is cloned only by
-// Snapshot.
-func (s *Store) publish() {
-	p := &published{Snapshot: s.w.Snapshot, points: s.w.points}
-	if s.w.dirty {
-		p.tree = nil // the writer's own, not for readers
-	} else {
-		p.tree = s.cur.Load().tree
+func readCounts(r interface {
+	Get(byte, []byte) ([]byte, bool, error)
+}) (live, dead int64, err error) {
+	v, ok, err := r.Get(countSpace, countsKey)
+	switch {
+	case err != nil:
+		return 0, 0, fmt.Errorf("%w: %v", ErrEngine, err)
+	case !ok:
+		return 0, 0, nil
+	case len(v) != 16:
+		return 0, 0, fmt.Errorf("%w: counts of %d bytes", ErrEngine, len(v))
 	}
-	s.cur.Store(p)
+	return int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:])), nil
 }
 
-// Snapshot returns the current state as an immutable view in O(1). If the
-// tree changed since the last Snapshot it is cloned first, under the
-// writer's lock: under it, the publication is the writer's state.
-func (s *Store) Snapshot() *Snapshot {
-	if p := s.cur.Load(); p.tree != nil {
-		return &p.Snapshot
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.cur.Load()
-	if p.tree == nil {
-		q := *p
-		q.tree = s.w.tree.Clone()
-		s.w.dirty = false
-		s.cur.Store(&q)
-		p = &q
-	}
-	return &p.Snapshot
-}
-
-// Get returns key's latest live value; a tombstone reads as not found. Unlike
-// Snapshot().Get it reads the point index: it reflects every write of the
-// entries up to AppliedIndex, and possibly some of the entry being applied,
-// key by key (see the package doc). Reading several keys consistently takes
-// one Snapshot.
+// Get returns key's latest live value; a tombstone reads as not found.
 func (s *Store) Get(key []byte) (Item, bool) { return live(s.Lookup(key)) }
 
-// Lookup returns key's latest state including a tombstone, with the
-// guarantees of Get.
+// Lookup returns key's latest state including a tombstone, so a caller can
+// write "current version + 1" after a delete. An engine read error reads as
+// not found and is reported by the next Apply, which cannot go on either.
 func (s *Store) Lookup(key []byte) (Item, bool) {
-	e, ok := s.cur.Load().points.get(key)
-	if !ok {
+	it, ok, err := lookup(s.part, key)
+	if err != nil {
 		return Item{}, false
 	}
-	return e.export(), true
+	return it, ok
+}
+
+func lookup(r interface {
+	Get(byte, []byte) ([]byte, bool, error)
+}, key []byte) (Item, bool, error) {
+	v, ok, err := r.Get(dataSpace, key)
+	if err != nil || !ok {
+		return Item{}, false, err
+	}
+	it, err := decodeEntry(append([]byte(nil), key...), v)
+	return it, err == nil, err
 }
 
 // Range iterates live keys of the current state; see Snapshot.Range.
-func (s *Store) Range(start, end []byte, fn func(Item) bool) { s.Snapshot().Range(start, end, fn) }
+func (s *Store) Range(start, end []byte, fn func(Item) bool) error {
+	snap := s.Snapshot()
+	defer snap.Close()
+	return snap.Range(start, end, fn)
+}
 
 // Len returns the number of live keys.
-func (s *Store) Len() int { return s.cur.Load().Len() }
+func (s *Store) Len() int { return int(s.live.Load()) }
 
 // Tombstones returns the number of tombstones awaiting purge.
-func (s *Store) Tombstones() int { return s.cur.Load().Tombstones() }
+func (s *Store) Tombstones() int { return int(s.dead.Load()) }
 
 // AppliedIndex returns the index of the last log entry applied or restored.
-func (s *Store) AppliedIndex() uint64 { return s.cur.Load().AppliedIndex() }
+func (s *Store) AppliedIndex() uint64 { return s.applied.Load() }
 
 // Validate checks cmd against the store's limits, as Apply will.
 func (s *Store) Validate(cmd Command) error { return s.cfg.validate(cmd) }
@@ -406,37 +267,219 @@ func (s *Store) PurgeCommand(now hlc.Timestamp) PurgeTombstones {
 // Apply applies cmd as the log entry at index, which must be after
 // AppliedIndex. An invalid cmd (see Validate) changes no key but still
 // consumes its index. Apply is deterministic; the Result and error are the
-// same on every replica.
+// same on every replica, except an ErrEngine, after which the store must not
+// be used (the entry is not applied).
 func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if index <= s.w.applied {
-		return Result{}, fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, s.w.applied)
+	if applied := s.applied.Load(); index <= applied {
+		return Result{}, fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, applied)
 	}
-	s.w.applied = index
-	defer s.publish()
-	if err := s.Validate(cmd); err != nil {
-		return Result{}, err
+	tx := &txn{s: s, b: s.part.NewBatch(), live: s.live.Load(), dead: s.dead.Load()}
+	var res Result
+	verr := s.Validate(cmd)
+	if verr == nil {
+		res = cmd.apply(tx)
 	}
-	return cmd.apply(&s.w), nil
+	if tx.err == nil && (tx.live != s.live.Load() || tx.dead != s.dead.Load()) {
+		counts := binary.BigEndian.AppendUint64(s.buf[:0], uint64(tx.live))
+		tx.err = tx.b.Set(countSpace, countsKey, binary.BigEndian.AppendUint64(counts, uint64(tx.dead)))
+	}
+	if tx.err == nil {
+		tx.err = tx.b.Commit(index)
+	} else {
+		tx.b.Close()
+	}
+	if tx.err != nil {
+		return Result{}, fmt.Errorf("%w: applying entry %d: %v", ErrEngine, index, tx.err)
+	}
+	s.live.Store(tx.live)
+	s.dead.Store(tx.dead)
+	s.applied.Store(index)
+	return res, verr
 }
 
-func (p Put) apply(st *state) Result {
-	return Result{Writes: []WriteResult{st.write(p.asWrite())}}
+// txn is one Apply's writes: the engine batch, and what it wrote so far,
+// which later writes of the same command must see.
+type txn struct {
+	s          *Store
+	b          *storage.Batch
+	written    map[string]Item
+	live, dead int64
+	buf        []byte
+	err        error
 }
 
-func (d Delete) apply(st *state) Result {
-	return Result{Writes: []WriteResult{st.write(d.asWrite())}}
+func (tx *txn) lookup(key []byte) (Item, bool) {
+	if it, ok := tx.written[string(key)]; ok {
+		return it, true
+	}
+	it, ok, err := lookup(tx.s.part, key)
+	if err != nil && tx.err == nil {
+		tx.err = err
+	}
+	return it, ok
 }
 
-func (b Batch) apply(st *state) Result {
+// write applies the conflict rule to one Put or Delete.
+func (tx *txn) write(w write) WriteResult {
+	res := WriteResult{RequestID: w.requestID, Outcome: Won, Current: w.stamp}
+	if tx.err != nil {
+		return res
+	}
+	if old, found := tx.lookup(w.key); found {
+		switch c := w.stamp.Compare(old.Stamp); {
+		case c == 0:
+			res.Outcome = AlreadyApplied
+			return res
+		case c < 0:
+			res.Outcome, res.Current = Lost, old.Stamp
+			return res
+		}
+		if old.Tombstone {
+			tx.dead--
+			tx.set(tx.b.Delete(tombSpace, tombKey(tx.buf[:0], old.Timestamp, w.key)))
+		} else {
+			tx.live--
+		}
+	}
+	tx.buf = encodeEntry(tx.buf[:0], w)
+	tx.set(tx.b.Set(dataSpace, w.key, tx.buf))
+	if w.tombstone {
+		tx.dead++
+		tx.set(tx.b.Set(tombSpace, tombKey(tx.buf[:0], w.stamp.Timestamp, w.key), nil))
+	} else {
+		tx.live++
+	}
+	if tx.written == nil {
+		tx.written = map[string]Item{}
+	}
+	tx.written[string(w.key)] = Item{Key: w.key, Value: w.value, Tombstone: w.tombstone, Stamp: w.stamp}
+	return res
+}
+
+func (tx *txn) set(err error) {
+	if tx.err == nil {
+		tx.err = err
+	}
+}
+
+// purge removes the tombstones stamped before cutoff, oldest first.
+func (tx *txn) purge(cutoff hlc.Timestamp) int {
+	it, err := tx.s.part.NewIter(tombSpace, nil, tombKey(nil, cutoff, nil))
+	if err != nil {
+		tx.set(err)
+		return 0
+	}
+	n := 0
+	for ok := it.First(); ok && tx.err == nil; ok = it.Next() {
+		key := it.Key()[12:]
+		tx.set(tx.b.Delete(dataSpace, key))
+		tx.set(tx.b.Delete(tombSpace, it.Key()))
+		tx.dead--
+		n++
+	}
+	tx.set(it.Close())
+	return n
+}
+
+func (p Put) apply(tx *txn) Result {
+	return Result{Writes: []WriteResult{tx.write(p.asWrite())}}
+}
+
+func (d Delete) apply(tx *txn) Result {
+	return Result{Writes: []WriteResult{tx.write(d.asWrite())}}
+}
+
+func (b Batch) apply(tx *txn) Result {
 	res := Result{Writes: make([]WriteResult, len(b.Writes))}
 	for i, w := range b.Writes {
-		res.Writes[i] = st.write(w.asWrite())
+		res.Writes[i] = tx.write(w.asWrite())
 	}
 	return res
 }
 
-func (p PurgeTombstones) apply(st *state) Result {
-	return Result{Purged: st.purge(p.Cutoff)}
+func (p PurgeTombstones) apply(tx *txn) Result {
+	return Result{Purged: tx.purge(p.Cutoff)}
+}
+
+// Snapshot is a consistent view of the store as of one applied index. It
+// stays unchanged however the store moves on, until Close.
+type Snapshot struct {
+	view *storage.View
+}
+
+// Snapshot returns a view of the current state; the caller closes it.
+func (s *Store) Snapshot() *Snapshot { return &Snapshot{view: s.part.View()} }
+
+// Close releases the view.
+func (s *Snapshot) Close() error { return s.view.Close() }
+
+// Lookup returns key's state, tombstone included.
+func (s *Snapshot) Lookup(key []byte) (Item, bool) {
+	it, ok, err := lookup(s.view, key)
+	return it, ok && err == nil
+}
+
+// Get returns key's live value; a tombstone reads as not found.
+func (s *Snapshot) Get(key []byte) (Item, bool) { return live(s.Lookup(key)) }
+
+// Range calls fn on the live keys in [start, end) in ascending order until fn
+// returns false. A nil start begins at the first key, a nil end runs to the
+// last.
+func (s *Snapshot) Range(start, end []byte, fn func(Item) bool) error {
+	it, err := s.view.NewIter(dataSpace, start, end)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrEngine, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		item, err := decodeEntry(append([]byte(nil), it.Key()...), it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		if item.Tombstone {
+			continue
+		}
+		item.Value = append([]byte(nil), item.Value...)
+		if !fn(item) {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("%w: %v", ErrEngine, err)
+	}
+	return nil
+}
+
+// Counts returns the live keys and the tombstones of the view.
+func (s *Snapshot) Counts() (live, tombstones int, err error) {
+	l, d, err := readCounts(s.view)
+	return int(l), int(d), err
+}
+
+// AppliedIndex returns the index of the last log entry the view reflects.
+func (s *Snapshot) AppliedIndex() uint64 {
+	a, _ := s.view.Applied()
+	return a
+}
+
+// WriteTo streams the view in the engine's snapshot format
+// (storage.View.WriteSnapshot).
+func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	n, _, err := s.view.WriteSnapshot(w)
+	return n, err
+}
+
+// Restore replaces the store's contents and applied index with the snapshot
+// stream read from r, verified whole before anything changes: on any error
+// the store is left as it was (storage.ErrCorruptSnapshot,
+// storage.ErrSnapshotFormat).
+func (s *Store) Restore(r io.Reader) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.part.Ingest(r); err != nil {
+		return err
+	}
+	return s.load()
 }

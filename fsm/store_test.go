@@ -5,45 +5,38 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-	"weak"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/storage"
 )
 
+// newStore opens a store in an engine of its own, in memory.
 func newStore(t testing.TB, opts Options) *Store {
 	t.Helper()
-	s, err := New(opts)
+	return openStore(t, vfs.NewMem(), opts)
+}
+
+// openStore opens partition 1's store in the engine of fs, closed when the
+// test ends.
+func openStore(t testing.TB, fs vfs.FS, opts Options) *Store {
+	t.Helper()
+	e, err := storage.Open(storage.Options{Dir: "/engine", FS: fs, CacheSize: 4 << 20, MemTableSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	s, err := New(opts, e.Partition(1))
 	if err != nil {
 		t.Fatalf("New(%+v): %v", opts, err)
 	}
 	return s
-}
-
-// checkIndex requires the point index to map exactly the published tree's
-// keys, each to the tree's own entry. The store must be quiescent.
-func checkIndex(t testing.TB, s *Store) {
-	t.Helper()
-	x, tree := s.cur.Load().points, s.Snapshot().tree
-	n := 0
-	for i := range x.shards {
-		n += len(x.shards[i].m)
-	}
-	if n != tree.Len() {
-		t.Fatalf("point index holds %d keys, tree %d", n, tree.Len())
-	}
-	tree.Ascend(func(it item) bool {
-		if e, ok := x.get(it.key); !ok || e != it.e {
-			t.Fatalf("point index maps %q to %+v (found %v), tree to %+v", it.key, e, ok, it.e)
-		}
-		return true
-	})
 }
 
 func stamp(version uint64, wall int64) Stamp {
@@ -65,6 +58,18 @@ func apply(t testing.TB, s *Store, cmd Command) Result {
 	}
 	return res
 }
+
+// storeBytes is the store's snapshot stream.
+func storeBytes(t testing.TB, s *Store) []byte {
+	t.Helper()
+	snap := s.Snapshot()
+	defer snap.Close()
+	return snapshotBytes(t, snap)
+}
+
+// streamHeaderLen is the length of the stream's header, which holds the
+// applied index; the records follow it.
+const streamHeaderLen = 17
 
 func snapshotBytes(t testing.TB, snap *Snapshot) []byte {
 	t.Helper()
@@ -146,7 +151,6 @@ func TestConflictRule(t *testing.T) {
 			if s.Len() != wantLen || s.Tombstones() != wantTombs {
 				t.Fatalf("Len, Tombstones = %d, %d; want %d, %d", s.Len(), s.Tombstones(), wantLen, wantTombs)
 			}
-			checkIndex(t, s)
 		})
 	}
 }
@@ -220,7 +224,6 @@ func TestPurgeTombstones(t *testing.T) {
 			if s.Len() != 2 {
 				t.Fatalf("Len = %d, want 2", s.Len())
 			}
-			checkIndex(t, s)
 		})
 	}
 }
@@ -264,13 +267,13 @@ func TestApplyIndex(t *testing.T) {
 	if _, err := s.Apply(5, put("a", "1", stamp(1, 1))); err != nil {
 		t.Fatal(err)
 	}
-	before := snapshotBytes(t, s.Snapshot())
+	before := storeBytes(t, s)
 	for _, idx := range []uint64{5, 4} {
 		if _, err := s.Apply(idx, put("b", "2", stamp(1, 1))); !errors.Is(err, ErrStaleIndex) {
 			t.Fatalf("Apply at index %d after 5 = %v, want ErrStaleIndex", idx, err)
 		}
 	}
-	if after := snapshotBytes(t, s.Snapshot()); !bytes.Equal(before, after) {
+	if after := storeBytes(t, s); !bytes.Equal(before, after) {
 		t.Fatal("stale Apply changed the store")
 	}
 	if _, err := s.Apply(9, put("b", "2", stamp(1, 1))); err != nil || s.AppliedIndex() != 9 {
@@ -305,7 +308,7 @@ func TestApplyRejectsInvalidCommands(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(t, opts)
 			apply(t, s, put("a", "orig", stamp(1, 1)))
-			before := s.Snapshot()
+			beforeData := storeBytes(t, s)[streamHeaderLen:]
 			if err := s.Validate(tt.cmd); !errors.Is(err, tt.err) {
 				t.Fatalf("Validate = %v, want %v", err, tt.err)
 			}
@@ -329,12 +332,9 @@ func TestApplyRejectsInvalidCommands(t *testing.T) {
 			if !ok || string(it.Value) != "orig" || it.Stamp != stamp(1, 1) || s.Len() != 1 || s.Tombstones() != 0 {
 				t.Fatalf("rejected command changed the data: a = %q %v, Len %d", it.Value, it.Stamp, s.Len())
 			}
-			beforeData := snapshotBytes(t, before)[headerLen+crcLen:]
-			afterData := snapshotBytes(t, s.Snapshot())[headerLen+crcLen:]
-			if !bytes.Equal(beforeData, afterData) {
+			if !bytes.Equal(beforeData, storeBytes(t, s)[streamHeaderLen:]) {
 				t.Fatal("rejected command changed the snapshot records")
 			}
-			checkIndex(t, s)
 		})
 	}
 }
@@ -359,7 +359,7 @@ func TestLimitErrorMessage(t *testing.T) {
 
 func TestNewRejectsNegativeOptions(t *testing.T) {
 	for _, opts := range []Options{{MaxKeySize: -1}, {MaxValueSize: -1}, {TombstoneGrace: -time.Second}} {
-		if _, err := New(opts); !errors.Is(err, ErrInvalidOptions) {
+		if _, err := New(opts, nil); !errors.Is(err, ErrInvalidOptions) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidOptions", opts, err)
 		}
 	}
@@ -409,11 +409,13 @@ func TestApplyCopiesInput(t *testing.T) {
 	apply(t, s, Put{Key: key, Value: value, Stamp: stamp(1, 1)})
 	copy(key, "xxx")
 	copy(value, "xxxxx")
+	snap := s.Snapshot()
+	defer snap.Close()
 	for name, get := range map[string]func([]byte) (Item, bool){
 		"Store.Get":       s.Get,
 		"Store.Lookup":    s.Lookup,
-		"Snapshot.Get":    s.Snapshot().Get,
-		"Snapshot.Lookup": s.Snapshot().Lookup,
+		"Snapshot.Get":    snap.Get,
+		"Snapshot.Lookup": snap.Lookup,
 	} {
 		query := []byte("key")
 		it, ok := get(query)
@@ -424,111 +426,12 @@ func TestApplyCopiesInput(t *testing.T) {
 	}
 }
 
-// TestOverwriteReleasesOldEntry checks that neither the tree nor the point
-// index keeps an overwritten or purged entry, or its bytes, alive.
-func TestOverwriteReleasesOldEntry(t *testing.T) {
-	// Keys and values too big for the tiny allocator, which shares blocks.
-	key := bytes.Repeat([]byte("k"), 32)
-	value := bytes.Repeat([]byte("v"), 64)
-	tests := []struct {
-		name           string
-		before, update []Command // the entry tracked is key's after before
-	}{
-		{"overwritten", []Command{Put{Key: key, Value: value, Stamp: stamp(1, 1)}},
-			[]Command{Put{Key: key, Value: value, Stamp: stamp(2, 2)}}},
-		{"deleted", []Command{Put{Key: key, Value: value, Stamp: stamp(1, 1)}},
-			[]Command{Delete{Key: key, Stamp: stamp(2, 2)}}},
-		{"tombstone purged", []Command{Delete{Key: key, Stamp: stamp(1, 1)}},
-			[]Command{PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 2}}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := newStore(t, Options{})
-			for _, cmd := range tt.before {
-				apply(t, s, cmd)
-			}
-			entryRef, bytesRef := weakRefs(t, s, key)
-			for _, cmd := range tt.update {
-				apply(t, s, cmd)
-			}
-			released := func() bool { return entryRef.Value() == nil && bytesRef.Value() == nil }
-			for i := 0; i < 10 && !released(); i++ {
-				runtime.GC()
-			}
-			if !released() {
-				t.Fatalf("after 10 collections the old entry is alive: %v, its bytes: %v", entryRef.Value() != nil, bytesRef.Value() != nil)
-			}
-			// Only a live store proves it let go of the entry.
-			runtime.KeepAlive(s)
-		})
-	}
-}
-
-// weakRefs returns weak pointers to key's entry and to its bytes, holding
-// no strong reference once it returns.
-func weakRefs(t *testing.T, s *Store, key []byte) (weak.Pointer[entry], weak.Pointer[byte]) {
-	t.Helper()
-	e, ok := s.cur.Load().points.get(key)
-	if !ok {
-		t.Fatalf("%q not in the point index", key)
-	}
-	return weak.Make(e), weak.Make(&e.kv[0])
-}
-
-// TestUnchangedApplySharesTree checks that an Apply which changes no key
-// still advances the applied index but republishes the tree it had rather
-// than cloning it, and that one which changes a key does not.
-func TestUnchangedApplySharesTree(t *testing.T) {
-	tests := []struct {
-		name    string
-		cmd     Command
-		changes bool
-	}{
-		{"empty batch", Batch{}, false},
-		{"lost put", put("a", "old", stamp(1, 1)), false},
-		{"already applied put", put("a", "v", stamp(5, 5)), false},
-		{"rejected command", Put{Stamp: stamp(9, 9)}, false},
-		{"purge of nothing expired", PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 2}}, false},
-		{"winning put", put("a", "w", stamp(6, 6)), true},
-		{"new key", put("b", "w", stamp(1, 1)), true},
-		{"delete", del("a", stamp(6, 6)), true},
-		{"purge", PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 100}}, true},
-		{"batch with one winner", Batch{Writes: []Write{put("a", "old", stamp(1, 1)), put("c", "w", stamp(1, 1))}}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := newStore(t, Options{})
-			apply(t, s, put("a", "v", stamp(5, 5)))
-			apply(t, s, del("gone", stamp(1, 3)))
-			before := s.Snapshot()
-			image := snapshotBytes(t, before)
-			if _, err := s.Apply(10, tt.cmd); err != nil && tt.changes {
-				t.Fatal(err)
-			}
-			after := s.Snapshot()
-			if after.AppliedIndex() != 10 || before.AppliedIndex() != 2 {
-				t.Fatalf("applied index %d after, %d before; want 10, 2", after.AppliedIndex(), before.AppliedIndex())
-			}
-			if shared := after.tree == before.tree; shared == tt.changes {
-				t.Fatalf("new snapshot shares the old tree: %v, want %v", shared, !tt.changes)
-			}
-			if !bytes.Equal(image, snapshotBytes(t, before)) {
-				t.Fatal("the earlier snapshot changed")
-			}
-			checkIndex(t, s)
-			apply(t, s, put("later", "x", stamp(1, 1)))
-			if _, ok := after.Get([]byte("later")); ok {
-				t.Fatal("a write after the unchanged Apply shows in its snapshot")
-			}
-		})
-	}
-}
-
 func TestSnapshotIsolation(t *testing.T) {
 	s := newStore(t, Options{})
 	apply(t, s, put("a", "1", stamp(1, 1)))
 	apply(t, s, put("b", "1", stamp(1, 1)))
 	snap := s.Snapshot()
+	defer snap.Close()
 	image := snapshotBytes(t, snap)
 
 	apply(t, s, put("a", "2", stamp(2, 2)))
@@ -545,8 +448,8 @@ func TestSnapshotIsolation(t *testing.T) {
 	if _, ok := snap.Get([]byte("c")); ok {
 		t.Fatal("snapshot sees c, written after it was taken")
 	}
-	if snap.Len() != 2 || snap.AppliedIndex() != 2 {
-		t.Fatalf("snapshot Len %d, applied %d; want 2, 2", snap.Len(), snap.AppliedIndex())
+	if live, _, err := snap.Counts(); err != nil || live != 2 || snap.AppliedIndex() != 2 {
+		t.Fatalf("snapshot Len %d (%v), applied %d; want 2, 2", live, err, snap.AppliedIndex())
 	}
 	if !bytes.Equal(image, snapshotBytes(t, snap)) {
 		t.Fatal("snapshot serializes differently after later writes")
@@ -619,8 +522,9 @@ func TestConcurrentReadersAndSnapshots(t *testing.T) {
 					t.Errorf("snapshot at %d sees a partial batch: versions %v", snap.AppliedIndex(), versions)
 					return
 				}
-				if n := snap.Len() + snap.Tombstones(); n != len(versions) {
-					t.Errorf("snapshot counts %d keys, holds %d", n, len(versions))
+				live, dead, err := snap.Counts()
+				if err != nil || live+dead != len(versions) {
+					t.Errorf("snapshot counts %d keys (%v), holds %d", live+dead, err, len(versions))
 					return
 				}
 				restored := newStore(t, Options{})
@@ -628,10 +532,11 @@ func TestConcurrentReadersAndSnapshots(t *testing.T) {
 					t.Errorf("restoring a snapshot taken under writes: %v", err)
 					return
 				}
-				if restored.AppliedIndex() != snap.AppliedIndex() || restored.Len() != snap.Len() {
-					t.Errorf("restored applied %d len %d, want %d %d", restored.AppliedIndex(), restored.Len(), snap.AppliedIndex(), snap.Len())
+				if restored.AppliedIndex() != snap.AppliedIndex() || restored.Len() != live {
+					t.Errorf("restored applied %d len %d, want %d %d", restored.AppliedIndex(), restored.Len(), snap.AppliedIndex(), live)
 					return
 				}
+				snap.Close()
 			}
 		})
 	}
@@ -670,36 +575,12 @@ func TestPointReadsNeverBehindAppliedIndex(t *testing.T) {
 	for range 2 {
 		wg.Go(func() {
 			seen := make([]uint64, groupSize) // per key: the latest version read
-			for !done.Load() {
-				snap := s.Snapshot()
-				for i, k := range keys {
-					it, ok := s.Lookup(k)
-					if !ok {
-						if snap.AppliedIndex() > 0 {
-							t.Errorf("Lookup(%s) not found at applied index %d", k, snap.AppliedIndex())
-							return
-						}
-						continue
-					}
-					if old, _ := snap.Lookup(k); it.Version < snap.AppliedIndex() || it.Version < old.Version {
-						t.Errorf("Lookup(%s) = v%d, behind applied index %d (snapshot v%d)", k, it.Version, snap.AppliedIndex(), old.Version)
-						return
-					}
-					if it.Version < seen[i] {
-						t.Errorf("Lookup(%s) went back from v%d to v%d", k, seen[i], it.Version)
-						return
-					}
-					seen[i] = it.Version
-					if !bytes.Equal(it.Key, k) || it.Tombstone != (it.Version%5 == 0) ||
-						(!it.Tombstone && string(it.Value) != fmt.Sprint(it.Version)) {
-						t.Errorf("Lookup(%s) = %+v: key, value and stamp of different writes", k, it)
-						return
-					}
-					if got, live := s.Get(k); live && got.Version < it.Version {
-						t.Errorf("Get(%s) = %+v after Lookup saw v%d", k, got, it.Version)
-						return
-					}
-				}
+			for !done.Load() && !t.Failed() {
+				func() {
+					snap := s.Snapshot()
+					defer snap.Close()
+					readAll(t, s, snap, keys, seen)
+				}()
 			}
 		})
 	}
@@ -707,82 +588,39 @@ func TestPointReadsNeverBehindAppliedIndex(t *testing.T) {
 	if s.AppliedIndex() != entries {
 		t.Fatalf("AppliedIndex = %d, want %d", s.AppliedIndex(), entries)
 	}
-	checkIndex(t, s)
 }
 
-// TestRestoreSwapsPointIndexWhole restores a series of snapshots, each a
-// later generation of the same keys, while readers look the keys up. A key
-// is never missing, and a reader that has seen a snapshot's applied index
-// reads that generation or a later one: Restore switches tree and point
-// index together.
-func TestRestoreSwapsPointIndexWhole(t *testing.T) {
-	const n, generations = 64, 40
-	key := func(i int) []byte { return fmt.Appendf(nil, "key%03d", i) }
-	src := newStore(t, Options{})
-	images := make([][]byte, generations)
-	genAt := make(map[uint64]uint64) // applied index -> generation
-	for g := range uint64(generations) {
-		ws := make([]Write, n)
-		for i := range ws {
-			ws[i] = Put{Key: key(i), Value: fmt.Appendf(nil, "%d", g), Stamp: Stamp{Version: g + 1}}
-		}
-		apply(t, src, Batch{Writes: ws})
-		images[g] = snapshotBytes(t, src.Snapshot())
-		genAt[src.AppliedIndex()] = g
-	}
-
-	s := newStore(t, Options{})
-	apply(t, s, put("only-old", "x", stamp(1, 1)))
-	if err := s.Restore(bytes.NewReader(images[0])); err != nil {
-		t.Fatal(err)
-	}
-	var done atomic.Bool
-	var passes atomic.Int64
-	var wg sync.WaitGroup
-	stop := func() {
-		done.Store(true)
-		wg.Wait()
-	}
-	defer stop()
-	for range 2 {
-		wg.Go(func() {
-			for ; !done.Load(); passes.Add(1) {
-				for i := range n {
-					want := genAt[s.AppliedIndex()]
-					it, ok := s.Get(key(i))
-					if !ok {
-						t.Errorf("Get(%s) not found during Restore", key(i))
-						return
-					}
-					if g, err := strconv.ParseUint(string(it.Value), 10, 64); err != nil || g < want || it.Version != g+1 {
-						t.Errorf("Get(%s) = %+v after generation %d's applied index showed", key(i), it, want)
-						return
-					}
-				}
+// readAll checks every key's latest state against snap (see
+// TestPointReadsNeverBehindAppliedIndex).
+func readAll(t *testing.T, s *Store, snap *Snapshot, keys [][]byte, seen []uint64) {
+	for i, k := range keys {
+		it, ok := s.Lookup(k)
+		if !ok {
+			if snap.AppliedIndex() > 0 {
+				t.Errorf("Lookup(%s) not found at applied index %d", k, snap.AppliedIndex())
+				return
 			}
-		})
-	}
-	for _, image := range images[1:] {
-		// Let both readers make a pass between restores, so each Restore
-		// lands among reads.
-		for deadline, p := time.Now().Add(time.Minute), passes.Load(); passes.Load() < p+2 && !t.Failed(); {
-			if time.Now().After(deadline) {
-				t.Fatal("readers stopped making progress")
-			}
-			runtime.Gosched()
+			continue
 		}
-		if err := s.Restore(bytes.NewReader(image)); err != nil {
-			t.Fatal(err)
+		if old, _ := snap.Lookup(k); it.Version < snap.AppliedIndex() || it.Version < old.Version {
+			t.Errorf("Lookup(%s) = v%d, behind applied index %d (snapshot v%d)", k, it.Version, snap.AppliedIndex(), old.Version)
+			return
+		}
+		if it.Version < seen[i] {
+			t.Errorf("Lookup(%s) went back from v%d to v%d", k, seen[i], it.Version)
+			return
+		}
+		seen[i] = it.Version
+		if !bytes.Equal(it.Key, k) || it.Tombstone != (it.Version%5 == 0) ||
+			(!it.Tombstone && string(it.Value) != fmt.Sprint(it.Version)) {
+			t.Errorf("Lookup(%s) = %+v: key, value and stamp of different writes", k, it)
+			return
+		}
+		if got, live := s.Get(k); live && got.Version < it.Version {
+			t.Errorf("Get(%s) = %+v after Lookup saw v%d", k, got, it.Version)
+			return
 		}
 	}
-	stop()
-	if _, ok := s.Lookup([]byte("only-old")); ok {
-		t.Fatal("a key absent from the snapshots survived Restore in the point index")
-	}
-	if it, ok := s.Get(key(0)); !ok || string(it.Value) != fmt.Sprint(generations-1) {
-		t.Fatalf("after the last Restore Get = %+v, %v", it, ok)
-	}
-	checkIndex(t, s)
 }
 
 // randomCommand draws from a small key space so writes collide, with stamps
@@ -847,16 +685,11 @@ func TestDeterminism(t *testing.T) {
 			}
 		}
 		if i%500 == 0 {
-			for _, st := range []*Store{a, b, c} {
-				if st != nil {
-					checkIndex(t, st)
-				}
-			}
-			imgA := snapshotBytes(t, a.Snapshot())
-			if !bytes.Equal(imgA, snapshotBytes(t, b.Snapshot())) {
+			imgA := storeBytes(t, a)
+			if !bytes.Equal(imgA, storeBytes(t, b)) {
 				t.Fatalf("after entry %d the replicas' snapshots differ", i)
 			}
-			if c != nil && !bytes.Equal(imgA, snapshotBytes(t, c.Snapshot())) {
+			if c != nil && !bytes.Equal(imgA, storeBytes(t, c)) {
 				t.Fatalf("after entry %d the restored replica differs", i)
 			}
 			if c == nil {
@@ -897,8 +730,7 @@ func TestConvergence(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		checkIndex(t, s)
-		return snapshotBytes(t, s.Snapshot())
+		return storeBytes(t, s)
 	}
 	want := replay(writes)
 	for range 5 {
@@ -907,27 +739,5 @@ func TestConvergence(t *testing.T) {
 		if !bytes.Equal(want, replay(shuffled)) {
 			t.Fatal("a shuffled replay of the same writes ended in a different state")
 		}
-	}
-}
-
-// TestApplyClonesOnlyForAReader: an Apply publishes no tree (so the next
-// write copies no path); the first Snapshot after it clones once, and
-// later Snapshots share that clone until the tree changes again.
-func TestApplyClonesOnlyForAReader(t *testing.T) {
-	s := newStore(t, Options{})
-	apply(t, s, put("a", "1", stamp(1, 1)))
-	if s.cur.Load().tree != nil {
-		t.Fatal("an Apply published a clone no reader asked for")
-	}
-	first := s.Snapshot()
-	if first.tree == nil || s.Snapshot().tree != first.tree {
-		t.Fatal("Snapshots of an unchanged tree do not share one clone")
-	}
-	apply(t, s, put("b", "1", stamp(1, 1)))
-	if s.cur.Load().tree != nil {
-		t.Fatal("an Apply after a Snapshot published a clone")
-	}
-	if second := s.Snapshot(); second.tree == first.tree || second.Len() != 2 || first.Len() != 1 {
-		t.Fatalf("after a change: new clone %v, lens %d and %d; want a new clone, 2 and 1", second.tree != first.tree, second.Len(), first.Len())
 	}
 }

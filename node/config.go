@@ -11,6 +11,7 @@ import (
 
 	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/shard"
@@ -108,6 +109,9 @@ type Config struct {
 	TombstoneTTL time.Duration
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
+	// Storage sizes the node's storage engine (storage's defaults): its
+	// block cache, memtables and compactions. Dir and FS are the node's.
+	Storage storage.Options
 
 	// MetricsAddr, if set, serves /metrics, /healthz and /readyz over HTTP.
 	MetricsAddr string
@@ -185,6 +189,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TombstoneTTL > 0 {
 		c.Limits.TombstoneGrace = c.TombstoneTTL
+	}
+	if c.Storage.Dir != "" || c.Storage.FS != nil {
+		return invalid("Storage.Dir and Storage.FS are the node's: DataDir/state")
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

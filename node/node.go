@@ -63,6 +63,7 @@ import (
 	"github.com/ringkv/ringkv/control"
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/connpool"
+	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/metrics"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/ring"
@@ -92,6 +93,7 @@ type Node struct {
 	meta      atomic.Pointer[cluster.Meta] // nil until the node belongs to a cluster
 	gate      chan struct{}                // snapshot transfers in flight
 	wal       *wal.WAL
+	engine    *storage.Engine
 	trans     *transport.Node
 	grpc      *grpc.Server
 	router    *router.Router
@@ -141,6 +143,9 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	if err := n.openWAL(); err != nil {
+		return nil, err
+	}
+	if err := n.openEngine(); err != nil {
 		return nil, err
 	}
 	if err := n.serveGRPC(view); err != nil {
@@ -209,6 +214,14 @@ func (n *Node) openWAL() (err error) {
 		n.log.Warn("wal: cut a torn tail on recovery", "segment", rec.TornSegment, "offset", rec.TornOffset, "bytes", rec.DroppedBytes)
 	}
 	return nil
+}
+
+// openEngine opens the storage engine in DataDir/state.
+func (n *Node) openEngine() (err error) {
+	opts := n.cfg.Storage
+	opts.Dir = filepath.Join(n.cfg.DataDir, "state")
+	n.engine, err = storage.Open(opts)
+	return err
 }
 
 // serveGRPC builds the Raft transport, the connection pool and the gRPC
@@ -431,6 +444,7 @@ func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config
 		Dir:            n.partitionDir(p),
 		Backend:        n.cfg.RaftLog,
 		WAL:            n.wal,
+		Engine:         n.engine,
 		Transport:      tr,
 		Clock:          n.clock,
 		Logger:         n.log,
@@ -608,6 +622,11 @@ func (n *Node) Close() error {
 	}
 	if n.pool != nil {
 		errs = append(errs, n.pool.Close())
+	}
+	if n.engine != nil {
+		// Not needed for safety (the Raft log replays what a memtable
+		// held), but a restart then replays nothing.
+		errs = append(errs, n.engine.Flush(), n.engine.Close())
 	}
 	if n.wal != nil {
 		errs = append(errs, n.wal.Close())

@@ -64,6 +64,9 @@ func (n *Node) deleteReplicaData(p ring.PartitionID) error {
 	if err := n.wal.DeleteStream(ctx, shard.StreamOf(uint32(p))); err != nil {
 		return fmt.Errorf("partition %d: delete log: %w", p, err)
 	}
+	if err := n.engine.Partition(uint32(p)).Drop(); err != nil {
+		return err
+	}
 	return os.RemoveAll(n.partitionDir(p))
 }
 

@@ -116,6 +116,9 @@ type Config struct {
 	// NotifyCh, if set, receives true when this member becomes leader and
 	// false when it stops leading (raft.Config.NotifyCh).
 	NotifyCh chan<- bool
+	// NoSnapshotRestoreOnStart: the state machine keeps its state itself,
+	// so raft must not restore the latest snapshot into it on start.
+	NoSnapshotRestoreOnStart bool
 }
 
 // Stores are the member's persistent parts and its transport.
@@ -146,6 +149,7 @@ func Open(cfg Config, st Stores) (*Group, error) {
 	rc.TrailingLogs = cfg.Snapshots.TrailingLogs
 	rc.Logger = cfg.Logger
 	rc.NotifyCh = cfg.NotifyCh
+	rc.NoSnapshotRestoreOnStart = cfg.NoSnapshotRestoreOnStart
 	rc.NoLegacyTelemetry = true
 	r, err := raft.NewRaft(rc, st.FSM, st.Logs, st.Stable, st.Snapshots, st.Transport)
 	if err != nil {

@@ -225,12 +225,21 @@
 //
 // # Snapshots
 //
-// A raft snapshot is the store's own immutable snapshot (O(1), see fsm),
-// written in fsm's checksummed format by raft's snapshot goroutine, which
-// then calls Config.OnSnapshot. Restore replaces the store only with a fully
-// verified stream. A replica that is too far behind catches up from the
-// leader's snapshot and then its log
-// (TestRestartedReplicaCatchesUpBySnapshot).
+// The store lives in the node's storage engine (Config.Engine), so a raft
+// snapshot copies nothing: raft's snapshot goroutine flushes the engine,
+// which makes the applied index durable before raft may truncate its log,
+// and writes a marker naming it; then it calls Config.OnSnapshot. Raft is
+// started with NoSnapshotRestoreOnStart: on a restart the engine already
+// holds the state, and the store refuses the entries raft replays at or
+// below its applied index. Only when a follower needs a snapshot does
+// engineSnapshots.Open turn the marker into data, a stream of the
+// partition read from a consistent engine view (snapshots.go,
+// TestMarkerOpensAsTheEnginesState). Restore ingests a received stream
+// only once it is fully verified. A replica that is too far behind catches
+// up from the leader's snapshot and then its log
+// (TestRestartedReplicaCatchesUpBySnapshot); one whose engine a crash left
+// behind a received snapshot restores it before raft starts
+// (TestRecoverBringsTheEngineLevelWithTheLatestSnapshot).
 //
 // Config.Snapshots caps snapshot transfers on the node (gatedSnapshots): it
 // is a channel shared by all replicas, and sending a snapshot (Open) or

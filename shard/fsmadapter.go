@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -36,6 +38,12 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 		cmd = fsm.Batch{}
 	}
 	res, aerr := r.store.Apply(l.Index, cmd)
+	if stopOnEngineFailure(r, l.Index, aerr) || errors.Is(aerr, fsm.ErrStaleIndex) {
+		// Raft replays, after a restart, the entries after its latest
+		// snapshot; the engine already holds those at or below its
+		// applied index, and no proposer waits for them.
+		return applyResult{err: aerr}
+	}
 	if aerr == nil && err != nil {
 		aerr = err
 	}
@@ -43,17 +51,31 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	return applyResult{res: res, err: aerr}
 }
 
+// stopOnEngineFailure panics on an engine failure: the entry is not
+// applied, and going on would leave this replica's state behind its log for
+// good. The process stops; when it restarts, Raft replays the entry.
+func stopOnEngineFailure(r *Replica, index uint64, err error) bool {
+	if errors.Is(err, fsm.ErrEngine) {
+		r.log.Error("storage engine failed; stopping", "index", index, "error", err)
+		panic(fmt.Sprintf("partition %d: entry %d: %v", r.cfg.Partition, index, err))
+	}
+	return false
+}
+
 // StoreConfiguration consumes a configuration entry's index.
 func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
 	r := (*Replica)(a)
-	if _, err := r.store.Apply(index, fsm.Batch{}); err != nil {
+	if _, err := r.store.Apply(index, fsm.Batch{}); !stopOnEngineFailure(r, index, err) && err != nil {
 		r.log.Debug("configuration entry at or below applied index", "index", index, "error", err)
 	}
 	r.applied.notify()
 }
 
+// Snapshot records the applied index; Persist makes the engine durable up
+// to it and writes the marker (see snapshots.go). It runs on raft's FSM
+// goroutine, between two Applies, so the index is raft's.
 func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
-	return fsmSnapshot{snap: a.store.Snapshot(), r: (*Replica)(a)}, nil
+	return fsmSnapshot{applied: a.store.AppliedIndex(), r: (*Replica)(a)}, nil
 }
 
 func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
@@ -67,14 +89,18 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 }
 
 type fsmSnapshot struct {
-	snap *fsm.Snapshot
-	r    *Replica
+	applied uint64
+	r       *Replica
 }
 
 func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	start := time.Now()
-	n, err := s.snap.WriteTo(sink)
-	if err != nil {
+	if err := s.r.cfg.Engine.Flush(); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("partition %d: flushing the engine for a snapshot: %w", s.r.cfg.Partition, err)
+	}
+	marker := encodeMarker(s.applied)
+	if _, err := sink.Write(marker); err != nil {
 		sink.Cancel()
 		return err
 	}
@@ -82,7 +108,7 @@ func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		return err
 	}
 	if fn := s.r.cfg.OnSnapshot; fn != nil {
-		fn(SnapshotInfo{Partition: s.r.cfg.Partition, Duration: time.Since(start), Bytes: n})
+		fn(SnapshotInfo{Partition: s.r.cfg.Partition, Duration: time.Since(start), Bytes: int64(len(marker))})
 	}
 	return nil
 }

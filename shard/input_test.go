@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/storage"
 )
 
 // TestBadInputNeverReachesTheLog: every entry point of the replica API that
@@ -82,15 +84,26 @@ func TestBadInputNeverReachesTheLog(t *testing.T) {
 	}
 }
 
+// memStore is an empty store in an engine of its own, in memory.
+func memStore(t *testing.T) *fsm.Store {
+	t.Helper()
+	eng, err := storage.Open(storage.Options{Dir: "/engine", FS: vfs.NewMem(), CacheSize: 1 << 20, MemTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	store, err := fsm.New(fsm.Options{}, eng.Partition(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 // bareReplica is a Replica without raft: its store, overlay and pending
 // writes, for tests that drive the apply and log-store callbacks directly.
 func bareReplica(t *testing.T) *Replica {
 	t.Helper()
-	store, err := fsm.New(fsm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &Replica{store: store, log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
+	return &Replica{store: memStore(t), log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
 }
 
 // TestApplyRefusesInvalidEntries: a log entry is input too. Whatever reaches

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/raftwal"
 	"github.com/ringkv/ringkv/wal"
@@ -53,9 +54,12 @@ type Config struct {
 	Partition uint32
 	NodeID    raft.ServerID
 	// Dir holds the replica's snapshots (and its bolt file with LogBoltDB).
-	Dir       string
-	Backend   LogBackend
-	WAL       *wal.WAL // required with LogWAL
+	Dir     string
+	Backend LogBackend
+	WAL     *wal.WAL // required with LogWAL
+	// Engine holds the replica's state machine, in the partition's span;
+	// required.
+	Engine    *storage.Engine
 	Transport raft.Transport
 	Clock     *hlc.Clock
 	Logger    hclog.Logger
@@ -91,8 +95,8 @@ type SnapshotInfo struct {
 // withDefaults fills zero fields and checks the rest.
 func (c Config) withDefaults() (Config, error) {
 	var err error
-	if c.Transport == nil {
-		return c, fmt.Errorf("shard: %w: Transport is required", raftgroup.ErrInvalid)
+	if c.Transport == nil || c.Engine == nil {
+		return c, fmt.Errorf("shard: %w: Transport and Engine are required", raftgroup.ErrInvalid)
 	}
 	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
 		return c, fmt.Errorf("shard: Raft: %w", err)
@@ -223,7 +227,7 @@ func Open(cfg Config) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := fsm.New(cfg.Limits)
+	store, err := fsm.New(cfg.Limits, cfg.Engine.Partition(cfg.Partition))
 	if err != nil {
 		return nil, err
 	}
@@ -255,12 +259,19 @@ func Open(cfg Config) (*Replica, error) {
 		r.closeLog()
 		return nil, err
 	}
-	var snapStore raft.SnapshotStore = snaps
+	engineSnaps := &engineSnapshots{SnapshotStore: snaps, store: store}
+	if err := engineSnaps.recover(); err != nil {
+		r.closeLog()
+		return nil, fmt.Errorf("partition %d: %w", cfg.Partition, err)
+	}
+	var snapStore raft.SnapshotStore = engineSnaps
 	if cfg.Snapshots != nil {
-		snapStore = &gatedSnapshots{SnapshotStore: snaps, gate: cfg.Snapshots}
+		snapStore = &gatedSnapshots{SnapshotStore: engineSnaps, gate: cfg.Snapshots}
 	}
 	r.raft, err = raftgroup.Open(
-		raftgroup.Config{ID: cfg.NodeID, Timing: cfg.Raft, Snapshots: cfg.SnapshotPolicy, Logger: r.log.Named("raft"), NotifyCh: r.leaderCh},
+		raftgroup.Config{ID: cfg.NodeID, Timing: cfg.Raft, Snapshots: cfg.SnapshotPolicy, Logger: r.log.Named("raft"), NotifyCh: r.leaderCh,
+			// The engine holds the state already (snapshots.go).
+			NoSnapshotRestoreOnStart: true},
 		raftgroup.Stores{FSM: (*fsmAdapter)(r), Logs: r.logs, Stable: r.stable, Snapshots: snapStore, Transport: cfg.Transport})
 	if err != nil {
 		r.closeLog()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/internal/testing/wait"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/wal"
@@ -30,6 +31,7 @@ type group struct {
 	ids    []raft.ServerID
 	trans  map[raft.ServerID]*raft.InmemTransport
 	wals   map[raft.ServerID]*wal.WAL
+	engs   map[raft.ServerID]*storage.Engine
 	reps   map[raft.ServerID]*Replica
 	tweak  func(*Config)
 	closed map[raft.ServerID]bool
@@ -55,6 +57,7 @@ func newGroup(t *testing.T, tweak func(*Config)) *group {
 		ids:    []raft.ServerID{"n1", "n2", "n3"},
 		trans:  map[raft.ServerID]*raft.InmemTransport{},
 		wals:   map[raft.ServerID]*wal.WAL{},
+		engs:   map[raft.ServerID]*storage.Engine{},
 		reps:   map[raft.ServerID]*Replica{},
 		closed: map[raft.ServerID]bool{},
 		cut:    map[raft.ServerID]bool{},
@@ -117,11 +120,16 @@ func (g *group) start(id raft.ServerID) {
 	if err != nil {
 		g.t.Fatal(err)
 	}
+	eng, err := storage.Open(storage.Options{Dir: filepath.Join(g.dir, string(id), "state"), CacheSize: 8 << 20, MemTableSize: 4 << 20})
+	if err != nil {
+		g.t.Fatal(err)
+	}
 	cfg := Config{
 		Partition: 7,
 		NodeID:    id,
 		Dir:       filepath.Join(g.dir, string(id), "p7"),
 		WAL:       w,
+		Engine:    eng,
 		Transport: g.trans[id],
 		Logger:    hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Name: string(id)}),
 		Raft: raftgroup.Timing{
@@ -146,7 +154,7 @@ func (g *group) start(id raft.ServerID) {
 	g.mu.Lock()
 	g.reps[id] = r
 	g.mu.Unlock()
-	g.wals[id], g.closed[id] = w, false
+	g.wals[id], g.engs[id], g.closed[id] = w, eng, false
 }
 
 var errReofferHeld = errors.New("re-offers held by the test")
@@ -179,6 +187,7 @@ func (g *group) stop(id raft.ServerID) {
 	g.closed[id] = true
 	g.reps[id].Close()
 	g.wals[id].Close()
+	g.engs[id].Close()
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -535,11 +544,7 @@ func TestWriteResult(t *testing.T) {
 // call must be seen, in the overlay or in the store, however the apply
 // interleaves — or it would be handed out twice.
 func TestCurrentVersionNeverMissesAnAppliedWrite(t *testing.T) {
-	store, err := fsm.New(fsm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Replica{store: store, overlay: map[string]*pendingKey{}}
+	r := &Replica{store: memStore(t), overlay: map[string]*pendingKey{}}
 	key := []byte("k")
 	const n = 200000
 	var proposed atomic.Uint64

@@ -40,6 +40,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/node"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/ring"
@@ -69,6 +70,9 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.ClusterToken, "cluster-token", "", "mixed into a new cluster's id with --peers: bootstrap each cluster with its own token, so that nodes of another cluster at the same addresses are refused (ignored once the data dir is initialized)")
 	fs.IntVar(&cfg.Partitions, "partitions", ring.DefaultPartitions, "partitions of a new cluster (power of two)")
 	fs.StringVar(&raftLog, "raft-log", string(shard.LogWAL), "where Raft logs live: wal (the node's shared WAL) or boltdb (baseline)")
+	fs.Int64Var(&cfg.Storage.CacheSize, "cache-size", storage.DefaultCacheSize, "bytes of the storage engine's block cache, most of what the engine keeps in memory")
+	fs.Uint64Var(&cfg.Storage.MemTableSize, "memtable-size", storage.DefaultMemTableSize, "bytes of one storage engine memtable (up to two are in memory, counted against --cache-size)")
+	fs.IntVar(&cfg.Storage.CompactionConcurrency, "compaction-concurrency", storage.DefaultCompactionConcurrency, "most storage engine compactions that run at once")
 	// Raft sends a heartbeat every heartbeat-timeout/10 per partition and
 	// replica, which is most of an idle node's CPU; a primary's loss is
 	// noticed in about two heartbeat timeouts (docs/benchmarks.md measures

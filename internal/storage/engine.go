@@ -11,9 +11,10 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// Defaults of Options, sized for a small machine: the block cache is most
-// of what the engine keeps in memory; memtables add at most
-// MemTableSize × 2 (the one being written and the one being flushed).
+// Defaults of Options, sized for a small machine: the block cache bounds
+// what the engine keeps in memory, memtables included — pebble charges
+// them (up to MemTableSize × 2: the one being written and the one being
+// flushed) to the cache, so a cache smaller than that caches no block.
 const (
 	DefaultCacheSize             = 256 << 20
 	DefaultMemTableSize          = 32 << 20
