@@ -30,6 +30,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/cluster"
@@ -179,9 +180,16 @@ func (s *Server) Reoffer(ctx context.Context, req *pb.ReofferRequest) (*pb.Reoff
 	return &pb.ReofferResponse{}, nil
 }
 
+// forwardedKey marks, in its metadata, a Join or Leave that a member
+// forwarded to the node it took for the metadata leader.
+const forwardedKey = "ringkv-admin-forwarded"
+
 // onMetaLeader runs local on this node if it leads the metadata group, or
-// sends the request to the leader with remote.
-func onMetaLeader[T any](s *Server, local func(*cluster.Meta, *cluster.State) (T, error), remote func(pb.AdminClient) (T, error)) (T, error) {
+// sends the request to the leader with remote, once: a forwarded request
+// that finds leadership moved is answered ErrNoMetaLeader rather than sent
+// on, so that two members with stale ideas of the leader cannot pass it
+// back and forth until the caller's deadline.
+func onMetaLeader[T any](ctx context.Context, s *Server, local func(*cluster.Meta, *cluster.State) (T, error), remote func(context.Context, pb.AdminClient) (T, error)) (T, error) {
 	var zero T
 	meta := s.n.Meta()
 	if meta == nil {
@@ -195,6 +203,9 @@ func onMetaLeader[T any](s *Server, local func(*cluster.Meta, *cluster.State) (T
 		resp, err := local(meta, view)
 		return resp, Status(err)
 	}
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(forwardedKey)) > 0 {
+		return zero, Status(fmt.Errorf("%w: node %s was sent this request as the metadata leader, but leadership has moved; retry", ErrNoMetaLeader, s.n.ID()))
+	}
 	id, addr := meta.Leader()
 	if id == "" {
 		return zero, Status(fmt.Errorf("%w: the metadata group has no leader; retry", ErrNoMetaLeader))
@@ -203,7 +214,7 @@ func onMetaLeader[T any](s *Server, local func(*cluster.Meta, *cluster.State) (T
 	if err != nil {
 		return zero, Status(fmt.Errorf("%w: metadata leader %s: %v", ErrUnreachable, id, err))
 	}
-	return remote(pb.NewAdminClient(conn))
+	return remote(metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.ID()), pb.NewAdminClient(conn))
 }
 
 // proposed gives a metadata proposal's error its condition: refused, not
@@ -234,7 +245,7 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespons
 	if err := checkMemberArgs(req.GetId(), req.GetAddress(), true); err != nil {
 		return nil, Status(err)
 	}
-	return onMetaLeader(s, func(meta *cluster.Meta, view *cluster.State) (*pb.JoinResponse, error) {
+	return onMetaLeader(ctx, s, func(meta *cluster.Meta, view *cluster.State) (*pb.JoinResponse, error) {
 		if m := view.Member(req.GetId()); m != nil && m.Addr == req.GetAddress() {
 			return &pb.JoinResponse{Epoch: view.Epoch}, nil
 		}
@@ -250,7 +261,7 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespons
 		}
 		s.log.Info("node joined", "member", req.GetId(), "addr", req.GetAddress(), "epoch", next.Epoch)
 		return &pb.JoinResponse{Epoch: next.Epoch}, nil
-	}, func(c pb.AdminClient) (*pb.JoinResponse, error) { return c.Join(ctx, req) })
+	}, func(ctx context.Context, c pb.AdminClient) (*pb.JoinResponse, error) { return c.Join(ctx, req) })
 }
 
 // adopt hands the joining node at addr the cluster's identity and metadata.
@@ -281,7 +292,7 @@ func (s *Server) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResp
 	if err := checkMemberArgs(req.GetId(), "", false); err != nil {
 		return nil, Status(err)
 	}
-	return onMetaLeader(s, func(meta *cluster.Meta, view *cluster.State) (*pb.LeaveResponse, error) {
+	return onMetaLeader(ctx, s, func(meta *cluster.Meta, view *cluster.State) (*pb.LeaveResponse, error) {
 		if view.Member(req.GetId()) == nil {
 			if view.IsRemoved(req.GetId()) {
 				return &pb.LeaveResponse{Epoch: view.Epoch}, nil
@@ -294,7 +305,7 @@ func (s *Server) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResp
 		}
 		s.log.Info("node leaving", "member", req.GetId(), "epoch", next.Epoch)
 		return &pb.LeaveResponse{Epoch: next.Epoch}, nil
-	}, func(c pb.AdminClient) (*pb.LeaveResponse, error) { return c.Leave(ctx, req) })
+	}, func(ctx context.Context, c pb.AdminClient) (*pb.LeaveResponse, error) { return c.Leave(ctx, req) })
 }
 
 func (s *Server) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {

@@ -39,9 +39,11 @@ var (
 	ErrReconfigure = errors.New("reconfiguration failed")
 )
 
-// codes maps each condition to the gRPC code clients see; the first match
-// wins. A shard error (NotPrimary with its detail, say) goes through
-// router.Status, so that it reads the same from both services.
+// codeOf maps each condition to the gRPC code clients see; the first match
+// wins. Anything else goes through router.Status: a shard error (NotPrimary
+// with its detail, say), so that it reads the same from both services, or
+// a status already (the metadata leader's answer to a forwarded request),
+// which passes unchanged.
 var codeOf = []struct {
 	err  error
 	code codes.Code
@@ -60,15 +62,9 @@ var codeOf = []struct {
 }
 
 // Status converts a handler's error into the gRPC status the caller sees.
-// A status already (the metadata leader's answer to a forwarded request)
-// passes unchanged.
+// The table comes first: a condition the handler named decides the code
+// even where its error also wraps another node's status.
 func Status(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
 	for _, c := range codeOf {
 		if errors.Is(err, c.err) {
 			return status.Error(c.code, err.Error())

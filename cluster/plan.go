@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -31,15 +32,9 @@ const (
 // WithDefaults fills zero fields and checks that 0 < SuspectAfter <=
 // DeadAfter <= ReplaceAfter.
 func (t Timeouts) WithDefaults() (Timeouts, error) {
-	if t.SuspectAfter == 0 {
-		t.SuspectAfter = DefaultSuspectAfter
-	}
-	if t.DeadAfter == 0 {
-		t.DeadAfter = DefaultDeadAfter
-	}
-	if t.ReplaceAfter == 0 {
-		t.ReplaceAfter = DefaultReplaceAfter
-	}
+	t.SuspectAfter = cmp.Or(t.SuspectAfter, DefaultSuspectAfter)
+	t.DeadAfter = cmp.Or(t.DeadAfter, DefaultDeadAfter)
+	t.ReplaceAfter = cmp.Or(t.ReplaceAfter, DefaultReplaceAfter)
 	if t.SuspectAfter < 0 || t.DeadAfter < t.SuspectAfter || t.ReplaceAfter < t.DeadAfter {
 		return t, fmt.Errorf("%w: Timeouts: want 0 < SuspectAfter (%v) <= DeadAfter (%v) <= ReplaceAfter (%v)",
 			raftgroup.ErrInvalid, t.SuspectAfter, t.DeadAfter, t.ReplaceAfter)

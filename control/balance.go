@@ -18,35 +18,29 @@ import (
 // lagging) is left alone for a while, so a sick node does not make
 // leadership flap.
 func (c *Controller) balancePrimaries() {
-	defer c.wg.Done()
-	tick := time.NewTicker(c.cfg.BalanceInterval)
-	defer tick.Stop()
 	failed := map[ring.PartitionID]time.Time{}
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-tick.C:
-		}
+	c.repeat(c.cfg.BalanceInterval, nil, func() bool {
 		view := c.cfg.View()
-		for _, p := range c.host.Hosted() {
+		for _, p := range c.host.Partitions() {
 			pref := string(view.Placement().Primary(p))
 			m := view.Member(pref)
 			if pref == c.cfg.ID || m == nil || m.State != cluster.Up || view.Moving(p) || !c.host.Leads(p) || time.Since(failed[p]) < 10*c.cfg.BalanceInterval {
 				continue
 			}
-			err := c.host.Transfer(p, raft.ServerID(pref), raft.ServerAddress(m.Addr))
-			if err != nil {
+			if err := c.host.Transfer(p, raft.ServerID(pref), raft.ServerAddress(m.Addr)); err != nil {
 				failed[p] = time.Now()
 				c.log.Debug("primary balance: transfer failed", "partition", p, "to", pref, "error", err)
 				continue
 			}
 			c.log.Info("primary balance: handed leadership to the preferred primary", "partition", p, "to", pref)
+			// A transfer takes up to an election timeout: Stop does not
+			// wait for the rest of the round.
 			select {
 			case <-c.stop:
-				return
+				return false
 			default:
 			}
 		}
-	}
+		return true
+	})
 }

@@ -14,8 +14,9 @@ import (
 
 // Host is what the control loop asks of its node.
 type Host interface {
-	// Hosted lists the partitions the node runs a replica of, in order.
-	Hosted() []ring.PartitionID
+	// Partitions lists the partitions the node runs a replica of, in
+	// order.
+	Partitions() []ring.PartitionID
 	// OpenReplica starts the node's replica of p, empty or recovered; a
 	// no-op if it runs.
 	OpenReplica(p ring.PartitionID) error
@@ -54,9 +55,9 @@ type Config struct {
 	ManageInterval  time.Duration
 	MaxMoves        int
 	PromoteMaxLag   uint64
-	BalanceInterval time.Duration // 0: never
+	BalanceInterval time.Duration // 0 or less: never
 	// TombstoneTTL is how long a delete's tombstone is kept before a purge
-	// removes it; it sets how often purges are proposed (PurgeInterval).
+	// removes it; it sets how often purges are proposed (purgeInterval).
 	// The cutoff is the replicas' own (Host.Purge). 0 or less: never.
 	TombstoneTTL time.Duration
 }
@@ -85,7 +86,7 @@ func Start(cfg Config, host Host) *Controller {
 		c.wg.Add(1)
 		go c.balancePrimaries()
 	}
-	if PurgeInterval(cfg.TombstoneTTL) > 0 {
+	if cfg.TombstoneTTL > 0 {
 		c.wg.Add(1)
 		go c.purgeTombstones()
 	}

@@ -36,7 +36,7 @@
 //     round waits for;
 //   - balance (if BalanceInterval > 0): hands partitions this node leads to
 //     their preferred primaries;
-//   - purge (if TombstoneTTL > 0): every PurgeInterval(TombstoneTTL) (a
+//   - purge (if TombstoneTTL > 0): every purgeInterval(TombstoneTTL) (a
 //     quarter of the TTL, between 1 s and 1 h), has each partition this
 //     node leads purge its tombstones older than the TTL through Host.Purge
 //     — a log entry carrying the primary's cutoff, so every replica removes

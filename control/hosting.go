@@ -20,7 +20,7 @@ func (c *Controller) hostReplicas() {
 // drops those it hosts and view does not place here.
 func (c *Controller) reconcile(view *cluster.State) {
 	hosted := map[ring.PartitionID]bool{}
-	for _, p := range c.host.Hosted() {
+	for _, p := range c.host.Partitions() {
 		hosted[p] = true
 	}
 	for p := range ring.PartitionID(view.Partitions) {

@@ -20,9 +20,11 @@ type fakeHost struct {
 	purged          []ring.PartitionID
 	// purge answers Purge when set (purge_test.go).
 	purge func(ring.PartitionID) (int, error)
+	// transfer answers Transfer when set (balance_test.go).
+	transfer func(ring.PartitionID, raft.ServerID) error
 }
 
-func (h *fakeHost) Hosted() []ring.PartitionID { return h.hosted }
+func (h *fakeHost) Partitions() []ring.PartitionID { return h.hosted }
 func (h *fakeHost) OpenReplica(p ring.PartitionID) error {
 	h.opened = append(h.opened, p)
 	return nil
@@ -31,8 +33,13 @@ func (h *fakeHost) DropReplica(p ring.PartitionID) error {
 	h.dropped = append(h.dropped, p)
 	return nil
 }
-func (h *fakeHost) Leads(p ring.PartitionID) bool                                      { return h.leads[p] }
-func (h *fakeHost) Transfer(ring.PartitionID, raft.ServerID, raft.ServerAddress) error { return nil }
+func (h *fakeHost) Leads(p ring.PartitionID) bool { return h.leads[p] }
+func (h *fakeHost) Transfer(p ring.PartitionID, id raft.ServerID, _ raft.ServerAddress) error {
+	if h.transfer == nil {
+		return nil
+	}
+	return h.transfer(p, id)
+}
 func (h *fakeHost) Purge(p ring.PartitionID) (int, error) {
 	h.purged = append(h.purged, p)
 	if h.purge == nil {
@@ -41,10 +48,10 @@ func (h *fakeHost) Purge(p ring.PartitionID) (int, error) {
 	return h.purge(p)
 }
 
-// TestReconcileHostsExactlyWhatTheViewPlaces: a node opens the replicas its
-// view places on it and drops (deleting their data) only those that neither
-// the target placement nor the recorded configuration places there.
-func TestReconcileHostsExactlyWhatTheViewPlaces(t *testing.T) {
+// testView is a new cluster of four members, a to d, all up, with eight
+// partitions placed over them.
+func testView(t *testing.T) *cluster.State {
+	t.Helper()
 	r, err := ring.New(8)
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +69,14 @@ func TestReconcileHostsExactlyWhatTheViewPlaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return view
+}
+
+// TestReconcileHostsExactlyWhatTheViewPlaces: a node opens the replicas its
+// view places on it and drops (deleting their data) only those that neither
+// the target placement nor the recorded configuration places there.
+func TestReconcileHostsExactlyWhatTheViewPlaces(t *testing.T) {
+	view := testView(t)
 	var want, unwanted []ring.PartitionID
 	for p := range ring.PartitionID(8) {
 		if view.Hosts("a", p) {

@@ -2,7 +2,7 @@ package control
 
 import "time"
 
-// Bounds of PurgeInterval.
+// Bounds of purgeInterval.
 const (
 	// maxPurgeInterval: a round costs one log entry per led partition that
 	// holds tombstones, so rounds more often than hourly would cost little,
@@ -14,13 +14,13 @@ const (
 	minPurgeInterval = time.Second
 )
 
-// PurgeInterval is how often a node proposes tombstone purges for a
+// purgeInterval is how often a node proposes tombstone purges for a
 // tombstone TTL: a quarter of it, so a tombstone outlives its TTL by at
 // most a quarter, but at least every hour and at most every second; 0
 // (never) for a TTL of 0 or less. It is derived rather than configured
 // because the TTL is the one thing an operator chooses: how long a delete
 // still beats a late write (docs/design.md, "Versions and conflicts").
-func PurgeInterval(ttl time.Duration) time.Duration {
+func purgeInterval(ttl time.Duration) time.Duration {
 	if ttl <= 0 {
 		return 0
 	}
@@ -28,9 +28,9 @@ func PurgeInterval(ttl time.Duration) time.Duration {
 }
 
 // purgeTombstones has every partition this node leads purge its expired
-// tombstones, once per PurgeInterval(TombstoneTTL).
+// tombstones, once per purgeInterval(TombstoneTTL).
 func (c *Controller) purgeTombstones() {
-	c.repeat(PurgeInterval(c.cfg.TombstoneTTL), nil, func() bool {
+	c.repeat(purgeInterval(c.cfg.TombstoneTTL), nil, func() bool {
 		c.purgeRound()
 		return true
 	})
@@ -42,7 +42,7 @@ func (c *Controller) purgeTombstones() {
 // is left to the next round, and the others still go. Stop ends a round
 // between partitions, as each purge may take up to the node's op timeout.
 func (c *Controller) purgeRound() {
-	for _, p := range c.host.Hosted() {
+	for _, p := range c.host.Partitions() {
 		select {
 		case <-c.stop:
 			return

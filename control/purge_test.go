@@ -24,8 +24,8 @@ func TestPurgeInterval(t *testing.T) {
 		{2 * time.Second, time.Second}, // floored
 		{time.Nanosecond, time.Second},
 	} {
-		if got := PurgeInterval(tc.ttl); got != tc.want {
-			t.Errorf("PurgeInterval(%v) = %v, want %v", tc.ttl, got, tc.want)
+		if got := purgeInterval(tc.ttl); got != tc.want {
+			t.Errorf("purgeInterval(%v) = %v, want %v", tc.ttl, got, tc.want)
 		}
 	}
 }

@@ -80,18 +80,34 @@ func encodeEntry(dst []byte, w write) []byte {
 	return dst
 }
 
+// decodeEntry reads an entry's value; the Item aliases key and v.
 func decodeEntry(key, v []byte) (Item, error) {
-	if len(v) < entryHeader || v[0] > 1 {
-		return Item{}, fmt.Errorf("%w: key %q: malformed entry of %d bytes", ErrEngine, key, len(v))
+	st, err := decodeState(key, v)
+	if err != nil {
+		return Item{}, err
 	}
-	it := Item{Key: key, Tombstone: v[0] == 1, Stamp: Stamp{
-		Version:   binary.BigEndian.Uint64(v[1:]),
-		Timestamp: hlc.Timestamp{WallTime: int64(binary.BigEndian.Uint64(v[9:])), Logical: binary.BigEndian.Uint32(v[17:])},
-	}}
+	it := Item{Key: key, Tombstone: st.tombstone, Stamp: st.stamp}
 	if !it.Tombstone {
 		it.Value = v[entryHeader:]
 	}
 	return it, nil
+}
+
+// keyState is what the conflict rule and version numbering need of a key:
+// its entry's header, not its value.
+type keyState struct {
+	stamp     Stamp
+	tombstone bool
+}
+
+func decodeState(key, v []byte) (keyState, error) {
+	if len(v) < entryHeader || v[0] > 1 {
+		return keyState{}, fmt.Errorf("%w: key %q: malformed entry of %d bytes", ErrEngine, key, len(v))
+	}
+	return keyState{tombstone: v[0] == 1, stamp: Stamp{
+		Version:   binary.BigEndian.Uint64(v[1:]),
+		Timestamp: hlc.Timestamp{WallTime: int64(binary.BigEndian.Uint64(v[9:])), Logical: binary.BigEndian.Uint32(v[17:])},
+	}}, nil
 }
 
 // tombKey orders tombstones by timestamp, then key.
@@ -171,6 +187,13 @@ type Store struct {
 	buf     []byte       // the writer's scratch, under mu
 }
 
+// engineReader is what the store reads from: its partition, or a view of
+// it.
+type engineReader interface {
+	Get(space byte, key []byte) ([]byte, bool, error)
+	Peek(space byte, key []byte, fn func([]byte)) (bool, error)
+}
+
 // New opens the store kept in part, empty or as the engine last held it.
 func New(opts Options, part *storage.Partition) (*Store, error) {
 	if err := opts.check(); err != nil {
@@ -199,9 +222,7 @@ func (s *Store) load() error {
 	return nil
 }
 
-func readCounts(r interface {
-	Get(byte, []byte) ([]byte, bool, error)
-}) (live, dead int64, err error) {
+func readCounts(r engineReader) (live, dead int64, err error) {
 	v, ok, err := r.Get(countSpace, countsKey)
 	switch {
 	case err != nil:
@@ -228,9 +249,20 @@ func (s *Store) Lookup(key []byte) (Item, bool) {
 	return it, ok
 }
 
-func lookup(r interface {
-	Get(byte, []byte) ([]byte, bool, error)
-}, key []byte) (Item, bool, error) {
+// Stamp returns key's latest Stamp, a tombstone's included — what a
+// primary numbers the key's next write from — without copying its value.
+// An engine read error reads as not found, as in Lookup.
+func (s *Store) Stamp(key []byte) (Stamp, bool) {
+	st, ok, err := state(s.part, key)
+	return st.stamp, ok && err == nil
+}
+
+func state(r engineReader, key []byte) (st keyState, found bool, err error) {
+	found, err = r.Peek(dataSpace, key, func(v []byte) { st, err = decodeState(key, v) })
+	return st, found && err == nil, err
+}
+
+func lookup(r engineReader, key []byte) (Item, bool, error) {
 	v, ok, err := r.Get(dataSpace, key)
 	if err != nil || !ok {
 		return Item{}, false, err
@@ -275,16 +307,18 @@ func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 	if applied := s.applied.Load(); index <= applied {
 		return Result{}, fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, applied)
 	}
-	tx := &txn{s: s, b: s.part.NewBatch(), live: s.live.Load(), dead: s.dead.Load()}
+	tx := txn{s: s, b: s.part.NewBatch(), live: s.live.Load(), dead: s.dead.Load(), buf: s.buf[:0]}
 	var res Result
 	verr := s.Validate(cmd)
 	if verr == nil {
-		res = cmd.apply(tx)
+		res = cmd.apply(&tx)
 	}
 	if tx.err == nil && (tx.live != s.live.Load() || tx.dead != s.dead.Load()) {
-		counts := binary.BigEndian.AppendUint64(s.buf[:0], uint64(tx.live))
-		tx.err = tx.b.Set(countSpace, countsKey, binary.BigEndian.AppendUint64(counts, uint64(tx.dead)))
+		counts := binary.BigEndian.AppendUint64(tx.buf[:0], uint64(tx.live))
+		tx.buf = binary.BigEndian.AppendUint64(counts, uint64(tx.dead))
+		tx.err = tx.b.Set(countSpace, countsKey, tx.buf)
 	}
+	s.buf = tx.buf
 	if tx.err == nil {
 		tx.err = tx.b.Commit(index)
 	} else {
@@ -299,26 +333,25 @@ func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 	return res, verr
 }
 
-// txn is one Apply's writes: the engine batch, and what it wrote so far,
-// which later writes of the same command must see.
+// txn is one Apply's writes: the engine batch and, for a Batch command,
+// what it wrote so far, which its later writes of the same key must see
+// (the engine shows them only once the batch commits).
 type txn struct {
 	s          *Store
 	b          *storage.Batch
-	written    map[string]Item
+	written    map[string]keyState // nil but for a Batch
 	live, dead int64
 	buf        []byte
 	err        error
 }
 
-func (tx *txn) lookup(key []byte) (Item, bool) {
-	if it, ok := tx.written[string(key)]; ok {
-		return it, true
+func (tx *txn) lookup(key []byte) (keyState, bool) {
+	if st, ok := tx.written[string(key)]; ok {
+		return st, true
 	}
-	it, ok, err := lookup(tx.s.part, key)
-	if err != nil && tx.err == nil {
-		tx.err = err
-	}
-	return it, ok
+	st, ok, err := state(tx.s.part, key)
+	tx.set(err)
+	return st, ok
 }
 
 // write applies the conflict rule to one Put or Delete.
@@ -328,17 +361,17 @@ func (tx *txn) write(w write) WriteResult {
 		return res
 	}
 	if old, found := tx.lookup(w.key); found {
-		switch c := w.stamp.Compare(old.Stamp); {
+		switch c := w.stamp.Compare(old.stamp); {
 		case c == 0:
 			res.Outcome = AlreadyApplied
 			return res
 		case c < 0:
-			res.Outcome, res.Current = Lost, old.Stamp
+			res.Outcome, res.Current = Lost, old.stamp
 			return res
 		}
-		if old.Tombstone {
+		if old.tombstone {
 			tx.dead--
-			tx.set(tx.b.Delete(tombSpace, tombKey(tx.buf[:0], old.Timestamp, w.key)))
+			tx.set(tx.b.Delete(tombSpace, tombKey(tx.buf[:0], old.stamp.Timestamp, w.key)))
 		} else {
 			tx.live--
 		}
@@ -351,10 +384,9 @@ func (tx *txn) write(w write) WriteResult {
 	} else {
 		tx.live++
 	}
-	if tx.written == nil {
-		tx.written = map[string]Item{}
+	if tx.written != nil {
+		tx.written[string(w.key)] = keyState{stamp: w.stamp, tombstone: w.tombstone}
 	}
-	tx.written[string(w.key)] = Item{Key: w.key, Value: w.value, Tombstone: w.tombstone, Stamp: w.stamp}
 	return res
 }
 
@@ -392,6 +424,9 @@ func (d Delete) apply(tx *txn) Result {
 }
 
 func (b Batch) apply(tx *txn) Result {
+	if len(b.Writes) > 1 {
+		tx.written = make(map[string]keyState, len(b.Writes))
+	}
 	res := Result{Writes: make([]WriteResult, len(b.Writes))}
 	for i, w := range b.Writes {
 		res.Writes[i] = tx.write(w.asWrite())
@@ -470,6 +505,10 @@ func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	n, _, err := s.view.WriteSnapshot(w)
 	return n, err
 }
+
+// StreamSize is the length of the stream WriteTo writes, measured without
+// writing it (storage.View.SnapshotSize).
+func (s *Snapshot) StreamSize() (int64, error) { return s.view.SnapshotSize() }
 
 // Restore replaces the store's contents and applied index with the snapshot
 // stream read from r, verified whole before anything changes: on any error

@@ -142,6 +142,9 @@ func TestConflictRule(t *testing.T) {
 			if !ok || look.Tombstone != tt.wantTomb || look.Stamp != tt.current {
 				t.Fatalf("Lookup = %+v, %v; want tombstone %v with stamp %v", look, ok, tt.wantTomb, tt.current)
 			}
+			if st, ok := s.Stamp([]byte("k")); !ok || st != tt.current {
+				t.Fatalf("Stamp = %v, %v; want %v", st, ok, tt.current)
+			}
 			wantLen, wantTombs := 0, 0
 			if tt.wantLive {
 				wantLen = 1

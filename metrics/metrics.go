@@ -46,14 +46,12 @@ type Replica interface {
 	Status() shard.Status
 	Stats() *shard.Stats
 	AppendedAt(index uint64) (time.Time, error)
-}
-
-// TombstoneCounter is a Replica that also counts its tombstones awaiting a
-// purge (*shard.Replica does); the collector exports them as
-// ringkv_tombstones, which drops when a purge applies.
-type TombstoneCounter interface {
+	// Tombstones counts the tombstones awaiting a purge, exported as
+	// ringkv_tombstones, which drops when a purge applies.
 	Tombstones() int
 }
+
+var _ Replica = (*shard.Replica)(nil)
 
 // Options configure Metrics.
 type Options struct {
@@ -285,6 +283,8 @@ var (
 		"Acknowledged fast writes cut from this replica's log and re-offered to the primary.", []string{"partition"}, nil)
 	descReofferLost = prometheus.NewDesc("ringkv_fast_writes_reoffer_lost_total",
 		"Re-offered fast writes this primary applied that lost to a newer write of the key.", []string{"partition"}, nil)
+	descReofferDropped = prometheus.NewDesc("ringkv_fast_writes_reoffer_dropped_total",
+		"Re-offered fast writes this replica dropped because no primary can take them (undecodable, or breaking the limits).", []string{"partition"}, nil)
 	descTombstones = prometheus.NewDesc("ringkv_tombstones",
 		"Deleted keys whose tombstone this node's replica of the partition keeps until a purge removes it (--tombstone-ttl after the delete).", []string{"partition"}, nil)
 	descLagEntries = prometheus.NewDesc("ringkv_replication_lag_entries",
@@ -309,7 +309,7 @@ type collector struct{ m *Metrics }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descIsPrimary, descTerm, descCommit, descApplied, descLeaderChanges,
-		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descTombstones, descLagEntries, descLagSeconds,
+		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descReofferDropped, descTombstones, descLagEntries, descLagSeconds,
 		descNodeUp, descWALSize} {
 		ch <- d
 	}
@@ -344,9 +344,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descLeaderChanges, stats.LeaderChanges.Load())
 		counter(descReoffered, stats.Reoffered.Load())
 		counter(descReofferLost, stats.ReofferLost.Load())
-		if tc, ok := r.(TombstoneCounter); ok {
-			gauge(descTombstones, float64(tc.Tombstones()))
-		}
+		counter(descReofferDropped, stats.ReofferDropped.Load())
+		gauge(descTombstones, float64(r.Tombstones()))
 
 		// Only Raft contact is seen: a primary hears from its followers and a
 		// follower from its primary; two followers of one primary never talk.

@@ -26,11 +26,13 @@ type fakeReplica struct {
 	status    shard.Status
 	stats     shard.Stats
 	appended  map[uint64]time.Time // AppendedAt by index; missing: an error
+	tombs     int
 }
 
 func (f *fakeReplica) Partition() uint32    { return f.partition }
 func (f *fakeReplica) Status() shard.Status { return f.status }
 func (f *fakeReplica) Stats() *shard.Stats  { return &f.stats }
+func (f *fakeReplica) Tombstones() int      { return f.tombs }
 func (f *fakeReplica) AppendedAt(i uint64) (time.Time, error) {
 	if at, ok := f.appended[i]; ok {
 		return at, nil
@@ -166,23 +168,26 @@ func TestStateSeries(t *testing.T) {
 	r := &fakeReplica{partition: 2, status: shard.Status{
 		State: raft.Leader, LeaderID: "n1", Term: 4, LastIndex: 9, CommitIndex: 8, AppliedIndex: 7,
 		Voters: []raft.ServerID{"n1", "n2", "n3"},
-	}}
+	}, tombs: 6}
 	r.stats.FastUncommitted.Store(2)
 	r.stats.Reoffered.Store(5)
 	r.stats.ReofferLost.Store(1)
+	r.stats.ReofferDropped.Store(2)
 	r.stats.LeaderChanges.Store(3)
 	m := New(Options{Node: "n1", Replicas: func() []Replica { return []Replica{r} }, WALStats: func() wal.Stats { return wal.Stats{SizeBytes: 4096} }})
 	p := map[string]string{"partition": "2"}
 	for name, want := range map[string]float64{
-		"ringkv_raft_is_primary":                1,
-		"ringkv_raft_term":                      4,
-		"ringkv_raft_commit_index":              8,
-		"ringkv_raft_applied_index":             7,
-		"ringkv_raft_leader_changes_total":      3,
-		"ringkv_partition_replicas":             3,
-		"ringkv_fast_writes_uncommitted":        2,
-		"ringkv_fast_writes_reoffered_total":    5,
-		"ringkv_fast_writes_reoffer_lost_total": 1,
+		"ringkv_raft_is_primary":                   1,
+		"ringkv_raft_term":                         4,
+		"ringkv_raft_commit_index":                 8,
+		"ringkv_raft_applied_index":                7,
+		"ringkv_raft_leader_changes_total":         3,
+		"ringkv_partition_replicas":                3,
+		"ringkv_fast_writes_uncommitted":           2,
+		"ringkv_fast_writes_reoffered_total":       5,
+		"ringkv_fast_writes_reoffer_lost_total":    1,
+		"ringkv_fast_writes_reoffer_dropped_total": 2,
+		"ringkv_tombstones":                        6,
 	} {
 		if got, ok := sample(t, m.Registry(), name, p); !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"strings"
@@ -34,7 +35,10 @@ const (
 )
 
 // ErrInvalidConfig marks every error Start returns for a Config it refuses;
-// the error names the field and the limit.
+// the error names the field and the limit. It is raftgroup.ErrInvalid, the
+// sentinel the Raft timing's, cluster's and shard's checks wrap, so that
+// their errors need no wrapping again; the engine's and the WAL's own
+// sentinels are wrapped where the node opens them.
 var ErrInvalidConfig = raftgroup.ErrInvalid
 
 // Peer is a member of the initial cluster.
@@ -97,8 +101,8 @@ type Config struct {
 	// advances replica moves.
 	ManageInterval time.Duration
 	// TombstoneTTL is how long a delete's tombstone is kept: each primary
-	// proposes a purge of the older ones every control.PurgeInterval (a
-	// quarter of the TTL, at most an hour). A write that arrives after the
+	// proposes a purge of the older ones every quarter of the TTL (between
+	// a second and an hour; package control). A write that arrives after the
 	// purge with a stamp older than the delete — a re-offered fast write of
 	// a replica that was away for longer — is no longer stopped by it, and
 	// the key comes back (docs/design.md, "Versions and conflicts"); so
@@ -132,29 +136,22 @@ type Config struct {
 // user (the test cluster, say) gets the checks kvnode's users get. Every
 // error wraps ErrInvalidConfig and names the field.
 func (c Config) withDefaults() (Config, error) {
-	invalid := func(format string, a ...any) (Config, error) {
-		return c, fmt.Errorf("node: %w: "+format, append([]any{ErrInvalidConfig}, a...)...)
-	}
 	if c.ID == "" {
-		return invalid("ID is required")
+		return c, invalid("ID is required")
 	}
 	if c.DataDir == "" {
-		return invalid("DataDir is required")
+		return c, invalid("DataDir is required")
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return invalid("Listen %q: %v", c.Listen, err)
+		return c, invalid("Listen %q: %v", c.Listen, err)
 	}
-	if c.Partitions == 0 {
-		c.Partitions = ring.DefaultPartitions
-	}
+	c.Partitions = cmp.Or(c.Partitions, ring.DefaultPartitions)
 	if _, err := ring.New(c.Partitions); err != nil {
-		return invalid("Partitions: %v", err)
+		return c, invalid("Partitions: %v", err)
 	}
-	if c.RaftLog == "" {
-		c.RaftLog = shard.LogWAL
-	}
+	c.RaftLog = cmp.Or(c.RaftLog, shard.LogWAL)
 	if c.RaftLog != shard.LogWAL && c.RaftLog != shard.LogBoltDB {
-		return invalid("RaftLog %q: want %q or %q", c.RaftLog, shard.LogWAL, shard.LogBoltDB)
+		return c, invalid("RaftLog %q: want %q or %q", c.RaftLog, shard.LogWAL, shard.LogBoltDB)
 	}
 	var err error
 	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
@@ -163,35 +160,33 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Timeouts, err = c.Timeouts.WithDefaults(); err != nil {
 		return c, fmt.Errorf("node: %w", err)
 	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = shard.DefaultOpTimeout
-	}
-	setDefault(&c.MaxSnapshotTransfers, DefaultMaxSnapshotTransfers)
-	setDefault(&c.MaxMoves, DefaultMaxMoves)
-	setDefault(&c.PromoteMaxLag, DefaultPromoteMaxLag)
-	setDefault(&c.ReadyMaxLag, DefaultReadyMaxLag)
-	setDefault(&c.ManageInterval, DefaultManageInterval)
-	setDefault(&c.BalanceInterval, DefaultBalanceInterval)
-	setDefault(&c.TombstoneTTL, DefaultTombstoneTTL)
+	c.OpTimeout = cmp.Or(c.OpTimeout, shard.DefaultOpTimeout)
+	c.MaxSnapshotTransfers = cmp.Or(c.MaxSnapshotTransfers, DefaultMaxSnapshotTransfers)
+	c.MaxMoves = cmp.Or(c.MaxMoves, DefaultMaxMoves)
+	c.PromoteMaxLag = cmp.Or(c.PromoteMaxLag, DefaultPromoteMaxLag)
+	c.ReadyMaxLag = cmp.Or(c.ReadyMaxLag, DefaultReadyMaxLag)
+	c.ManageInterval = cmp.Or(c.ManageInterval, DefaultManageInterval)
+	c.BalanceInterval = cmp.Or(c.BalanceInterval, DefaultBalanceInterval)
+	c.TombstoneTTL = cmp.Or(c.TombstoneTTL, DefaultTombstoneTTL)
 	switch {
 	case c.OpTimeout < 0:
-		return invalid("OpTimeout is %v, want more than 0", c.OpTimeout)
+		return c, invalid("OpTimeout is %v, want more than 0", c.OpTimeout)
 	case c.MaxSnapshotTransfers < 1:
-		return invalid("MaxSnapshotTransfers is %d, want at least 1", c.MaxSnapshotTransfers)
+		return c, invalid("MaxSnapshotTransfers is %d, want at least 1", c.MaxSnapshotTransfers)
 	case c.MaxMoves < 1:
-		return invalid("MaxMoves is %d, want at least 1", c.MaxMoves)
+		return c, invalid("MaxMoves is %d, want at least 1", c.MaxMoves)
 	case c.ManageInterval < 0:
-		return invalid("ManageInterval is %v, want more than 0", c.ManageInterval)
+		return c, invalid("ManageInterval is %v, want more than 0", c.ManageInterval)
 	case c.Limits.TombstoneGrace != 0:
 		// Two settings of one duration could disagree; the control loop
 		// needs it too, to know how often to purge.
-		return invalid("Limits.TombstoneGrace is %v: set TombstoneTTL instead", c.Limits.TombstoneGrace)
+		return c, invalid("Limits.TombstoneGrace is %v: set TombstoneTTL instead", c.Limits.TombstoneGrace)
 	}
 	if c.TombstoneTTL > 0 {
 		c.Limits.TombstoneGrace = c.TombstoneTTL
 	}
 	if c.Storage.Dir != "" || c.Storage.FS != nil {
-		return invalid("Storage.Dir and Storage.FS are the node's: DataDir/state")
+		return c, invalid("Storage.Dir and Storage.FS are the node's: DataDir/state")
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
@@ -199,11 +194,10 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// setDefault sets a zero *v to def.
-func setDefault[T ~int | ~uint64 | ~int64](v *T, def T) {
-	if *v == 0 {
-		*v = def
-	}
+// invalid is a Config error: it wraps ErrInvalidConfig. A named function
+// rather than a closure, so that vet checks its callers' formats.
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("node: %w: %s", ErrInvalidConfig, fmt.Sprintf(format, a...))
 }
 
 // ParsePeers parses "n1=host:port,n2=host:port,...".

@@ -90,3 +90,30 @@ func TestTombstoneTTL(t *testing.T) {
 		}
 	}
 }
+
+// TestStartRefusesPartsOptions: the options the WAL and the storage engine
+// check themselves are Config errors too, as the kvnode flags that set
+// them are usage errors.
+func TestStartRefusesPartsOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tweak func(*Config)
+		want  string
+	}{
+		{"memtable size", func(c *Config) { c.Storage.MemTableSize = 1 }, "Storage: storage: invalid options: MemTableSize is 1"},
+		{"cache size", func(c *Config) { c.Storage.CacheSize = -1 }, "CacheSize is -1"},
+		{"wal segment size", func(c *Config) { c.WALSegmentSize = 1 }, "WALSegmentSize: wal: invalid Options.SegmentSize 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Config{ID: "n1", Listen: "127.0.0.1:0", DataDir: t.TempDir()}
+			tc.tweak(&c)
+			n, err := Start(c)
+			if err == nil {
+				n.Close()
+			}
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want ErrInvalidConfig naming %q", err, tc.want)
+			}
+		})
+	}
+}

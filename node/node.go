@@ -207,6 +207,9 @@ func (n *Node) loadView() (view *cluster.State, create bool, err error) {
 
 func (n *Node) openWAL() (err error) {
 	n.wal, err = wal.Open(filepath.Join(n.cfg.DataDir, "wal"), wal.Options{SegmentSize: n.cfg.WALSegmentSize, OnSync: n.metrics.ObserveWALSync})
+	if errors.Is(err, wal.ErrInvalid) {
+		return fmt.Errorf("node: %w: WALSegmentSize: %w", ErrInvalidConfig, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -216,11 +219,16 @@ func (n *Node) openWAL() (err error) {
 	return nil
 }
 
-// openEngine opens the storage engine in DataDir/state.
+// openEngine opens the storage engine in DataDir/state. The engine checks
+// Config.Storage itself; an option it refuses is a Config error like any
+// other (kvnode's --memtable-size, say).
 func (n *Node) openEngine() (err error) {
 	opts := n.cfg.Storage
 	opts.Dir = filepath.Join(n.cfg.DataDir, "state")
 	n.engine, err = storage.Open(opts)
+	if errors.Is(err, storage.ErrInvalid) {
+		return fmt.Errorf("node: %w: Storage: %w", ErrInvalidConfig, err)
+	}
 	return err
 }
 
@@ -343,7 +351,7 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		ManageInterval:  n.cfg.ManageInterval,
 		MaxMoves:        n.cfg.MaxMoves,
 		PromoteMaxLag:   n.cfg.PromoteMaxLag,
-		BalanceInterval: max(n.cfg.BalanceInterval, 0),
+		BalanceInterval: n.cfg.BalanceInterval,
 		TombstoneTTL:    n.cfg.TombstoneTTL,
 	}, host{n}))
 	return nil
@@ -514,10 +522,6 @@ func (n *Node) Addrs(p ring.PartitionID) []string {
 	return out
 }
 
-// metaMember is the node's member of the metadata group, nil while the node
-// belongs to no cluster.
-func (n *Node) metaMember() *cluster.Meta { return n.meta.Load() }
-
 // View is the cluster metadata as this node last saw it; nil while the node
 // belongs to no cluster.
 func (n *Node) View() *cluster.State { return n.view.Load() }
@@ -578,7 +582,7 @@ func (n *Node) Close() error {
 			}
 		}()
 	}
-	if meta := n.metaMember(); meta != nil && meta.IsLeader() {
+	if meta := n.meta.Load(); meta != nil && meta.IsLeader() {
 		// Joins and moves in flight go on under the next leader at once,
 		// rather than after an election timeout.
 		if err := meta.Raft().LeadershipTransfer().Error(); err != nil {
@@ -599,7 +603,7 @@ func (n *Node) Close() error {
 	for _, r := range reps {
 		errs = append(errs, r.Close())
 	}
-	if meta := n.metaMember(); meta != nil {
+	if meta := n.meta.Load(); meta != nil {
 		errs = append(errs, meta.Close())
 	}
 	if n.trans != nil {

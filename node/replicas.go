@@ -95,27 +95,26 @@ func (n *Node) dropStrays(view *cluster.State) error {
 	return nil
 }
 
-// host is the node as its control loop drives it.
-type host struct{ n *Node }
+// host is the node as its control loop drives it; Partitions is the node's
+// own.
+type host struct{ *Node }
 
 var _ control.Host = host{}
 
-func (h host) Hosted() []ring.PartitionID { return h.n.Partitions() }
-
 func (h host) OpenReplica(p ring.PartitionID) error {
-	_, err := h.n.openReplica(p)
+	_, err := h.openReplica(p)
 	return err
 }
 
-func (h host) DropReplica(p ring.PartitionID) error { return h.n.dropReplica(p) }
+func (h host) DropReplica(p ring.PartitionID) error { return h.dropReplica(p) }
 
 func (h host) Leads(p ring.PartitionID) bool {
-	r := h.n.Replica(p)
+	r := h.Replica(p)
 	return r != nil && r.IsPrimary()
 }
 
 func (h host) Transfer(p ring.PartitionID, id raft.ServerID, addr raft.ServerAddress) error {
-	r := h.n.Replica(p)
+	r := h.Replica(p)
 	if r == nil {
 		return fmt.Errorf("partition %d: not hosted", p)
 	}
@@ -125,7 +124,7 @@ func (h host) Transfer(p ring.PartitionID, id raft.ServerID, addr raft.ServerAdd
 // Purge needs no context of its own: the replica bounds a purge by the op
 // timeout, and closing the replica (shutdown, a drop) ends it.
 func (h host) Purge(p ring.PartitionID) (int, error) {
-	r := h.n.Replica(p)
+	r := h.Replica(p)
 	if r == nil {
 		return 0, fmt.Errorf("partition %d: not hosted", p)
 	}

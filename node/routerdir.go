@@ -8,20 +8,17 @@ import (
 // routerDirectory is the node as its router's Directory. It is a type of
 // its own because the router wants its Replica as an interface while the
 // rest of the node works with the concrete *shard.Replica.
-type routerDirectory struct{ n *Node }
+// Lookup and Addrs are the node's own.
+type routerDirectory struct{ *Node }
 
 var _ router.Directory = routerDirectory{}
-
-func (d routerDirectory) Lookup(key []byte) ring.PartitionID { return d.n.Lookup(key) }
 
 // Replica is the node's replica of p, or a nil interface when it hosts
 // none: returning the nil *shard.Replica as a router.Replica would make a
 // non-nil interface, and the router would serve from it.
 func (d routerDirectory) Replica(p ring.PartitionID) router.Replica {
-	if r := d.n.Replica(p); r != nil {
+	if r := d.Node.Replica(p); r != nil {
 		return r
 	}
 	return nil
 }
-
-func (d routerDirectory) Addrs(p ring.PartitionID) []string { return d.n.Addrs(p) }

@@ -17,6 +17,7 @@
 package raftgroup
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -65,15 +66,10 @@ var ErrInvalid = errors.New("invalid configuration")
 // WithDefaults fills zero fields with the defaults above and checks the
 // result.
 func (t Timing) WithDefaults() (Timing, error) {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&t.HeartbeatTimeout, DefaultHeartbeatTimeout)
-	def(&t.ElectionTimeout, DefaultElectionTimeout)
-	def(&t.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
-	def(&t.CommitTimeout, DefaultCommitTimeout)
+	t.HeartbeatTimeout = cmp.Or(t.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	t.ElectionTimeout = cmp.Or(t.ElectionTimeout, DefaultElectionTimeout)
+	t.LeaderLeaseTimeout = cmp.Or(t.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	t.CommitTimeout = cmp.Or(t.CommitTimeout, DefaultCommitTimeout)
 	for _, f := range []struct {
 		name string
 		d    time.Duration

@@ -234,17 +234,17 @@ func serveOne(ctx context.Context, kv handlers, intercept grpc.UnaryServerInterc
 	switch op := req.GetOp().(type) {
 	case *pb.Request_Put:
 		var r *pb.PutResponse
-		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Put_FullMethodName, op.Put, kv.put); err == nil {
+		if r, err = unary(ctx, intercept, pb.KV_Put_FullMethodName, op.Put, kv.put, &resp.Primary); err == nil {
 			resp.Result = &pb.Response_Put{Put: r}
 		}
 	case *pb.Request_Get:
 		var r *pb.GetResponse
-		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Get_FullMethodName, op.Get, kv.get); err == nil {
+		if r, err = unary(ctx, intercept, pb.KV_Get_FullMethodName, op.Get, kv.get, &resp.Primary); err == nil {
 			resp.Result = &pb.Response_Get{Get: r}
 		}
 	case *pb.Request_Delete:
 		var r *pb.DeleteResponse
-		if r, resp.Primary, err = unary(ctx, intercept, pb.KV_Delete_FullMethodName, op.Delete, kv.delete); err == nil {
+		if r, err = unary(ctx, intercept, pb.KV_Delete_FullMethodName, op.Delete, kv.delete, &resp.Primary); err == nil {
 			resp.Result = &pb.Response_Delete{Delete: r}
 		}
 	default:
@@ -257,23 +257,28 @@ func serveOne(ctx context.Context, kv handlers, intercept grpc.UnaryServerInterc
 }
 
 // unary calls handler through intercept, as gRPC calls a unary method,
-// and returns the handler's primary hint with the answer. The interceptor
-// sees only what a unary call would: the hint goes around it.
+// and stores the handler's primary hint in *primary. The interceptor sees
+// only what a unary call would: the hint goes around it.
+//
+// The hint is written through a pointer into the Response, which is on
+// the heap anyway, rather than into a variable the closure captures: such
+// a variable would be one more allocation per request.
 func unary[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterceptor, method string, req Req,
-	handler hintedHandler[Req, Resp]) (Resp, string, error) {
+	handler hintedHandler[Req, Resp], primary *string) (Resp, error) {
 	if intercept == nil {
-		return handler(ctx, req)
+		resp, hint, err := handler(ctx, req)
+		*primary = hint
+		return resp, err
 	}
 	// The interceptor returns only after the handler it called has
-	// returned, so reading primary after it is ordered after the write.
-	var primary string
+	// returned, so the hint is written before the Response is sent.
 	out, err := intercept(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, req any) (any, error) {
 		resp, hint, err := handler(ctx, req.(Req))
-		primary = hint
+		*primary = hint
 		return resp, err
 	})
 	resp, _ := out.(Resp)
-	return resp, primary, err
+	return resp, err
 }
 
 // answerSize estimates an answer's encoded size: its value dominates.

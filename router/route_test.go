@@ -345,7 +345,9 @@ func TestRouteRefusesBadRequests(t *testing.T) {
 
 // TestPrimaryHint: a client whose request was forwarded is told where the
 // primary is, in the PrimaryHeader of a unary call and in the Response of
-// a batched one; a client that sent it to the primary is told nothing.
+// a batched one, with or without an interceptor around the batched
+// request (a node always has one: metrics); a client that sent it to the
+// primary is told nothing.
 func TestPrimaryHint(t *testing.T) {
 	tests := []struct {
 		name string
@@ -356,27 +358,45 @@ func TestPrimaryHint(t *testing.T) {
 		{"forwarded", fakeDir{addrs: []string{"a"}}, pb.FormatPrimary(testPartition, "a")},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			conn := serveKV(t, New(tt.dir, (&fakeNet{}).dial, Options{}))
-			ctx := testContext(t)
+		for _, intercepted := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/intercepted=%v", tt.name, intercepted), func(t *testing.T) {
+				var mu sync.Mutex
+				var seen []string // the methods the interceptor wrapped
+				var opts Options
+				if intercepted {
+					opts.Interceptor = func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+						mu.Lock()
+						seen = append(seen, info.FullMethod)
+						mu.Unlock()
+						return h(ctx, req)
+					}
+				}
+				conn := serveKV(t, New(tt.dir, (&fakeNet{}).dial, opts))
+				ctx := testContext(t)
 
-			var header metadata.MD
-			if _, err := pb.NewKVClient(conn).Put(ctx, &pb.PutRequest{Key: []byte("k")}, grpc.Header(&header)); err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Join(header.Get(pb.PrimaryHeader), ","); got != tt.hint {
-				t.Errorf("unary call: header %s %q, want %q", pb.PrimaryHeader, got, tt.hint)
-			}
+				var header metadata.MD
+				if _, err := pb.NewKVClient(conn).Put(ctx, &pb.PutRequest{Key: []byte("k")}, grpc.Header(&header)); err != nil {
+					t.Fatal(err)
+				}
+				if got := strings.Join(header.Get(pb.PrimaryHeader), ","); got != tt.hint {
+					t.Errorf("unary call: header %s %q, want %q", pb.PrimaryHeader, got, tt.hint)
+				}
 
-			stream := openBatch(t, ctx, conn)
-			sendAll(t, stream, &pb.Request{Id: 1, Op: &pb.Request_Get{Get: &pb.GetRequest{Key: []byte("k")}}})
-			answers, err := receiveAll(stream)
-			if err != nil || len(answers) != 1 || answers[0].GetError() != nil {
-				t.Fatalf("batch answered %v, then %v; want one answer", answers, err)
-			}
-			if got := answers[0].GetPrimary(); got != tt.hint {
-				t.Errorf("batched call: Response.primary %q, want %q", got, tt.hint)
-			}
-		})
+				stream := openBatch(t, ctx, conn)
+				sendAll(t, stream, &pb.Request{Id: 1, Op: &pb.Request_Get{Get: &pb.GetRequest{Key: []byte("k")}}})
+				answers, err := receiveAll(stream)
+				if err != nil || len(answers) != 1 || answers[0].GetError() != nil {
+					t.Fatalf("batch answered %v, then %v; want one answer", answers, err)
+				}
+				if got := answers[0].GetPrimary(); got != tt.hint {
+					t.Errorf("batched call: Response.primary %q, want %q", got, tt.hint)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if want := []string{pb.KV_Get_FullMethodName}; intercepted && !slices.Equal(seen, want) {
+					t.Errorf("the interceptor wrapped %v, want %v", seen, want)
+				}
+			})
+		}
 	}
 }

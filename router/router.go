@@ -138,83 +138,81 @@ type hintedHandler[Req, Resp any] func(context.Context, Req) (Resp, string, erro
 
 func (rt *Router) put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, string, error) {
 	mode, err := consistency.Write(req.GetConsistency())
-	return serve(ctx, rt, call[*pb.PutResponse]{
-		modeErr: err, key: req.GetKey(), value: req.GetValue(), hops: req.GetHops(),
-		local: func(ctx context.Context, r Replica) (*pb.PutResponse, error) {
+	return serve(ctx, rt, request{modeErr: err, key: req.GetKey(), value: req.GetValue(), hops: req.GetHops()},
+		func(ctx context.Context, r Replica) (*pb.PutResponse, error) {
 			st, err := r.Put(ctx, req.GetKey(), req.GetValue(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.PutResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		remote: func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) {
 			return c.Put(ctx, &pb.PutRequest{Key: req.Key, Value: req.Value, Consistency: req.Consistency, Hops: req.Hops + 1})
-		},
-	})
+		})
 }
 
 func (rt *Router) delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, string, error) {
 	mode, err := consistency.Write(req.GetConsistency())
-	return serve(ctx, rt, call[*pb.DeleteResponse]{
-		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
-		local: func(ctx context.Context, r Replica) (*pb.DeleteResponse, error) {
+	return serve(ctx, rt, request{modeErr: err, key: req.GetKey(), hops: req.GetHops()},
+		func(ctx context.Context, r Replica) (*pb.DeleteResponse, error) {
 			st, err := r.Delete(ctx, req.GetKey(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.DeleteResponse{Version: st.Version, Timestamp: Timestamp(st)}, nil
 		},
-		remote: func(ctx context.Context, c pb.KVClient) (*pb.DeleteResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.DeleteResponse, error) {
 			return c.Delete(ctx, &pb.DeleteRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
-		},
-	})
+		})
 }
 
 func (rt *Router) get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, string, error) {
 	mode, err := consistency.Read(req.GetConsistency())
-	return serve(ctx, rt, call[*pb.GetResponse]{
-		modeErr: err, key: req.GetKey(), hops: req.GetHops(),
-		local: func(ctx context.Context, r Replica) (*pb.GetResponse, error) {
+	return serve(ctx, rt, request{modeErr: err, key: req.GetKey(), hops: req.GetHops()},
+		func(ctx context.Context, r Replica) (*pb.GetResponse, error) {
 			it, err := r.Get(ctx, req.GetKey(), mode)
 			if err != nil {
 				return nil, err
 			}
 			return &pb.GetResponse{Value: it.Value, Version: it.Version, Timestamp: Timestamp(it.Stamp)}, nil
 		},
-		remote: func(ctx context.Context, c pb.KVClient) (*pb.GetResponse, error) {
+		func(ctx context.Context, c pb.KVClient) (*pb.GetResponse, error) {
 			return c.Get(ctx, &pb.GetRequest{Key: req.Key, Consistency: req.Consistency, Hops: req.Hops + 1})
-		},
-	})
+		})
 }
 
-// call is one Put, Delete or Get as serve and route see it.
-type call[T any] struct {
+// request is one Put, Delete or Get as serve and route see it.
+type request struct {
 	modeErr error // from mapping the request's consistency
 	key     []byte
 	value   []byte // nil for Delete and Get, which the value limit passes
 	hops    uint32
-	// local serves the request on this node's replica; remote forwards it,
-	// with hops+1, to another node.
-	local  func(context.Context, Replica) (T, error)
-	remote func(context.Context, pb.KVClient) (T, error)
 }
 
-// serve is the one path of Put, Delete and Get. It refuses a bad request
-// before it goes anywhere, checking its consistency, then its key, then
-// its value, so that a client learns of the first problem however the
-// request would have been routed; then it routes the request.
-func serve[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error) {
+// serve is the one path of Put, Delete and Get: local serves the request
+// on this node's replica, remote forwards it, with hops+1, to another
+// node. It refuses a bad request before it goes anywhere, checking its
+// consistency, then its key, then its value, so that a client learns of
+// the first problem however the request would have been routed; then it
+// routes the request.
+//
+// local and remote are parameters, not fields of request: escape
+// analysis treats a struct as one value, and the key leaks (to
+// Directory.Lookup), so closures beside it would be heap-allocated, two
+// allocations per request.
+func serve[T any](ctx context.Context, rt *Router, req request,
+	local func(context.Context, Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, string, error) {
 	var zero T
-	if c.modeErr != nil {
-		return zero, "", c.modeErr
+	if req.modeErr != nil {
+		return zero, "", req.modeErr
 	}
-	if err := rt.limits.ValidateKey(c.key); err != nil {
+	if err := rt.limits.ValidateKey(req.key); err != nil {
 		return zero, "", Status(err)
 	}
-	if err := rt.limits.ValidateValue(c.value); err != nil {
+	if err := rt.limits.ValidateValue(req.value); err != nil {
 		return zero, "", Status(err)
 	}
-	return route(ctx, rt, c)
+	return route(ctx, rt, req.key, req.hops, local, remote)
 }
 
 // route serves a request locally when this node hosts the primary and
@@ -222,18 +220,19 @@ func serve[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error)
 // (see hintedHandler): set only when a forward from the client's own
 // coordinator (hops 0) succeeded, since only then is the client's map
 // known to be out of date.
-func route[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error) {
+func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
+	local func(context.Context, Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, string, error) {
 	var zero T
-	p := rt.dir.Lookup(c.key)
+	p := rt.dir.Lookup(key)
 	var targets []string
 	if r := rt.dir.Replica(p); r != nil {
-		resp, err := c.local(ctx, r)
+		resp, err := local(ctx, r)
 		var np *shard.NotPrimaryError
-		if !errors.As(err, &np) || c.hops > 0 || np.LeaderAddr == "" {
+		if !errors.As(err, &np) || hops > 0 || np.LeaderAddr == "" {
 			return resp, "", Status(err)
 		}
 		targets = []string{np.LeaderAddr}
-	} else if c.hops > 0 {
+	} else if hops > 0 {
 		return zero, "", Status(&shard.NotPrimaryError{Partition: uint32(p)})
 	} else {
 		targets = rt.dir.Addrs(p)
@@ -248,7 +247,7 @@ func route[T any](ctx context.Context, rt *Router, c call[T]) (T, string, error)
 			continue
 		}
 		tried[addr] = true
-		resp, err := forward(ctx, rt, p, addr, c.hops, c.remote)
+		resp, err := forward(ctx, rt, p, addr, hops, remote)
 		if err == nil {
 			return resp, pb.FormatPrimary(uint32(p), addr), nil
 		}

@@ -67,6 +67,9 @@ KVNODE=bin/kvnode-chaos
 
 install_tools() {
 	command -v jq >/dev/null || {
+		# As bench-vs-etcd.sh: say what is missing rather than let apt-get
+		# fail on a lock file.
+		[[ $(id -u) == 0 ]] || { echo "need root to apt-get install jq" >&2; exit 1; }
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends jq
 	}
 	[[ -x $GRPCURL ]] || GOBIN="$PWD/${GRPCURL%/*}" CGO_ENABLED=0 \

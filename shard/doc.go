@@ -59,7 +59,8 @@
 //     TestFastWriteVisibleLocallyAtAck).
 //
 // A proposal raft refuses before it reaches the log (not the leader, a
-// leadership transfer under way) fails with NotPrimary: nothing was written.
+// leadership transfer under way) fails with NotPrimary: nothing was written,
+// and the write gives back the version it reserved (below).
 // ErrLeadershipLost is settled (below); raft's shutdown is ErrClosed; any
 // other failure, and a timeout, is *NoQuorumError: the entry may still
 // commit. A strong write on a primary cut off from its group fails within
@@ -78,9 +79,15 @@
 // under one of proposeStripes mutexes, chosen by a hash of the key, and the
 // stripe is held until raft has taken the entry (raft.Apply returns), so two
 // writes to one key enter the log in version order and get consecutive
-// versions (TestConcurrentWritesGetDistinctVersions). Writes to keys of
-// different stripes propose concurrently, and raft's leader loop stores the
-// entries waiting for it as one batch: one log write, one fsync.
+// versions (TestConcurrentWritesGetDistinctVersions). A write whose proposal
+// raft refuses learns it only after the stripe is released, and then gives
+// its version back (giveBack), under the stripe again, if it is still the
+// key's newest reservation in this term's overlay; the key's next write
+// takes it (TestRefusedWriteGivesItsVersionBack). If a later write reserved
+// above it meanwhile, its version stays spent: a gap in the key's versions,
+// never a version handed out twice (TestGiveBackOnlyTheNewest). Writes to
+// keys of different stripes propose concurrently, and raft's leader loop
+// stores the entries waiting for it as one batch: one log write, one fsync.
 //
 // # The overlay
 //
@@ -103,8 +110,7 @@
 // pendingMu, which retireOverlay takes only after the store published the
 // write (TestShowFastAfterApply). Losing leadership drops the overlay
 // (dropOverlay): the next primary numbers from its own store, and this
-// replica's unanswered proposals fail through their futures. A key whose last
-// proposal never reached the log keeps its entry until then.
+// replica's unanswered proposals fail through their futures.
 // Stats.FastUncommitted counts the keys with a visible write. Once every
 // write a primary proposed is applied, its overlay is empty
 // (TestOverlayEmptiesOnceApplied).
@@ -302,7 +308,7 @@
 //   - A proposeMu stripe. A write holds exactly one, and under it takes
 //     pendingMu twice (to read the overlay's version, then to record it and
 //     register a fast write in pending), the HLC, the store's point index
-//     (Lookup), and last calls raft.Apply, which waits until raft's leader
+//     (Stamp), and last calls raft.Apply, which waits until raft's leader
 //     loop takes the entry, possibly behind the store and sync of the batch
 //     before it. That wait is safe because nothing raft runs or waits for
 //     (onStored, onTruncated, fsmAdapter, watchLeadership) ever takes a
@@ -313,8 +319,8 @@
 //     may wait for one such write.
 //   - pendingMu guards the overlay and pending. A local read and
 //     currentVersion release it before they read the store, and Apply takes
-//     it only after the store published the entry; showFast is the one
-//     holder that reads the store's point index under it.
+//     it only after the store published the entry; showFast and giveBack
+//     are the holders that read the store's point index under it.
 //   - Leaves, each held for a few map or channel operations with no other
 //     lock taken under it: tracedMu (the contexts of traced writes), the
 //     verifier's mu, and broadcast's mu, which guards only the channel to

@@ -37,11 +37,8 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 		r.log.Error("undecodable log entry", "index", l.Index, "error", err)
 		cmd = fsm.Batch{}
 	}
-	res, aerr := r.store.Apply(l.Index, cmd)
-	if stopOnEngineFailure(r, l.Index, aerr) || errors.Is(aerr, fsm.ErrStaleIndex) {
-		// Raft replays, after a restart, the entries after its latest
-		// snapshot; the engine already holds those at or below its
-		// applied index, and no proposer waits for them.
+	res, replayed, aerr := r.applyEntry(l.Index, cmd)
+	if replayed {
 		return applyResult{err: aerr}
 	}
 	if aerr == nil && err != nil {
@@ -51,24 +48,26 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	return applyResult{res: res, err: aerr}
 }
 
-// stopOnEngineFailure panics on an engine failure: the entry is not
+// StoreConfiguration consumes a configuration entry's index.
+func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
+	r := (*Replica)(a)
+	r.applyEntry(index, fsm.Batch{})
+	r.applied.notify()
+}
+
+// applyEntry applies cmd as the entry at index. replayed reports an entry
+// at or below the store's applied index: Raft replays, after a restart, the
+// entries after its latest snapshot, the engine already holds them, and no
+// proposer waits for them. An engine failure panics: the entry is not
 // applied, and going on would leave this replica's state behind its log for
-// good. The process stops; when it restarts, Raft replays the entry.
-func stopOnEngineFailure(r *Replica, index uint64, err error) bool {
+// good; the process stops, and Raft replays the entry when it restarts.
+func (r *Replica) applyEntry(index uint64, cmd fsm.Command) (res fsm.Result, replayed bool, err error) {
+	res, err = r.store.Apply(index, cmd)
 	if errors.Is(err, fsm.ErrEngine) {
 		r.log.Error("storage engine failed; stopping", "index", index, "error", err)
 		panic(fmt.Sprintf("partition %d: entry %d: %v", r.cfg.Partition, index, err))
 	}
-	return false
-}
-
-// StoreConfiguration consumes a configuration entry's index.
-func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
-	r := (*Replica)(a)
-	if _, err := r.store.Apply(index, fsm.Batch{}); !stopOnEngineFailure(r, index, err) && err != nil {
-		r.log.Debug("configuration entry at or below applied index", "index", index, "error", err)
-	}
-	r.applied.notify()
+	return res, errors.Is(err, fsm.ErrStaleIndex), err
 }
 
 // Snapshot records the applied index; Persist makes the engine durable up

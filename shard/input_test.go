@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
@@ -103,7 +106,8 @@ func memStore(t *testing.T) *fsm.Store {
 // writes, for tests that drive the apply and log-store callbacks directly.
 func bareReplica(t *testing.T) *Replica {
 	t.Helper()
-	return &Replica{store: memStore(t), log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
+	return &Replica{store: memStore(t), log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{},
+		proposeSeed: maphash.MakeSeed()}
 }
 
 // TestApplyRefusesInvalidEntries: a log entry is input too. Whatever reaches
@@ -169,4 +173,48 @@ func TestApplyRefusesInvalidEntries(t *testing.T) {
 	if res := apply(index, good); res.err != nil || len(res.res.Writes) != 1 || res.res.Writes[0].Outcome != fsm.Won {
 		t.Fatalf("a valid entry after the refused ones: %+v", res)
 	}
+}
+
+// TestEngineFailureStopsTheReplica: an entry the engine cannot apply (here a
+// read error while Apply checks the conflict rule) is not skipped: the
+// replica panics, so the process stops and Raft replays the entry when it
+// restarts, instead of going on with a state behind its log.
+func TestEngineFailureStopsTheReplica(t *testing.T) {
+	var failReads atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if failReads.Load() && op.Kind == errorfs.OpFileReadAt {
+			return errorfs.ErrInjected
+		}
+		return nil
+	}))
+	eng, err := storage.Open(storage.Options{Dir: "/engine", FS: fs, CacheSize: 1 << 20, MemTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	store, err := fsm.New(fsm.Options{}, eng.Partition(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Replica{store: store, log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
+	put := func(index uint64) fsm.Command {
+		return fsm.Put{Key: []byte("k"), Value: []byte("v"), Stamp: fsm.Stamp{Version: index}}
+	}
+	if _, _, err := r.applyEntry(1, put(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	failReads.Store(true)
+	defer func() {
+		failReads.Store(false)
+		if recover() == nil {
+			t.Fatal("an entry the engine failed to apply was skipped")
+		}
+		if store.AppliedIndex() != 1 {
+			t.Fatalf("applied index %d after the failure, want 1", store.AppliedIndex())
+		}
+	}()
+	r.applyEntry(2, put(2))
 }

@@ -2,10 +2,7 @@ package shard
 
 import (
 	"context"
-	"errors"
 	"fmt"
-
-	"github.com/hashicorp/raft"
 )
 
 // PurgeTombstones has the group remove the tombstones older than the
@@ -37,11 +34,9 @@ func (r *Replica) PurgeTombstones(ctx context.Context) (purged int, err error) {
 	// log, whatever the store held when it was proposed) but for the check
 	// below: a new primary's store may still miss its predecessors' deletes,
 	// and would skip a purge they need.
-	if err := r.waitReady(ctx); err != nil {
-		if errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrClosed) {
-			return 0, err
-		}
-		return 0, r.noQuorum("tombstone purge", err)
+	const what = "tombstone purge"
+	if err := r.readyFor(ctx, what); err != nil {
+		return 0, err
 	}
 	if r.store.Tombstones() == 0 {
 		return 0, nil
@@ -50,16 +45,10 @@ func (r *Replica) PurgeTombstones(ctx context.Context) (purged int, err error) {
 	select {
 	case <-futureDone(future):
 	case <-ctx.Done():
-		return 0, r.noQuorum("tombstone purge", ctx.Err())
+		return 0, r.noQuorum(what, ctx.Err())
 	}
 	if err := future.Error(); err != nil {
-		switch {
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-			return 0, r.notPrimary()
-		case errors.Is(err, raft.ErrRaftShutdown):
-			return 0, ErrClosed
-		}
-		return 0, r.noQuorum("tombstone purge", err)
+		return 0, r.proposeError(what, err)
 	}
 	res, ok := future.Response().(applyResult)
 	if !ok {

@@ -186,7 +186,7 @@ func (r *Replica) Reoffer(ctx context.Context, entry []byte) error {
 		return r.noQuorum("re-offer", ctx.Err())
 	}
 	if err := future.Error(); err != nil {
-		return r.proposeError(Fast, err)
+		return r.proposeError("re-offer", err)
 	}
 	lost, err := reofferResult(r.cfg.Partition, future.Response())
 	if err != nil {

@@ -259,7 +259,7 @@ func Open(cfg Config) (*Replica, error) {
 		r.closeLog()
 		return nil, err
 	}
-	engineSnaps := &engineSnapshots{SnapshotStore: snaps, store: store}
+	engineSnaps := &engineSnapshots{SnapshotStore: snaps, store: store, dir: filepath.Join(cfg.Dir, "snapshots")}
 	if err := engineSnaps.recover(); err != nil {
 		r.closeLog()
 		return nil, fmt.Errorf("partition %d: %w", cfg.Partition, err)

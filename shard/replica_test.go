@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
@@ -662,6 +664,190 @@ func TestSettle(t *testing.T) {
 			}
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("settle = %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// heldTimeoutNow is a transport whose TimeoutNow, the last step of a
+// leadership transfer, waits until the test releases it and then fails:
+// until then its primary's transfer stays in progress, and raft refuses
+// every proposal with ErrLeadershipTransferInProgress.
+type heldTimeoutNow struct {
+	*raft.InmemTransport
+	entered chan struct{}
+	release <-chan struct{}
+}
+
+var errTransferHeld = errors.New("leadership transfer held by the test")
+
+func (h *heldTimeoutNow) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	select {
+	case h.entered <- struct{}{}:
+	default:
+	}
+	<-h.release
+	return errTransferHeld
+}
+
+// TestRefusedWriteGivesItsVersionBack: a write that raft refuses before it
+// reaches the log (here during a leadership transfer) gives back the
+// version it reserved, so the key's next write gets the next version: two
+// writes to one key get consecutive versions in log order. It does so only
+// while no later write reserved above it (TestGiveBackOnlyTheNewest).
+func TestRefusedWriteGivesItsVersionBack(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	g := newGroup(t, func(c *Config) {
+		c.Transport = &heldTimeoutNow{InmemTransport: c.Transport.(*raft.InmemTransport), entered: entered, release: release}
+	})
+	var once sync.Once
+	releaseOnce := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(releaseOnce) // before the group's cleanup, which closes raft
+	l := g.leader()
+	ctx := context.Background()
+	key := []byte("k")
+	if st, err := l.Put(ctx, key, []byte("v1"), Strong); err != nil || st.Version != 1 {
+		t.Fatalf("first write: %v %v, want version 1", st, err)
+	}
+
+	transfer := make(chan error, 1)
+	go func() { transfer <- l.TransferLeadership() }()
+	within(t, entered, "the transfer to send TimeoutNow")
+	for i, mode := range []WriteMode{Strong, Fast, Strong, Fast} {
+		var err error
+		if i == 2 {
+			_, err = l.Delete(ctx, key, mode)
+		} else {
+			_, err = l.Put(ctx, key, []byte("refused"), mode)
+		}
+		if !errors.Is(err, ErrNotPrimary) {
+			t.Fatalf("%v write %d during the transfer: %v, want NotPrimary", mode, i, err)
+		}
+	}
+	l.pendingMu.Lock()
+	_, kept := l.overlay[string(key)]
+	l.pendingMu.Unlock()
+	if kept {
+		t.Error("refused writes left the key in the overlay")
+	}
+
+	releaseOnce()
+	if err := <-transfer; err == nil {
+		t.Fatal("the held transfer succeeded")
+	}
+	if nl := g.leader(); nl != l {
+		t.Fatalf("leadership moved to %s despite the failed transfer", nl.cfg.NodeID)
+	}
+	eventually(t, "the transfer to end", func() bool {
+		_, err := l.Put(ctx, []byte("probe"), nil, Strong)
+		return err == nil
+	})
+	st, err := l.Put(ctx, key, []byte("v2"), Strong)
+	if err != nil || st.Version != 2 {
+		t.Fatalf("write after the refused ones: %v %v, want version 2", st, err)
+	}
+}
+
+// TestGiveBackOnlyTheNewest: a refused write gives its version back only
+// while it is the key's newest reservation in the overlay it was made in;
+// and the entry goes once nothing the store lacks is left in it.
+func TestGiveBackOnlyTheNewest(t *testing.T) {
+	r := bareReplica(t)
+	key := []byte("k")
+	version := func() (uint64, bool) {
+		pk := r.overlay[string(key)]
+		if pk == nil {
+			return 0, false
+		}
+		return pk.version, true
+	}
+
+	// A (version 1) and then B (version 2) reserved; A refused: B's
+	// reservation stands.
+	pk := &pendingKey{version: 2}
+	r.overlay[string(key)] = pk
+	r.giveBack(key, pk, 1)
+	if v, ok := version(); !ok || v != 2 {
+		t.Fatalf("A gave back under B: overlay version %d (%v), want 2", v, ok)
+	}
+	// B refused too: it gives back its own version. A's stays reserved:
+	// its give-back came first and found B above it.
+	r.giveBack(key, pk, 2)
+	if v, ok := version(); !ok || v != 1 {
+		t.Fatalf("B refused: overlay version %d (%v), want 1", v, ok)
+	}
+
+	// The overlay was dropped and the key reserved again in a new term:
+	// the old write's give-back does not touch the new entry.
+	fresh := &pendingKey{version: 1}
+	r.overlay[string(key)] = fresh
+	r.giveBack(key, pk, 1)
+	if v, ok := version(); !ok || v != 1 || r.overlay[string(key)] != fresh {
+		t.Fatalf("a dropped entry's give-back changed the new one: version %d (%v)", v, ok)
+	}
+
+	// Version 1 applied while 2 was reserved (its retireOverlay kept the
+	// entry), then 2 refused: the entry holds nothing the store lacks.
+	put := fsm.Put{Key: key, Value: []byte("v"), Stamp: fsm.Stamp{Version: 1, Timestamp: hlc.Timestamp{WallTime: 1}}}
+	fresh.version = 2
+	(*fsmAdapter)(r).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: encodeEntry(0, put)})
+	if _, ok := version(); !ok {
+		t.Fatal("applying version 1 retired the reservation of version 2")
+	}
+	r.giveBack(key, fresh, 2)
+	if v, ok := version(); ok {
+		t.Fatalf("after giving back over an applied write the key is still in the overlay at version %d", v)
+	}
+	if got := r.currentVersion(key); got != 1 {
+		t.Fatalf("currentVersion = %d, want the applied 1", got)
+	}
+}
+
+// TestConfigWithDefaults: zero fields take the package's defaults (and
+// raftgroup's for the timing, never hashicorp/raft's), and a bad
+// configuration is refused before anything opens, wrapping
+// raftgroup.ErrInvalid and naming the field.
+func TestConfigWithDefaults(t *testing.T) {
+	eng, err := storage.Open(storage.Options{Dir: "/engine", FS: vfs.NewMem(), CacheSize: 1 << 20, MemTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	_, trans := raft.NewInmemTransport("")
+	base := Config{Transport: trans, Engine: eng, Backend: LogBoltDB}
+
+	got, err := base.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRaft, _ := raftgroup.Timing{}.WithDefaults()
+	wantSnap := raftgroup.SnapshotPolicy{Threshold: DefaultSnapshotThreshold, Interval: DefaultSnapshotInterval, TrailingLogs: DefaultTrailingLogs}
+	if got.Raft != wantRaft || got.SnapshotPolicy != wantSnap || got.OpTimeout != DefaultOpTimeout || got.Logger == nil || got.Clock == nil {
+		t.Fatalf("defaults: Raft %+v, SnapshotPolicy %+v, OpTimeout %v, Logger %v, Clock %v", got.Raft, got.SnapshotPolicy, got.OpTimeout, got.Logger, got.Clock)
+	}
+	if got, err := (Config{Transport: trans, Engine: eng, WAL: &wal.WAL{}}).withDefaults(); err != nil || got.Backend != LogWAL {
+		t.Fatalf("default backend %q (%v), want %q", got.Backend, err, LogWAL)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		tweak func(*Config)
+		want  string
+	}{
+		{"no transport", func(c *Config) { c.Transport = nil }, "Transport and Engine are required"},
+		{"no engine", func(c *Config) { c.Engine = nil }, "Transport and Engine are required"},
+		{"bad timing", func(c *Config) { c.Raft.HeartbeatTimeout = time.Millisecond }, "HeartbeatTimeout"},
+		{"snapshot interval", func(c *Config) { c.SnapshotPolicy.Interval = time.Millisecond }, "SnapshotPolicy.Interval"},
+		{"negative op timeout", func(c *Config) { c.OpTimeout = -time.Second }, "OpTimeout"},
+		{"WAL backend without a WAL", func(c *Config) { c.Backend = LogWAL }, "needs WAL"},
+		{"unknown backend", func(c *Config) { c.Backend = "sqlite" }, `Backend "sqlite"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			tc.tweak(&c)
+			if _, err := c.withDefaults(); !errors.Is(err, raftgroup.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want raftgroup.ErrInvalid naming %q", err, tc.want)
 			}
 		})
 	}

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/raft"
 
@@ -57,6 +60,8 @@ func decodeMarker(b []byte) (applied uint64, ok bool, err error) {
 type engineSnapshots struct {
 	raft.SnapshotStore
 	store *fsm.Store
+	// dir is the directory raft.FileSnapshotStore keeps its snapshots in.
+	dir string
 }
 
 func (s *engineSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
@@ -84,10 +89,9 @@ func (s *engineSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 		snap.Close()
 		return nil, nil, fmt.Errorf("%w: snapshot %s marks applied index %d, the engine holds %d", fsm.ErrEngine, id, applied, at)
 	}
-	// raft announces the stream's size before it sends it: measure it by
-	// writing it once to nowhere. The view does not change, so the stream
-	// that follows is the same bytes.
-	size, err := snap.WriteTo(io.Discard)
+	// raft announces the stream's size before it sends it. The view does
+	// not change, so the stream that follows is the size measured.
+	size, err := snap.StreamSize()
 	if err != nil {
 		snap.Close()
 		return nil, nil, err
@@ -103,6 +107,21 @@ func (s *engineSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 	return &m, pr, nil
 }
 
+func (s *engineSnapshots) dropPartial() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() && strings.HasSuffix(e.Name(), ".tmp") {
+			if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 type readCloser struct {
 	io.Reader
 	io.Closer
@@ -114,7 +133,14 @@ type readCloser struct {
 // whose ingestion a crash cut short; that snapshot is a stream, restored
 // here. Behind a marker it cannot be, since a marker is written only once
 // the engine is durable up to it: that is data loss, reported.
+//
+// It also deletes what a crash left of snapshots being received or taken:
+// raft's file store skips such a directory (suffix ".tmp") on every List,
+// with a warning, but never removes it, and each can be a partition's size.
 func (s *engineSnapshots) recover() error {
+	if err := s.dropPartial(); err != nil {
+		return err
+	}
 	metas, err := s.SnapshotStore.List()
 	if err != nil || len(metas) == 0 {
 		return err

@@ -2,15 +2,20 @@ package shard
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/raftgroup"
 )
 
 // TestMarkerOpensAsTheEnginesState: a local snapshot is a marker; opened to
@@ -109,5 +114,77 @@ func TestRecoverBringsTheEngineLevelWithTheLatestSnapshot(t *testing.T) {
 				t.Fatalf("recover of a level engine = %v, applied %d", err, follower.AppliedIndex())
 			}
 		})
+	}
+}
+
+// TestRecoverDropsPartialSnapshots: what a crash left of a snapshot being
+// received (raft's ".tmp" directory) is deleted before raft starts; the
+// snapshots themselves are kept.
+func TestRecoverDropsPartialSnapshots(t *testing.T) {
+	base := t.TempDir()
+	files, err := raft.NewFileSnapshotStoreWithLogger(base, 2, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memStore(t)
+	sink, err := files.Create(raft.SnapshotVersionMax, 0, 1, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink.Write(encodeMarker(0))
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	partial, err := files.Create(raft.SnapshotVersionMax, 9, 1, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial.Write([]byte("half a stream")) // never closed: the process died here
+	dir := filepath.Join(base, "snapshots")
+	snaps := &engineSnapshots{SnapshotStore: files, store: store, dir: dir}
+	if err := snaps.recover(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(names) != 1 || names[0] != sink.ID() {
+		t.Fatalf("snapshots directory holds %v, want only %s", names, sink.ID())
+	}
+}
+
+// TestSnapshotMakesTheEngineDurable: a snapshot flushes the engine before
+// its marker is written, so a replica whose process dies right after (its
+// memtable lost, its log truncated to the snapshot) restarts level with
+// the marker. Without the flush the restarted engine would be behind a
+// marker, which recover refuses as lost data.
+func TestSnapshotMakesTheEngineDurable(t *testing.T) {
+	g := newGroup(t, func(c *Config) {
+		c.SnapshotPolicy = raftgroup.SnapshotPolicy{Threshold: 1 << 20, TrailingLogs: 0, Interval: time.Hour}
+	})
+	l := g.leader()
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := l.Put(ctx, fmt.Appendf(nil, "k%02d", i), []byte("v"), Strong); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := g.followers(l)[0]
+	id := f.cfg.NodeID
+	eventually(t, "the follower to apply every write", func() bool { return f.AppliedIndex() >= l.AppliedIndex() })
+	if err := f.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	// Close without a flush, as a crash would: the engine keeps only what
+	// was flushed.
+	g.stop(id)
+	g.start(id)
+	if got := g.reps[id].Store().Len(); got != 50 {
+		t.Fatalf("restarted after a snapshot: %d keys, want 50", got)
 	}
 }

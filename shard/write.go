@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -29,6 +30,15 @@ func (m WriteMode) String() string {
 		return "fast"
 	}
 	return "strong"
+}
+
+// op names a write of mode in errors (a constant: naming costs a write
+// nothing).
+func (m WriteMode) op() string {
+	if m == Fast {
+		return "fast write"
+	}
+	return "strong write"
 }
 
 // A log entry's data: a flags byte, then the fsm command.
@@ -55,6 +65,16 @@ func decodeEntry(data []byte) (flags byte, cmd fsm.Command, err error) {
 // than its clients, on the 64-client benchmark, so distinct keys rarely
 // share a stripe.
 const proposeStripes = 256
+
+// stripe is the proposeMu stripe serializing the writes of key.
+func (r *Replica) stripe(key []byte) *sync.Mutex {
+	return &r.proposeMu[maphash.Bytes(r.proposeSeed, key)%proposeStripes]
+}
+
+// entryOverhead bounds what a write's log entry holds beside its key and
+// value: the flags byte, fsm's format and op bytes, the version and length
+// uvarints, the timestamp and the request id.
+const entryOverhead = 64
 
 // Put writes key=value with the next version of key and returns the write's
 // (version, timestamp).
@@ -87,11 +107,8 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	// Versions are numbered from the store: a new primary must first have
 	// applied what earlier primaries committed, or it could hand out a
 	// version that an earlier, acknowledged write already carries.
-	if err := r.waitReady(ctx); err != nil {
-		if errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrClosed) {
-			return fsm.Stamp{}, err
-		}
-		return fsm.Stamp{}, r.noQuorum(mode.String()+" write", err)
+	if err := r.readyFor(ctx, mode.op()); err != nil {
+		return fsm.Stamp{}, err
 	}
 
 	reqID := r.nextReqID.Add(1)
@@ -104,10 +121,13 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		flags = flagFast
 		prop = &proposal{durable: make(chan struct{})}
 	}
+	// Room for the whole entry, allocated before the stripe is taken:
+	// appending to a smaller buffer reallocates it several times per write.
+	buf := append(make([]byte, 0, entryOverhead+len(key)+len(value)), flags)
 
 	// Versions are assigned and proposed in one critical section so that two
 	// writes to a key get consecutive versions in log order.
-	mu := &r.proposeMu[maphash.Bytes(r.proposeSeed, key)%proposeStripes]
+	mu := r.stripe(key)
 	mu.Lock()
 	stamp := fsm.Stamp{Version: r.currentVersion(key) + 1, Timestamp: r.cfg.Clock.Now()}
 	var cmd fsm.Write
@@ -129,7 +149,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	r.pendingMu.Unlock()
 	// item aliases the entry, not the caller's key and value, which the
 	// overlay may keep after this call returns.
-	entry, item := fsm.AppendWrite([]byte{flags}, cmd)
+	entry, item := fsm.AppendWrite(buf, cmd)
 	future := r.raft.Apply(entry, r.cfg.OpTimeout)
 	mu.Unlock()
 
@@ -150,14 +170,17 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		select {
 		case <-done:
 		default:
-			return fsm.Stamp{}, r.noQuorum(mode.String()+" write", ctx.Err())
+			return fsm.Stamp{}, r.noQuorum(mode.op(), ctx.Err())
 		}
 	}
 	if err := future.Error(); err != nil {
-		if errors.Is(err, raft.ErrLeadershipLost) {
+		switch {
+		case errors.Is(err, raft.ErrLeadershipLost):
 			return r.settle(ctx, future.Index(), cmd, mode, err)
+		case refused(err):
+			r.giveBack(key, pk, stamp.Version)
 		}
-		return fsm.Stamp{}, r.proposeError(mode, err)
+		return fsm.Stamp{}, r.proposeError(mode.op(), err)
 	}
 	return writeResult(r.cfg.Partition, stamp, future.Response())
 }
@@ -172,7 +195,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 // cut entry may be re-offered, and anything still unknown when ctx ends
 // (or once the entry left the log) stays unknown.
 func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mode WriteMode, lost error) (fsm.Stamp, error) {
-	unknown := r.noQuorum(mode.String()+" write", lost)
+	unknown := r.noQuorum(mode.op(), lost)
 	if index == 0 || r.waitApplied(ctx, index) != nil {
 		return fsm.Stamp{}, unknown
 	}
@@ -243,18 +266,66 @@ func writeResult(partition uint32, stamp fsm.Stamp, response interface{}) (fsm.S
 	return stamp, nil
 }
 
-// proposeError maps raft's answer to a proposal that did not commit.
-func (r *Replica) proposeError(mode WriteMode, err error) error {
+// readyFor waits until this replica may propose (waitReady) for an
+// operation named what: NotPrimary and ErrClosed pass as they are, anything
+// else (the deadline) is NoQuorum.
+func (r *Replica) readyFor(ctx context.Context, what string) error {
+	err := r.waitReady(ctx)
+	if err == nil || errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrClosed) {
+		return err
+	}
+	return r.noQuorum(what, err)
+}
+
+// refused reports whether raft refused a proposal before it reached the log:
+// this replica does not lead, or is handing leadership over.
+func refused(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress)
+}
+
+// proposeError maps raft's answer to a proposal, of an operation named
+// what, that did not commit.
+func (r *Replica) proposeError(what string, err error) error {
 	switch {
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-		// Refused before it reached the log: nothing was written.
+	case refused(err):
+		// Nothing was written.
 		return r.notPrimary()
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrClosed
 	default:
-		// Leadership lost or the enqueue timed out after dispatch: the entry
-		// may still commit under the next leader.
-		return r.noQuorum(mode.String()+" write", err)
+		// Leadership lost after the entry was dispatched, or raft took
+		// longer than OpTimeout to take it: the entry may still commit
+		// under the next leader.
+		return r.noQuorum(what, err)
+	}
+}
+
+// giveBack returns the version a write reserved (pk.version = version)
+// once raft refused its proposal, which therefore never reached the log:
+// the key's next write takes that version again, so the key's versions stay
+// consecutive in log order. Holding the key's stripe, it sees every
+// reservation made so far, and gives back only the newest: the stripe was
+// released when raft.Apply returned, before raft refused the entry, so a
+// later write may have reserved version+1 meanwhile, and giving back below
+// it would hand version+1 out twice. Nor does it touch an entry that is no
+// longer pk: the overlay was dropped with leadership, and what a later
+// term reserved is not this write's to give back.
+func (r *Replica) giveBack(key []byte, pk *pendingKey, version uint64) {
+	mu := r.stripe(key)
+	mu.Lock()
+	defer mu.Unlock()
+	r.pendingMu.Lock()
+	defer r.pendingMu.Unlock()
+	if r.overlay[string(key)] != pk || pk.version != version {
+		return
+	}
+	pk.version--
+	// The write below may be applied already, and its retireOverlay kept
+	// the entry for this reservation; reading the store under pendingMu
+	// orders this check against the next retireOverlay as in showFast.
+	cur, _ := r.store.Stamp(key)
+	if pk.idle(cur.Version) {
+		delete(r.overlay, string(key))
 	}
 }
 
@@ -277,8 +348,8 @@ func (r *Replica) currentVersion(key []byte) uint64 {
 		v = pk.version
 	}
 	r.pendingMu.Unlock()
-	if it, ok := r.store.Lookup(key); ok && it.Version > v {
-		v = it.Version
+	if st, ok := r.store.Stamp(key); ok && st.Version > v {
+		v = st.Version
 	}
 	return v
 }
@@ -329,7 +400,7 @@ func (r *Replica) showFast(it fsm.Item) {
 	if pk == nil || (pk.visible != nil && pk.visible.Stamp.Compare(it.Stamp) >= 0) {
 		return // the overlay was dropped, the key retired, or a newer write is visible
 	}
-	if cur, ok := r.store.Lookup(it.Key); ok && cur.Stamp.Compare(it.Stamp) >= 0 {
+	if cur, ok := r.store.Stamp(it.Key); ok && cur.Compare(it.Stamp) >= 0 {
 		return
 	}
 	if pk.visible == nil {
@@ -360,7 +431,14 @@ func (r *Replica) retireOverlay(cmd fsm.Command) {
 		pk.visible = nil
 		r.stats.FastUncommitted.Add(-1)
 	}
-	if pk.version <= stamp.Version && pk.visible == nil {
+	if pk.idle(stamp.Version) {
 		delete(r.overlay, string(key))
 	}
+}
+
+// idle reports whether pk holds nothing the store lacks once the store has
+// applied the key's version applied: no newer version proposed, no fast
+// write to show.
+func (pk *pendingKey) idle(applied uint64) bool {
+	return pk.version <= applied && pk.visible == nil
 }

@@ -299,13 +299,21 @@ func retryOp(ctx context.Context, retry time.Duration, do func() error) (int, er
 		if err == nil || retry <= 0 || !repeatable(err) || time.Since(start)+retryPause > retry {
 			return attempts, err
 		}
-		t := time.NewTimer(retryPause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, retryPause) {
 			return attempts, err
 		}
+	}
+}
+
+// sleepCtx waits d, or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -629,14 +637,8 @@ func (cfg *benchConfig) runPhase(ctx context.Context) phase {
 			return j, false
 		}
 		// Wait for the due time, but not past the end of the run.
-		if wait := time.Until(j.due); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return j, false
-			}
+		if wait := time.Until(j.due); wait > 0 && !sleepCtx(ctx, wait) {
+			return j, false
 		}
 		if !time.Now().Before(deadline) {
 			return j, false

@@ -27,6 +27,9 @@ func TestBadFlagsAreUsageErrors(t *testing.T) {
 		{"partitions", []string{"--partitions", "12"}, "Partitions:"},
 		{"peers", []string{"--peers", "n1=127.0.0.1"}, "--peers: n1: address"},
 		{"tombstone ttl", []string{"--tombstone-ttl", "a day"}, `invalid value "a day" for flag -tombstone-ttl`},
+		// Checked by the storage engine when the node opens it.
+		{"memtable size", []string{"--memtable-size", "1"}, "MemTableSize is 1, want 1 MiB to 4 GiB"},
+		{"compaction concurrency", []string{"--compaction-concurrency", "-1"}, "CompactionConcurrency is -1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -126,36 +126,7 @@ func (e *Engine) Flush() error { return e.db.Flush() }
 
 // Partition returns p's handle; it does no I/O.
 func (e *Engine) Partition(p uint32) *Partition {
-	return &Partition{e: e, id: p, prefix: partitionPrefix(p)}
-}
-
-// Partitions lists the partitions that have any key in the engine, in
-// order, so that a node can find the data of replicas it no longer hosts.
-func (e *Engine) Partitions() ([]uint32, error) {
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{partitionTag}, UpperBound: []byte{partitionTag + 1}})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	var out []uint32
-	for valid := it.First(); valid; {
-		k := it.Key()
-		if len(k) < prefixLen {
-			return nil, fmt.Errorf("storage: malformed key %q", k)
-		}
-		p := e.Partition(decodePartition(k))
-		out = append(out, p.id)
-		_, end := span(p.id)
-		if p.id == ^uint32(0) {
-			break
-		}
-		valid = it.SeekGE(end)
-	}
-	return out, it.Error()
-}
-
-func decodePartition(k []byte) uint32 {
-	return uint32(k[1])<<24 | uint32(k[2])<<16 | uint32(k[3])<<8 | uint32(k[4])
+	return &Partition{e: e, id: p}
 }
 
 // Stats describes the engine for metrics and status.

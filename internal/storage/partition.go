@@ -12,9 +12,11 @@ import (
 
 // Partition is one partition's span of the engine.
 type Partition struct {
-	e      *Engine
-	id     uint32
-	prefix []byte
+	e  *Engine
+	id uint32
+	// wbuf is the one writer's scratch for engine keys, handed from batch
+	// to batch so that a write allocates none.
+	wbuf []byte
 }
 
 // ID is the partition's number.
@@ -29,6 +31,13 @@ type reader interface {
 // Get returns a copy of the value of key in space, or ok false.
 func (p *Partition) Get(space byte, key []byte) (value []byte, ok bool, err error) {
 	return get(p.e.db, p.id, space, key)
+}
+
+// Peek calls fn with the value of key in space, without copying it; the
+// value is valid only during the call. ok is false, and fn not called, if
+// there is no such key.
+func (p *Partition) Peek(space byte, key []byte, fn func(value []byte)) (ok bool, err error) {
+	return peek(p.e.db, p.id, space, key, fn)
 }
 
 // Applied is the index of the last log entry whose batch was committed, 0
@@ -50,7 +59,7 @@ func (p *Partition) View() *View {
 
 // NewBatch starts a batch of writes to the partition.
 func (p *Partition) NewBatch() *Batch {
-	return &Batch{p: p, b: p.e.db.NewBatch()}
+	return &Batch{p: p, b: p.e.db.NewBatch(), buf: p.wbuf}
 }
 
 // Drop deletes all of the partition's state, applied index included, and
@@ -86,7 +95,7 @@ func (b *Batch) Delete(space byte, key []byte) error {
 // Commit applies the batch with applied as the partition's applied index,
 // in one atomic write, and releases it. It does not sync (doc.go).
 func (b *Batch) Commit(applied uint64) error {
-	defer b.b.Close()
+	defer b.Close()
 	b.buf = engineKey(b.buf[:0], b.p.id, metaSpace, appliedKey)
 	if err := b.b.Set(b.buf, binary.BigEndian.AppendUint64(nil, applied), nil); err != nil {
 		return err
@@ -95,7 +104,10 @@ func (b *Batch) Commit(applied uint64) error {
 }
 
 // Close releases a batch that is not committed.
-func (b *Batch) Close() { b.b.Close() }
+func (b *Batch) Close() {
+	b.p.wbuf = b.buf[:0]
+	b.b.Close()
+}
 
 // View is a consistent read view of one partition.
 type View struct {
@@ -106,6 +118,11 @@ type View struct {
 // Get returns a copy of the value of key in space, or ok false.
 func (v *View) Get(space byte, key []byte) (value []byte, ok bool, err error) {
 	return get(v.snap, v.p.id, space, key)
+}
+
+// Peek is Partition.Peek in the view.
+func (v *View) Peek(space byte, key []byte, fn func(value []byte)) (ok bool, err error) {
+	return peek(v.snap, v.p.id, space, key, fn)
 }
 
 // Applied is the applied index the view reflects.
@@ -119,16 +136,22 @@ func (v *View) NewIter(space byte, lower, upper []byte) (*Iter, error) {
 // Close releases the view.
 func (v *View) Close() error { return v.snap.Close() }
 
-func get(r reader, p uint32, space byte, key []byte) ([]byte, bool, error) {
+func get(r reader, p uint32, space byte, key []byte) (value []byte, ok bool, err error) {
+	ok, err = peek(r, p, space, key, func(v []byte) { value = append([]byte(nil), v...) })
+	return value, ok, err
+}
+
+func peek(r reader, p uint32, space byte, key []byte, fn func([]byte)) (bool, error) {
 	v, closer, err := r.Get(engineKey(nil, p, space, key))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, nil
+		return false, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
 	defer closer.Close()
-	return append([]byte(nil), v...), true, nil
+	fn(v)
+	return true, nil
 }
 
 func applied(r reader, p uint32) (uint64, error) {

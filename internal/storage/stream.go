@@ -2,12 +2,14 @@ package storage
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
@@ -47,6 +49,20 @@ var ErrSnapshotFormat = errors.New("storage: unknown snapshot format")
 // WriteSnapshot streams the view's partition to w and returns the bytes
 // written and the applied index the stream carries.
 func (v *View) WriteSnapshot(w io.Writer) (n int64, applied uint64, err error) {
+	return v.stream(w)
+}
+
+// SnapshotSize is the length of the stream WriteSnapshot would write. It
+// walks the records without copying or checksumming them: a sender must
+// announce the size before it sends (raft's InstallSnapshot does).
+func (v *View) SnapshotSize() (int64, error) {
+	n, _, err := v.stream(nil)
+	return n, err
+}
+
+// stream writes the view's stream to w, or only measures it if w is nil.
+// One loop does both, so the size cannot disagree with the stream.
+func (v *View) stream(w io.Writer) (n int64, applied uint64, err error) {
 	if applied, err = v.Applied(); err != nil {
 		return 0, 0, err
 	}
@@ -56,22 +72,34 @@ func (v *View) WriteSnapshot(w io.Writer) (n int64, applied uint64, err error) {
 		return 0, 0, err
 	}
 	defer it.Close()
+	measure := w == nil
+	if measure {
+		w = io.Discard
+	}
 	cw := &countingWriter{w: bufio.NewWriterSize(w, 64<<10)}
 	hdr := append([]byte(streamMagic), streamFormat)
 	hdr = binary.BigEndian.AppendUint64(hdr, applied)
 	cw.write(binary.BigEndian.AppendUint32(hdr, crc32.Checksum(hdr, castagnoli)))
-	var chunk []byte
-	var records uint64
-	var all uint32
+	var (
+		chunk    []byte
+		chunkLen int // of chunk, or of the chunk measured
+		records  uint64
+		all      uint32
+	)
 	flush := func() {
-		if len(chunk) == 0 {
+		switch {
+		case chunkLen == 0:
 			return
+		case measure:
+			cw.n += int64(4 + chunkLen + 4)
+		default:
+			cw.write(binary.BigEndian.AppendUint32(nil, uint32(len(chunk))))
+			cw.write(chunk)
+			cw.write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(chunk, castagnoli)))
+			all = crc32.Update(all, castagnoli, chunk)
+			chunk = chunk[:0]
 		}
-		cw.write(binary.BigEndian.AppendUint32(nil, uint32(len(chunk))))
-		cw.write(chunk)
-		cw.write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(chunk, castagnoli)))
-		all = crc32.Update(all, castagnoli, chunk)
-		chunk = chunk[:0]
+		chunkLen = 0
 	}
 	for valid := it.First(); valid && cw.err == nil; valid = it.Next() {
 		k := it.Key()[len(start):]
@@ -79,13 +107,18 @@ func (v *View) WriteSnapshot(w io.Writer) (n int64, applied uint64, err error) {
 		if err != nil {
 			return cw.n, 0, err
 		}
-		chunk = append(chunk, k[0])
-		chunk = binary.AppendUvarint(chunk, uint64(len(k)-1))
-		chunk = append(chunk, k[1:]...)
-		chunk = binary.AppendUvarint(chunk, uint64(len(val)))
-		chunk = append(chunk, val...)
+		if measure {
+			chunkLen += 1 + uvarintLen(len(k)-1) + len(k) - 1 + uvarintLen(len(val)) + len(val)
+		} else {
+			chunk = append(chunk, k[0])
+			chunk = binary.AppendUvarint(chunk, uint64(len(k)-1))
+			chunk = append(chunk, k[1:]...)
+			chunk = binary.AppendUvarint(chunk, uint64(len(val)))
+			chunk = append(chunk, val...)
+			chunkLen = len(chunk)
+		}
 		records++
-		if len(chunk) >= chunkTarget {
+		if chunkLen >= chunkTarget {
 			flush()
 		}
 	}
@@ -101,6 +134,14 @@ func (v *View) WriteSnapshot(w io.Writer) (n int64, applied uint64, err error) {
 		cw.err = cw.w.Flush()
 	}
 	return cw.n, applied, cw.err
+}
+
+func uvarintLen(x int) int {
+	n := 1
+	for ; x >= 0x80; x >>= 7 {
+		n++
+	}
+	return n
 }
 
 type countingWriter struct {
@@ -188,6 +229,7 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 		prev    []byte
 		key     []byte
 		word    [4]byte
+		chunk   []byte // the chunk being read, reused
 		written uint64
 	)
 	for {
@@ -201,7 +243,7 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 		if size > maxChunk {
 			return 0, fmt.Errorf("%w: chunk of %d bytes, at most %d", ErrCorruptSnapshot, size, maxChunk)
 		}
-		chunk := make([]byte, size+4)
+		chunk = slices.Grow(chunk[:0], int(size)+4)[:size+4]
 		if _, err := io.ReadFull(br, chunk); err != nil {
 			return 0, fmt.Errorf("%w: chunk: %v", ErrCorruptSnapshot, err)
 		}
@@ -228,7 +270,7 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 			}
 			val := rest[v1 : v1+int(vl)]
 			body = rest[v1+int(vl):]
-			if space == metaSpace || (prev != nil && string(key) <= string(prev)) {
+			if space == metaSpace || (prev != nil && bytes.Compare(key, prev) <= 0) {
 				return 0, fmt.Errorf("%w: records out of order", ErrCorruptSnapshot)
 			}
 			if written >= sstTargetSize {

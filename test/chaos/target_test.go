@@ -57,13 +57,7 @@ func (p procTarget) Resume(i int)         { p.c.Signal(p.c.Procs[i], syscall.SIG
 func (p procTarget) WaitPrimaries()       { p.c.WaitPrimaries(nil) }
 
 // Addrs lists the nodes' addresses, for the Go client.
-func (p procTarget) Addrs() []string {
-	addrs := make([]string, len(p.c.Procs))
-	for i, pr := range p.c.Procs {
-		addrs[i] = pr.Addr
-	}
-	return addrs
-}
+func (p procTarget) Addrs() []string { return p.c.Addrs() }
 
 func (p procTarget) Leaders() map[uint32]int {
 	out := map[uint32]int{}

@@ -40,6 +40,18 @@ func TestMain(m *testing.M) {
 
 var eventually = wait.Until
 
+// newClient is a Go client seeded with every node of c, closed when the
+// test ends.
+func newClient(t *testing.T, c *proccluster.Cluster) *client.Client {
+	t.Helper()
+	cl, err := client.New(context.Background(), c.Addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
 // TestKill9PrimaryUnderStrongWrites kills the primary of a partition with
 // SIGKILL while clients write; every acknowledged strong write must be
 // readable afterwards with a quorum read.
@@ -248,15 +260,7 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 // error but a briefly retried Unavailable, and no acknowledged write is lost.
 func TestRollingRestart(t *testing.T) {
 	c := proccluster.Start(t, kvnodeBin, proccluster.Options{})
-	var addrs []string
-	for _, p := range c.Procs {
-		addrs = append(addrs, p.Addr)
-	}
-	cl, err := client.New(context.Background(), addrs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, c)
 
 	var mu sync.Mutex
 	acked := map[string]bool{}

@@ -16,7 +16,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -33,7 +32,6 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/ringkv/ringkv/client"
 	"github.com/ringkv/ringkv/fsm"
 	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/internal/testing/ackcheck"
@@ -179,15 +177,6 @@ func killOnLine(t *testing.T, c *proccluster.Cluster, l *raftLog, p *proccluster
 		t.Fatalf("no log line with %q in %v", h.patterns, d)
 		return ""
 	}
-}
-
-func newClient(t *testing.T, c *proccluster.Cluster) *client.Client {
-	cl, err := client.New(context.Background(), c.Addrs())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
-	return cl
 }
 
 // ledBy counts the partitions p leads.
@@ -599,12 +588,16 @@ func checkReplicasEqual(t *testing.T, c *proccluster.Cluster, w *ackcheck.Writer
 		}
 		defer e.Close()
 		engines[i] = e
-		parts, err := e.Partitions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(parts) != c.Partitions {
-			t.Fatalf("%s's engine holds partitions %v, want %d", p.ID, parts, c.Partitions)
+		// Every node of three hosts every partition, and nothing past the
+		// last one (a partition numbered off by one) may have state.
+		for part := range uint32(c.Partitions) + 1 {
+			applied, err := e.Partition(part).Applied()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hosted := part < uint32(c.Partitions); hosted != (applied > 0) {
+				t.Fatalf("%s's engine: partition %d at applied index %d, want it to have state only if below %d", p.ID, part, applied, c.Partitions)
+			}
 		}
 	}
 	stores := make([][]*fsm.Store, len(engines))

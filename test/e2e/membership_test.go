@@ -133,11 +133,7 @@ func (s *voterSampler) min() int {
 func TestGrowAndShrinkUnderWrites(t *testing.T) {
 	var procsMu sync.Mutex
 	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Args: membershipArgs("10m")})
-	cl, err := client.New(context.Background(), []string{c.Procs[0].Addr, c.Procs[1].Addr, c.Procs[2].Addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, c)
 	w := ackcheck.Start(cl, 4)
 	voters := sampleVoters(c, &procsMu)
 	admin := pb.NewAdminClient(c.Procs[2].Conn)
@@ -249,11 +245,7 @@ func TestKill9PastReplaceAfter(t *testing.T) {
 // finishes the move.
 func TestKillMetadataLeaderMidJoin(t *testing.T) {
 	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Args: append(membershipArgs("10m"), "--max-moves", "1")})
-	cl, err := client.New(context.Background(), []string{c.Procs[0].Addr, c.Procs[1].Addr, c.Procs[2].Addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, c)
 	w := ackcheck.Start(cl, 2)
 	p := c.AddProc()
 	if _, err := pb.NewAdminClient(c.Procs[0].Conn).Join(context.Background(), &pb.JoinRequest{Id: p.ID, Address: p.Addr}); err != nil {

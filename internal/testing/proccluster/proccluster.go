@@ -4,6 +4,7 @@
 package proccluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -83,6 +84,14 @@ func Start(t testing.TB, bin string, opts Options) *Cluster {
 		opts.Partitions = 8
 	}
 	c := &Cluster{t: t, bin: bin, opts: opts, Partitions: opts.Partitions}
+	// Registered before any process starts, so that a Fatal while starting
+	// the others still kills those already running.
+	t.Cleanup(func() {
+		for _, p := range c.Procs {
+			c.Kill(p)
+			p.Conn.Close()
+		}
+	})
 	var peers []string
 	for i := range opts.Nodes {
 		p := c.newProc(i + 1)
@@ -92,12 +101,6 @@ func Start(t testing.TB, bin string, opts Options) *Cluster {
 		p.Args = append(p.Args, "--peers", strings.Join(peers, ","))
 		c.Start(p)
 	}
-	t.Cleanup(func() {
-		for _, p := range c.Procs {
-			c.Kill(p)
-			p.Conn.Close()
-		}
-	})
 	c.WaitPrimaries(nil)
 	return c
 }
@@ -400,7 +403,7 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 	defer w.mu.Unlock()
 	w.buf = append(w.buf, b...)
 	for {
-		i := strings.IndexByte(string(w.buf), '\n')
+		i := bytes.IndexByte(w.buf, '\n')
 		if i < 0 {
 			return len(b), nil
 		}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	"github.com/ringkv/ringkv/node"
 	"github.com/ringkv/ringkv/raftgroup"
 )
@@ -138,30 +139,25 @@ func listen(t testing.TB, n int) []net.Listener {
 }
 
 // WaitReady waits until every partition of every running node knows a
-// primary and that primary accepts strong writes.
+// primary.
 func (c *Cluster) WaitReady() {
 	c.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for _, n := range c.Nodes {
-		if n == nil {
-			continue
-		}
-		for _, p := range n.Partitions() {
-			for {
-				r := n.Replica(p)
-				if r == nil {
-					break // moved off the node meanwhile
+	wait.For(c.t, 30*time.Second, "a primary for every partition", func() (bool, string) {
+		for _, n := range c.Nodes {
+			if n == nil {
+				continue
+			}
+			for _, p := range n.Partitions() {
+				// A replica moved off the node meanwhile is nil.
+				if r := n.Replica(p); r != nil {
+					if id, _ := r.Leader(); id == "" {
+						return false, fmt.Sprintf("partition %d on %s knows no primary", p, n.ID())
+					}
 				}
-				if id, _ := r.Leader(); id != "" {
-					break
-				}
-				if time.Now().After(deadline) {
-					c.t.Fatalf("partition %d on %s: no primary after 30s", p, n.ID())
-				}
-				time.Sleep(20 * time.Millisecond)
 			}
 		}
-	}
+		return true, ""
+	})
 }
 
 // Addrs lists the running nodes' gRPC addresses.
