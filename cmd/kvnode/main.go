@@ -17,6 +17,12 @@
 // refused by the others and exits with status 4. SIGTERM or
 // SIGINT shut down cleanly (leadership handed off first); SIGKILL loses no
 // acknowledged write, since every acknowledgement follows a WAL sync.
+//
+// Under a cgroup memory limit (a container's), kvnode sets the Go runtime's
+// soft memory limit (GOMEMLIMIT) to 90 % of it unless GOMEMLIMIT is already
+// set: built without cgo, pebble allocates its block cache on the Go heap, and
+// the collector's default pacing (GOGC=100) would let garbage grow as large
+// as everything live, cache included, and get the process killed.
 package main
 
 import (
@@ -25,6 +31,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -33,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -48,6 +56,11 @@ import (
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
+
+// memLimitRatio is the part of a cgroup memory limit given to the Go heap;
+// the rest is for what the runtime does not count (stacks are counted, but
+// not the kernel's page tables or the binary's text).
+const memLimitRatio = 0.9
 
 func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kvnode", flag.ContinueOnError)
@@ -139,6 +152,11 @@ func run(args []string, stderr io.Writer) int {
 		Name: "kvnode", Level: level, Output: stderr, JSONFormat: logFormat == "json",
 	})
 	log := cfg.Logger.With("node", cfg.ID)
+	if limit, err := memlimit.Set(memlimit.WithRatio(memLimitRatio)); err != nil {
+		log.Debug("no cgroup memory limit read", "error", err)
+	} else if limit != math.MaxInt64 {
+		log.Info("Go memory limit set", "bytes", limit, "cache_size", cfg.Storage.CacheSize)
+	}
 	if otlp == "" {
 		otlp = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 	}
