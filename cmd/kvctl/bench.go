@@ -87,6 +87,7 @@ type benchConfig struct {
 	clients   int
 	duration  time.Duration
 	keys      int
+	loadFrom  int // first key --load writes
 	valueSize int
 	dist      distribution
 	write     client.WriteConsistency
@@ -108,11 +109,13 @@ type benchConfig struct {
 //	kvctl bench [--workload A|B|C|W|R] [--clients N] [--duration D] [--keys K]
 //	            [--value-size B] [--distribution uniform|zipfian]
 //	            [--write-consistency strong|fast] [--read-consistency local|quorum]
-//	            [--rate OPS] [--load] [--json] [--retry D] [--latency-log FILE]
+//	            [--rate OPS] [--load [--load-from I]] [--json] [--retry D]
+//	            [--latency-log FILE]
 //
 // Workloads: A 50% read / 50% update, B 95/5, C read-only, W update-only, R
 // read-only after a load phase (C with --load). --load first writes every key
-// of the key space once (with --write-consistency); --duration 0 then only
+// of the key space once (with --write-consistency), or with --load-from I the
+// keys from I on, growing a key space loaded before; --duration 0 then only
 // loads. Keys are "bench/<i>" for i in [0, --keys), so a run never touches
 // keys a person wrote.
 //
@@ -169,6 +172,7 @@ func parseBench(fs *flag.FlagSet, args []string, opts *options) (benchConfig, er
 	fs.StringVar(&read, "read-consistency", "local", "local or quorum")
 	fs.Float64Var(&cfg.rate, "rate", 0, "open loop at this many ops/s in total (0: closed loop)")
 	fs.BoolVar(&cfg.load, "load", false, "write every key once before the run")
+	fs.IntVar(&cfg.loadFrom, "load-from", 0, "with --load, write only the keys from this index on (the ones below were loaded before)")
 	fs.BoolVar(&opts.json, "json", false, "print one JSON object")
 	fs.DurationVar(&cfg.retry, "retry", 0, "repeat a failed operation until it succeeds or this long has passed since its first attempt; its latency counts from the first (0: never)")
 	fs.StringVar(&cfg.latencyLog, "latency-log", "", "write one line per operation of the run to this file: start (Unix ns), latency (ns), op, outcome, attempts")
@@ -202,6 +206,8 @@ func parseBench(fs *flag.FlagSet, args []string, opts *options) (benchConfig, er
 		return cfg, usagef("--duration = %v, want > 0 (or 0 with --load to only load)", cfg.duration)
 	case cfg.keys < 1:
 		return cfg, usagef("--keys = %d, want at least 1", cfg.keys)
+	case cfg.loadFrom < 0 || cfg.loadFrom >= cfg.keys || (cfg.loadFrom > 0 && !cfg.load):
+		return cfg, usagef("--load-from = %d, want 0..%d (--keys - 1), and --load", cfg.loadFrom, cfg.keys-1)
 	case cfg.valueSize < 0 || cfg.valueSize > maxValueSize:
 		return cfg, usagef("--value-size = %d, want 0..%d", cfg.valueSize, maxValueSize)
 	case !(cfg.rate >= 0 && cfg.rate <= maxRate):
@@ -580,9 +586,11 @@ func (cfg *benchConfig) run(ctx context.Context, stderr io.Writer) (*benchReport
 	return rep, nil
 }
 
-// loadPhase writes keys 0..keys-1 once each, in order.
+// loadPhase writes keys loadFrom..keys-1 once each, in order.
 func (cfg *benchConfig) loadPhase(ctx context.Context) phase {
 	var nextKey atomic.Int64
+	nextKey.Store(int64(cfg.loadFrom))
+	n := cfg.keys - cfg.loadFrom
 	return phase{
 		name: "load",
 		next: func(*worker) (job, bool) {
@@ -591,10 +599,10 @@ func (cfg *benchConfig) loadPhase(ctx context.Context) phase {
 		},
 		status: func(elapsed, _ time.Duration, tk tick) string {
 			const width = 30
-			done := float64(tk.total) / float64(cfg.keys)
+			done := float64(tk.total) / float64(n)
 			bar := strings.Repeat("#", int(done*width)) + strings.Repeat(".", width-int(done*width))
 			return fmt.Sprintf("load [%s] %3.0f%%  %d/%d keys  %.0f keys/s  errors %d",
-				bar, 100*done, tk.total, cfg.keys, float64(tk.totalOK)/elapsed.Seconds(), tk.totalErrs)
+				bar, 100*done, tk.total, n, float64(tk.totalOK)/elapsed.Seconds(), tk.totalErrs)
 		},
 		missed: func() int64 { return 0 },
 	}

@@ -157,6 +157,29 @@ func TestBenchWorkloadsCountsAddUp(t *testing.T) {
 	})
 }
 
+// TestBenchLoadFrom grows a key space: --load-from writes only the keys from
+// its index on.
+func TestBenchLoadFrom(t *testing.T) {
+	addr := testcluster.Start(t, testcluster.Options{}).Addrs()[0]
+	rep, _ := runBenchJSON(t, addr, "--workload", "W", "--clients", "4", "--keys", "300", "--load", "--load-from", "200", "--duration", "0")
+	if rep.Load == nil || rep.Load.OK != 100 || rep.Load.Errors != 0 {
+		t.Fatalf("load = %+v, want 100 keys written without errors", rep.Load)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, []string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for key, present := range map[int]bool{0: false, 199: false, 200: true, 299: true} {
+		_, err := c.Get(ctx, []byte(keyPrefix+strconv.Itoa(key)), client.Quorum)
+		if got := err == nil; got != present || (err != nil && !errors.Is(err, client.ErrNotFound)) {
+			t.Errorf("key %d: Get error %v, want present = %v", key, err, present)
+		}
+	}
+}
+
 func TestBenchCountsErrorsByCode(t *testing.T) {
 	addr := testcluster.Start(t, testcluster.Options{}).Addrs()[0]
 	tests := []struct {
@@ -239,6 +262,9 @@ func TestBenchBadInput(t *testing.T) {
 		{[]string{"--duration", "0"}, "--duration = 0s, want > 0"},
 		{[]string{"--duration", "-1s", "--load"}, "--duration = -1s, want > 0"},
 		{[]string{"--keys", "0"}, "--keys = 0, want at least 1"},
+		{[]string{"--keys", "10", "--load", "--load-from", "10"}, "--load-from = 10, want 0..9"},
+		{[]string{"--load-from", "-1", "--load"}, "--load-from = -1, want 0..99999"},
+		{[]string{"--load-from", "5"}, "--load-from = 5, want 0..99999 (--keys - 1), and --load"},
 		{[]string{"--value-size", "-1"}, "--value-size = -1, want 0..67108864"},
 		{[]string{"--distribution", "pareto"}, `--distribution = "pareto", want uniform, zipfian`},
 		{[]string{"--write-consistency", "weak"}, `--write-consistency = "weak", want strong, fast`},
