@@ -61,10 +61,23 @@
 // A proposal raft refuses before it reaches the log (not the leader, a
 // leadership transfer under way) fails with NotPrimary: nothing was written,
 // and the write gives back the version it reserved (below).
-// ErrLeadershipLost is settled (below); raft's shutdown is ErrClosed; any
-// other failure, and a timeout, is *NoQuorumError: the entry may still
-// commit. A strong write on a primary cut off from its group fails within
-// about OpTimeout (TestIsolatedPrimary).
+// ErrLeadershipLost is settled (below); any other failure, and a timeout,
+// is *NoQuorumError: the entry may still commit. A strong write on a
+// primary cut off from its group fails once its lease has run out and
+// settle has waited an election timeout, never later than OpTimeout
+// (TestIsolatedPrimary, TestSettleWaitIsBounded).
+//
+// At shutdown (Close) a write gets what raft's state at that moment gives
+// it. A proposal raft no longer takes fails with ErrClosed
+// (raft.ErrRaftShutdown): nothing was written. An entry still in flight is
+// answered ErrLeadershipLost by raft's exiting leader loop, and settle,
+// whose wait ends at once on Close, leaves it unknown: NoQuorum. A
+// committed entry raft had not yet handed to its FSM goroutine is answered
+// ErrRaftShutdown, hence ErrClosed, although it committed; and one already
+// handed over may never be answered (see Goroutines and locks), so its
+// write fails NoQuorum at its deadline. So neither ErrClosed nor NoQuorum
+// says a write did not happen; the router answers both Unavailable, which
+// the client does not resend.
 //
 // # Version assignment
 //
@@ -121,13 +134,27 @@
 // steps down, a leadership hand-over included, with ErrLeadershipLost, though
 // the next leader usually commits them. A write that gets that answer is
 // settled from the log instead (settle): the replica, now a follower, waits
-// within the write's deadline until it has applied the entry's index. If the
-// entry there is the write (same kind, key, stamp and request id), the write
-// took effect and is acknowledged. If it is another entry, a strong write
-// provably did not happen and fails with NotPrimary, which the client retries
-// at the new primary; a fast write's cut entry may still be re-offered, so it
-// stays unknown (NoQuorum), as does a write whose index is not applied in
-// time or has left the log (TestSettle).
+// until it has applied the entry's index. If the entry there is the write
+// (same kind, key, stamp and request id), the write took effect and is
+// acknowledged. If it is another entry, a strong write provably did not
+// happen and fails with NotPrimary, which the client retries at the new
+// primary; a fast write's cut entry may still be re-offered, so it stays
+// unknown (NoQuorum), as does a write whose index is not applied in time or
+// has left the log (TestSettle).
+//
+// The wait (waitSettled) is bounded by the write's deadline and, unless the
+// replica knows a leader by then, by one ElectionTimeout: only a leader's
+// commit index tells the outcome, and in a hand-over, or after an election,
+// a leader contacts the replica well within that. A replica that has heard
+// from none is most likely cut off (a primary whose lease ran out) and
+// would learn nothing until healed, so its writes fail NoQuorum then rather
+// than at OpTimeout, and their callers can repeat them at the new primary
+// (TestSettleWaitIsBounded; docs/benchmarks.md, "Failover and Raft timing",
+// measured every write in flight on an isolated primary waiting the whole
+// op timeout before the bound). A replica that knows a leader waits on,
+// within the deadline: the leader's next entries, or at the latest its
+// randomized CommitTimeout (up to twice CommitTimeout), carry the commit
+// index, and an answer beats an unknown outcome.
 //
 // # Re-offering fast writes
 //

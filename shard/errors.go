@@ -17,7 +17,9 @@ var (
 	ErrNoQuorum = errors.New("no quorum")
 	// ErrNotFound: the key has no live value.
 	ErrNotFound = errors.New("key not found")
-	// ErrClosed: the replica was shut down.
+	// ErrClosed: the replica was shut down. A write that gets it may have
+	// taken effect: raft answers a committed entry it had not yet applied
+	// the same way as a proposal it never took.
 	ErrClosed = errors.New("replica closed")
 	// ErrSuperseded: a strong write committed but lost the conflict rule to
 	// a write with a greater (version, timestamp), so it had no effect. The

@@ -613,6 +613,22 @@ func TestQuorumReadExpeditesHeartbeats(t *testing.T) {
 	}
 }
 
+// lastApplied is the index and command of the last entry r applied, a
+// write the test just made.
+func lastApplied(t *testing.T, r *Replica) (uint64, fsm.Command) {
+	t.Helper()
+	index := r.AppliedIndex()
+	var entry raft.Log
+	if err := r.logs.GetLog(index, &entry); err != nil {
+		t.Fatal(err)
+	}
+	_, cmd, err := decodeEntry(entry.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return index, cmd
+}
+
 // TestSettle: a write whose primary lost leadership with its entry in
 // flight is settled from the log once the replica has applied that index:
 // its own entry there means it took effect; another entry means a strong
@@ -626,15 +642,7 @@ func TestSettle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	index := l.AppliedIndex()
-	var entry raft.Log
-	if err := l.logs.GetLog(index, &entry); err != nil {
-		t.Fatal(err)
-	}
-	_, mine, err := decodeEntry(entry.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	index, mine := lastApplied(t, l)
 	other := mine.(fsm.Put)
 	other.RequestID++
 	tests := []struct {
@@ -667,6 +675,62 @@ func TestSettle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSettleWaitIsBounded: settle waits one ElectionTimeout to learn a
+// write's outcome unless it knows a leader, not the write's whole op
+// timeout. A primary cut off from its group hears from no leader after its
+// lease ran out, so its write in flight fails NoQuorum (outcome unknown)
+// about a lease and an election timeout after it was sent, here with an op
+// timeout of 20 s; a replica in touch with a leader keeps waiting past the
+// bound, as the leader will tell it the commit index.
+func TestSettleWaitIsBounded(t *testing.T) {
+	const opTimeout = 20 * time.Second
+	// 1 s timing: the write below must reach raft before the isolated
+	// primary's lease runs out, and the follower keep its leader through
+	// phase one, on a loaded machine.
+	timing := raftgroup.Timing{
+		HeartbeatTimeout:   time.Second,
+		ElectionTimeout:    time.Second,
+		LeaderLeaseTimeout: time.Second,
+		CommitTimeout:      10 * time.Millisecond,
+	}
+	g := newGroup(t, func(c *Config) { c.Raft, c.OpTimeout = timing, opTimeout })
+	l := g.leader()
+	ctx := context.Background()
+	if _, err := l.Put(ctx, []byte("base"), []byte("0"), Strong); err != nil {
+		t.Fatal(err)
+	}
+	index, mine := lastApplied(t, l)
+
+	// A follower that knows its leader waits for an index nobody proposed
+	// until its deadline, past the bound.
+	f := g.followers(l)[0]
+	eventually(t, "the follower to know its leader", func() bool { id, _ := f.Leader(); return id != "" })
+	fctx, cancel := context.WithTimeout(ctx, timing.ElectionTimeout+500*time.Millisecond)
+	_, err := f.settle(fctx, index+1000, mine, Strong, raft.ErrLeadershipLost)
+	cancel()
+	if !errors.Is(err, ErrNoQuorum) || fctx.Err() == nil {
+		t.Fatalf("settle on a follower with a leader: %v before its deadline; want NoQuorum at the deadline", err)
+	}
+
+	// The isolated primary's write: without the bound it would wait the
+	// whole op timeout.
+	g.isolate(l.cfg.NodeID)
+	start := time.Now()
+	_, err = l.Put(ctx, []byte("s"), []byte("x"), Strong)
+	took := time.Since(start)
+	switch {
+	case errors.Is(err, ErrNotPrimary):
+		t.Fatalf("the isolated primary stepped down before the write reached raft (%v): machine too slow for a 1 s lease", err)
+	case !errors.Is(err, ErrNoQuorum) || !errors.Is(err, raft.ErrLeadershipLost) || !errors.Is(err, errNoLeaderHeard):
+		t.Fatalf("write on the isolated primary: %v; want NoQuorum after leadership lost, no leader heard from", err)
+	case took > opTimeout/2:
+		t.Fatalf("write on the isolated primary failed after %v; the bound is about a lease plus %v, the op timeout %v",
+			took, timing.ElectionTimeout, opTimeout)
+	}
+	g.connectAll()
+	g.converged()
 }
 
 // heldTimeoutNow is a transport whose TimeoutNow, the last step of a

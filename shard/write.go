@@ -192,13 +192,17 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 // if it is the write, the write took effect; if it is another, the write's
 // entry was cut, and a strong write, which nothing re-offers, provably did
 // not happen, so the caller may send it to the new primary. A fast write's
-// cut entry may be re-offered, and anything still unknown when ctx ends
-// (or once the entry left the log) stays unknown.
+// cut entry may be re-offered, and anything still unknown when the wait
+// ends (waitSettled) or once the entry left the log stays unknown: the
+// write may yet commit, so it never fails as if it had not happened.
 func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mode WriteMode, lost error) (fsm.Stamp, error) {
-	unknown := r.noQuorum(mode.op(), lost)
-	if index == 0 || r.waitApplied(ctx, index) != nil {
-		return fsm.Stamp{}, unknown
+	if index == 0 {
+		return fsm.Stamp{}, r.noQuorum(mode.op(), lost)
 	}
+	if err := r.waitSettled(ctx, index); err != nil {
+		return fsm.Stamp{}, r.noQuorum(mode.op(), fmt.Errorf("%w; outcome not learned: %w", lost, err))
+	}
+	unknown := r.noQuorum(mode.op(), lost)
 	var l raft.Log
 	if err := r.logs.GetLog(index, &l); err != nil {
 		return fsm.Stamp{}, unknown
@@ -211,6 +215,45 @@ func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mod
 		return fsm.Stamp{}, r.notPrimary()
 	}
 	return fsm.Stamp{}, unknown
+}
+
+// errNoLeaderHeard ends a settle wait in which this replica heard from no
+// leader within the bound.
+var errNoLeaderHeard = errors.New("no leader heard from")
+
+// waitSettled waits, for settle, until this replica has applied index: for
+// one ElectionTimeout, and past that only while it knows a leader, always
+// within ctx (the write's op timeout).
+//
+// Why one ElectionTimeout: the replica learns the outcome only from a
+// leader's commit index, so it must first hear from one. In a hand-over,
+// the case settle exists for, the target campaigns at once and contacts
+// this replica within a round trip; after a spurious election the group has
+// a leader within one election round, which raft bounds by ElectionTimeout
+// before it tries again. A replica that has heard from no leader by then is
+// most likely cut off, as when it stepped down because its lease ran out,
+// and learns nothing until healed: waiting out the whole op timeout there
+// only stalls the client (docs/benchmarks.md, "Failover and Raft timing":
+// every write in flight on an isolated primary waited the full 3 s), while
+// failing Unavailable lets the caller repeat it at the new primary.
+//
+// Why longer once a leader is known: that leader's commit index reaches
+// this replica with its next entries, or, in a group gone idle, within
+// raft's randomized CommitTimeout (up to twice it, longer than an election
+// timeout by default), so the wait would end in an answer; giving up would
+// turn a write that took effect, or one safe to send again, into an
+// unknown outcome.
+func (r *Replica) waitSettled(ctx context.Context, index uint64) error {
+	bounded, cancel := context.WithTimeout(ctx, r.cfg.Raft.ElectionTimeout)
+	err := r.waitApplied(bounded, index)
+	cancel()
+	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if id, _ := r.Leader(); id == "" {
+		return fmt.Errorf("%w within %v", errNoLeaderHeard, r.cfg.Raft.ElectionTimeout)
+	}
+	return r.waitApplied(ctx, index)
 }
 
 // sameWrite reports whether a and b are one write: same kind, key and stamp,
