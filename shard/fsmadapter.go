@@ -83,6 +83,7 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 	if err := r.store.Restore(rc); err != nil {
 		return err
 	}
+	r.stats.SnapshotsInstalled.Add(1)
 	r.applied.notify()
 	return nil
 }

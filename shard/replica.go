@@ -206,6 +206,9 @@ type Stats struct {
 	ReofferLost     atomic.Uint64 // re-offered writes that lost to a newer write
 	ReofferDropped  atomic.Uint64 // re-offered writes refused for good (malformed, or breaking the limits) and dropped
 	LeaderChanges   atomic.Uint64 // times this replica learned of a new leader
+	// SnapshotsInstalled counts snapshots received from a leader and
+	// ingested. A restart installs none: the engine keeps the state.
+	SnapshotsInstalled atomic.Uint64
 }
 
 type proposal struct {

@@ -492,6 +492,9 @@ func TestRestartedReplicaCatchesUpBySnapshot(t *testing.T) {
 	if n := g.reps[downID].Store().Len(); n != 1000 {
 		t.Fatalf("restarted replica holds %d keys, want 1000", n)
 	}
+	if n := g.reps[downID].Stats().SnapshotsInstalled.Load(); n == 0 {
+		t.Fatal("the replica caught up without installing a snapshot: the test no longer covers catch-up by snapshot")
+	}
 }
 
 func TestBoltBackend(t *testing.T) {

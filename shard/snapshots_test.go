@@ -187,4 +187,10 @@ func TestSnapshotMakesTheEngineDurable(t *testing.T) {
 	if got := g.reps[id].Store().Len(); got != 50 {
 		t.Fatalf("restarted after a snapshot: %d keys, want 50", got)
 	}
+	// Raft must not restore its latest snapshot at start
+	// (NoSnapshotRestoreOnStart): that would stream the partition out of
+	// the engine and ingest it back, a restart's cost growing with the data.
+	if n := g.reps[id].Stats().SnapshotsInstalled.Load(); n != 0 {
+		t.Fatalf("restart installed %d snapshots, want 0", n)
+	}
 }
