@@ -89,13 +89,18 @@ ringkv_start() {
 
 # ringkv_start_node I DIR starts (or restarts) node nI of the cluster
 # ringkv_start made, with data in DIR/nI and its log appended to DIR/nI.log;
-# its PID goes into RINGKV_PIDS[I-1].
+# its PID goes into RINGKV_PIDS[I-1]. With RINGKV_CGROUP set (a cgroup v1
+# directory), the node starts inside its subgroup RINGKV_CGROUP/nI, which
+# must exist.
 ringkv_start_node() {
-	local i=$1 dir=$2
+	local i=$1 dir=$2 enter=()
 	mkdir -p "$dir/n$i"
+	# The shell joins the group before it becomes kvnode, so that kvnode
+	# sees its limits from the start.
+	[[ -z "${RINGKV_CGROUP:-}" ]] || enter=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$RINGKV_CGROUP/n$i")
 	# shellcheck disable=SC2086 # KVNODE_FLAGS is a list of flags
-	bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
-		--peers "$RINGKV_PEERS" --log-level warn ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
+	"${enter[@]}" bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
+		--peers "$RINGKV_PEERS" --log-level "${KVNODE_LOG_LEVEL:-warn}" ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
 	RINGKV_PIDS[i - 1]=$!
 }
 
