@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench bench-cluster bench-vs-etcd fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
+.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -48,6 +48,12 @@ bench:
 # (ROW_SECONDS, CLIENTS, KEYS).
 bench-cluster:
 	@./scripts/bench-cluster.sh
+
+# The storage engine's targets on 3 kvnodes (about an hour with the defaults;
+# the bigdata table needs root for its cgroups). Subset: TABLES="growth
+# catchup bigdata", GROWTH_KEYS, CATCHUP_KEYS, BIG_KEYS (scripts/bench-engine.sh).
+bench-engine:
+	@./scripts/bench-engine.sh
 
 # Side by side with a 3-member etcd (installs etcd-server/etcd-client/jq from
 # Debian if missing; builds etcd's benchmark tool pinned into bin/tools).
