@@ -12,7 +12,14 @@
 // epoch than the map in hand is never taken.
 //
 // Retries. Every call is bounded by its context and by a maximum number of
-// attempts (WithMaxAttempts):
+// attempts (WithMaxAttempts, default 44). A retry that waits first waits
+// a backoff (WithBackoff): 20 ms, doubled for each further wait up to
+// 250 ms, less a random part of up to half of it, so clients that failed
+// together do not retry together. With the defaults, the waits of a call
+// that backs off before every retry until its last attempt add up to
+// between 5.0 and 10.05 s: enough to outlast an election even at 1 s Raft
+// timeouts (up to 3.3 s measured), while no wait is longer than 250 ms, so
+// a call finds a new primary at most that long after it is elected.
 //
 //   - A NotPrimary answer means the request was not applied, so any call,
 //     write or read, is retried: at once against the primary the answer
@@ -67,11 +74,17 @@ import (
 	"github.com/ringkv/ringkv/ring"
 )
 
-// Defaults for the options.
+// Defaults for the options (the package doc says what they add up to).
 const (
-	DefaultMaxAttempts = 10
+	// DefaultMaxAttempts: 43 waits of 20, 40, 80, 160 ms and then 250 ms,
+	// less jitter, add up to at least 5 s (TestDefaultRetryBudget).
+	DefaultMaxAttempts = 44
 	DefaultMinBackoff  = 20 * time.Millisecond
-	DefaultMaxBackoff  = time.Second
+	// DefaultMaxBackoff: a request finds a new primary only at its next
+	// retry, so the longest wait is what a failover costs beyond the
+	// election; with 1 s it cost up to 1 s more (docs/benchmarks.md,
+	// "Failover and Raft timing").
+	DefaultMaxBackoff = 250 * time.Millisecond
 )
 
 var (

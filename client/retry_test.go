@@ -269,6 +269,28 @@ func singleFake(t *testing.T, setup func(*fakeNode), opts ...Option) (*fakeNode,
 	return f, c, ctx
 }
 
+// TestDefaultRetryBudget: with the default options, the waits of a call
+// that retries until its last attempt add up to at least 5 s however much
+// jitter takes off (up to half of each, sleep), so a call outlasts an
+// election at 1 s Raft timeouts; and no wait is longer than 250 ms, so a
+// call finds a new primary soon after it is elected. The schedule is do's.
+func TestDefaultRetryBudget(t *testing.T) {
+	var least, most time.Duration
+	backoff := DefaultMinBackoff
+	for range DefaultMaxAttempts - 1 {
+		if backoff > 250*time.Millisecond {
+			t.Fatalf("a wait of %v, want at most 250ms", backoff)
+		}
+		least += backoff - backoff/2
+		most += backoff
+		backoff = min(2*backoff, DefaultMaxBackoff)
+	}
+	if least < 5*time.Second {
+		t.Fatalf("the default retries wait %v to %v in all, want at least 5s", least, most)
+	}
+	t.Logf("the default retries wait %v to %v in all", least, most)
+}
+
 // TestBatchFallsBackToUnary: a node that does not serve Batch gets the
 // call as a unary call, without the call losing an attempt, and every
 // later call goes unary at once.
