@@ -7,9 +7,10 @@
 //     interceptor), WAL syncs (wal.Options.OnSync), snapshots
 //     (shard.Config.OnSnapshot) and AppendEntries responses
 //     (transport.Options.OnAppendResponse).
-//   - State mirrored from Raft, the replicas and the WAL, computed at scrape
-//     time by a Collector, so it is never stale and costs nothing between
-//     scrapes.
+//   - State mirrored from Raft, the replicas, the WAL and the storage
+//     engine (ringkv_engine_*: disk used, L0 shape, compactions, block
+//     cache, read amplification), computed at scrape time by a Collector,
+//     so it is never stale and costs nothing between scrapes.
 //   - The Go runtime and process collectors.
 //
 // Invariants: label values are bounded — op × consistency × gRPC code for
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ringkv/ringkv/internal/consistency"
+	"github.com/ringkv/ringkv/internal/storage"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 	"github.com/ringkv/ringkv/shard"
 	"github.com/ringkv/ringkv/transport"
@@ -61,6 +63,9 @@ type Options struct {
 	Replicas func() []Replica
 	// WALStats reads the node's WAL counters at scrape time.
 	WALStats func() wal.Stats
+	// EngineStats reads the node's storage engine figures at scrape time
+	// (once per scrape); nil exports no ringkv_engine_* series.
+	EngineStats func() storage.Stats
 	// MovesInFlight counts, at scrape time, the partitions whose replicas
 	// are moving; nil reports 0.
 	MovesInFlight func() int
@@ -302,6 +307,30 @@ var (
 		[]string{"node"}, nil)
 	descWALSize = prometheus.NewDesc("ringkv_wal_size_bytes",
 		"Bytes of WAL segment files on disk, preallocation included.", nil, nil)
+
+	// The storage engine's, node-wide: its partitions share one pebble.
+	descEngineDisk = prometheus.NewDesc("ringkv_engine_disk_bytes",
+		"Bytes the storage engine's files take on disk: live and not yet deleted tables, the manifest, compaction output in progress.", nil, nil)
+	descEngineL0Files = prometheus.NewDesc("ringkv_engine_l0_files",
+		"Tables in the storage engine's level 0; a growing count means compactions fall behind the flushes.", nil, nil)
+	descEngineL0Sublevels = prometheus.NewDesc("ringkv_engine_l0_sublevels",
+		"Sublevels of the storage engine's level 0, each one more table a read may look in; pebble stops writes at its L0StopWritesThreshold (12 by default).", nil, nil)
+	descEngineReadAmp = prometheus.NewDesc("ringkv_engine_read_amplification",
+		"Tables a point read of the storage engine may look in: L0's sublevels plus the non-empty levels below.", nil, nil)
+	descEngineDebt = prometheus.NewDesc("ringkv_engine_compaction_debt_bytes",
+		"Estimated bytes the storage engine's compactions must rewrite to bring every level within its target size.", nil, nil)
+	descEngineCompacting = prometheus.NewDesc("ringkv_engine_compactions_running",
+		"Storage engine compactions in progress.", nil, nil)
+	descEngineCompactions = prometheus.NewDesc("ringkv_engine_compactions_total",
+		"Storage engine compactions completed since the node started.", nil, nil)
+	descEngineMemTable = prometheus.NewDesc("ringkv_engine_memtable_bytes",
+		"Bytes of the storage engine's memtables (the one being written and those awaiting a flush), charged to the block cache.", nil, nil)
+	descEngineCacheSize = prometheus.NewDesc("ringkv_engine_block_cache_bytes",
+		"Bytes in the storage engine's block cache.", nil, nil)
+	descEngineCacheHits = prometheus.NewDesc("ringkv_engine_block_cache_hits_total",
+		"Block reads of the storage engine served from its block cache.", nil, nil)
+	descEngineCacheMisses = prometheus.NewDesc("ringkv_engine_block_cache_misses_total",
+		"Block reads of the storage engine that missed its block cache and went to disk.", nil, nil)
 )
 
 // collector computes the state series at scrape time.
@@ -310,7 +339,8 @@ type collector struct{ m *Metrics }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descIsPrimary, descTerm, descCommit, descApplied, descLeaderChanges,
 		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descReofferDropped, descTombstones, descLagEntries, descLagSeconds,
-		descNodeUp, descWALSize} {
+		descNodeUp, descWALSize, descEngineDisk, descEngineL0Files, descEngineL0Sublevels, descEngineReadAmp, descEngineDebt,
+		descEngineCompacting, descEngineCompactions, descEngineMemTable, descEngineCacheSize, descEngineCacheHits, descEngineCacheMisses} {
 		ch <- d
 	}
 }
@@ -320,6 +350,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	now := m.opts.Now()
 	if m.opts.WALStats != nil {
 		ch <- prometheus.MustNewConstMetric(descWALSize, prometheus.GaugeValue, float64(m.opts.WALStats().SizeBytes))
+	}
+	if m.opts.EngineStats != nil {
+		collectEngine(ch, m.opts.EngineStats())
 	}
 	self := raft.ServerID(m.opts.Node)
 	peers := map[raft.ServerID]time.Time{}
@@ -365,6 +398,30 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descNodeUp, prometheus.GaugeValue, 1, string(self))
 	for id, last := range peers {
 		ch <- prometheus.MustNewConstMetric(descNodeUp, prometheus.GaugeValue, b2f(now.Sub(last) <= m.opts.UpWindow), string(id))
+	}
+}
+
+// collectEngine exports one read of the engine's figures, so the series of a
+// scrape agree with each other.
+func collectEngine(ch chan<- prometheus.Metric, s storage.Stats) {
+	for _, g := range []struct {
+		d *prometheus.Desc
+		t prometheus.ValueType
+		v float64
+	}{
+		{descEngineDisk, prometheus.GaugeValue, float64(s.DiskBytes)},
+		{descEngineL0Files, prometheus.GaugeValue, float64(s.L0Files)},
+		{descEngineL0Sublevels, prometheus.GaugeValue, float64(s.L0Sublevels)},
+		{descEngineReadAmp, prometheus.GaugeValue, float64(s.ReadAmp)},
+		{descEngineDebt, prometheus.GaugeValue, float64(s.CompactionDebt)},
+		{descEngineCompacting, prometheus.GaugeValue, float64(s.CompactionsRunning)},
+		{descEngineCompactions, prometheus.CounterValue, float64(s.Compactions)},
+		{descEngineMemTable, prometheus.GaugeValue, float64(s.MemTableBytes)},
+		{descEngineCacheSize, prometheus.GaugeValue, float64(s.CacheBytes)},
+		{descEngineCacheHits, prometheus.CounterValue, float64(s.CacheHits)},
+		{descEngineCacheMisses, prometheus.CounterValue, float64(s.CacheMisses)},
+	} {
+		ch <- prometheus.MustNewConstMetric(g.d, g.t, g.v)
 	}
 }
 

@@ -183,6 +183,7 @@ func newNode(cfg Config) *Node {
 		Node:          cfg.ID,
 		Replicas:      n.metricReplicas,
 		WALStats:      func() wal.Stats { return n.wal.Stats() },
+		EngineStats:   func() storage.Stats { return n.engine.Stats() },
 		UpWindow:      3 * cfg.Raft.HeartbeatTimeout,
 		MovesInFlight: n.movesInFlight,
 	})

@@ -101,6 +101,10 @@ var requiredSeries = []string{
 	"ringkv_fast_writes_uncommitted", "ringkv_fast_writes_reoffered_total", "ringkv_fast_writes_reoffer_lost_total",
 	"ringkv_tombstones",
 	"ringkv_node_up", "ringkv_partition_replicas", "ringkv_moves_in_flight",
+	"ringkv_engine_disk_bytes", "ringkv_engine_l0_files", "ringkv_engine_l0_sublevels", "ringkv_engine_read_amplification",
+	"ringkv_engine_compaction_debt_bytes", "ringkv_engine_compactions_running", "ringkv_engine_compactions_total",
+	"ringkv_engine_memtable_bytes", "ringkv_engine_block_cache_bytes",
+	"ringkv_engine_block_cache_hits_total", "ringkv_engine_block_cache_misses_total",
 	"go_goroutines", "process_cpu_seconds_total",
 }
 
@@ -223,6 +227,10 @@ func TestObservability(t *testing.T) {
 			if !have[name] {
 				t.Errorf("no node exports %s", name)
 			}
+		}
+		// The engine series come from each node's own engine.
+		if n, all := series(t, c, "ringkv_engine_disk_bytes", func(_ map[string]string, v float64) bool { return v > 0 }); n != len(c.Nodes) {
+			t.Errorf("%d of %d nodes report engine files on disk: %v", n, len(c.Nodes), all)
 		}
 		// An election under load may leave a partition without a primary
 		// for a moment.
@@ -377,7 +385,12 @@ func checkDeployFiles(t *testing.T, mfs map[string]*dto.MetricFamily) {
 	}
 	var board struct {
 		Panels []struct {
+			ID      int    `json:"id"`
+			Type    string `json:"type"`
 			Title   string `json:"title"`
+			GridPos struct {
+				X, Y, W, H int
+			} `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -389,8 +402,25 @@ func checkDeployFiles(t *testing.T, mfs map[string]*dto.MetricFamily) {
 	if len(board.Panels) < 6 {
 		t.Errorf("dashboard has %d panels", len(board.Panels))
 	}
-	for _, p := range board.Panels {
-		if len(p.Targets) == 0 {
+	// Grafana takes a panel that shares an id or overlaps another without a
+	// word, and shows something else than the file says.
+	ids := map[int]bool{}
+	for i, p := range board.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel %q: id %d is taken", p.Title, p.ID)
+		}
+		ids[p.ID] = true
+		g := p.GridPos
+		if g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+			t.Errorf("panel %q: gridPos %+v is outside the 24 columns", p.Title, g)
+		}
+		for _, q := range board.Panels[:i] {
+			if o := q.GridPos; g.X < o.X+o.W && o.X < g.X+g.W && g.Y < o.Y+o.H && o.Y < g.Y+g.H {
+				t.Errorf("panels %q and %q overlap", q.Title, p.Title)
+			}
+		}
+		// A row only heads the panels below it.
+		if len(p.Targets) == 0 && p.Type != "row" {
 			t.Errorf("panel %q has no query", p.Title)
 		}
 		for _, tg := range p.Targets {

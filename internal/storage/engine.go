@@ -129,17 +129,28 @@ func (e *Engine) Partition(p uint32) *Partition {
 	return &Partition{e: e, id: p}
 }
 
-// Stats describes the engine for metrics and status.
+// Stats describes the engine for metrics and status. Every field comes from
+// one pebble.Metrics, so Stats costs a lock and a copy, not I/O: cheap
+// enough for every scrape and every Admin.Status.
 type Stats struct {
-	DiskBytes          uint64 // live files on disk
-	L0Files            int64
-	L0Sublevels        int32
+	// DiskBytes is what the engine's files take on disk: live tables,
+	// obsolete ones not yet deleted, the manifest, and compactions' output
+	// in progress.
+	DiskBytes   uint64
+	L0Files     int64
+	L0Sublevels int32
+	// ReadAmp is the sublevels of L0 plus the non-empty levels below: the
+	// tables a point read may have to look in.
 	ReadAmp            int
 	CompactionDebt     uint64 // estimated bytes compactions must rewrite
 	CompactionsRunning int64
-	CacheBytes         int64
-	CacheHits          int64
-	CacheMisses        int64
+	Compactions        int64 // completed since Open
+	// MemTableBytes is the memtables' allocated size, the one being written
+	// and those waiting for a flush; it is charged to the block cache.
+	MemTableBytes uint64
+	CacheBytes    int64
+	CacheHits     int64 // since Open, as CacheMisses
+	CacheMisses   int64
 }
 
 // Stats reads the engine's current figures.
@@ -152,6 +163,8 @@ func (e *Engine) Stats() Stats {
 		ReadAmp:            m.ReadAmp(),
 		CompactionDebt:     m.Compact.EstimatedDebt,
 		CompactionsRunning: m.Compact.NumInProgress,
+		Compactions:        m.Compact.Count,
+		MemTableBytes:      m.MemTable.Size,
 		CacheBytes:         m.BlockCache.Size,
 		CacheHits:          m.BlockCache.Hits,
 		CacheMisses:        m.BlockCache.Misses,

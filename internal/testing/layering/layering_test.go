@@ -33,7 +33,7 @@ var allowed = map[string][]string{
 	"cluster":              {"raftgroup", "raftwal", "ring", "wal"},
 	"internal/consistency": {"proto/ringkvpb", "shard"},
 	"router":               {"fsm", "internal/consistency", "internal/batchsend", "proto/ringkvpb", "ring", "shard"},
-	"metrics":              {"internal/consistency", "proto/ringkvpb", "shard", "transport", "wal"},
+	"metrics":              {"internal/consistency", "internal/storage", "proto/ringkvpb", "shard", "transport", "wal"},
 	"control":              {"cluster", "proto/ringkvpb", "ring"},
 	"admin":                {"cluster", "proto/ringkvpb", "ring", "router", "shard"},
 	"node": {"admin", "cluster", "control", "fsm", "hlc", "internal/connpool", "internal/storage", "metrics", "proto/ringkvpb",
