@@ -46,6 +46,8 @@ type Node interface {
 	Advertise() string
 	// MetricsAddr is where /metrics is served, "" if nowhere.
 	MetricsAddr() string
+	// EngineDiskBytes is what the node's storage engine takes on disk.
+	EngineDiskBytes() uint64
 	// View is the node's latest view of the cluster, nil while it belongs
 	// to none.
 	View() *cluster.State
@@ -87,7 +89,7 @@ const reconfigureTimeout = 10 * time.Second
 
 func (s *Server) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := s.n
-	resp := &pb.StatusResponse{NodeId: n.ID(), Address: n.Advertise(), MetricsAddress: n.MetricsAddr()}
+	resp := &pb.StatusResponse{NodeId: n.ID(), Address: n.Advertise(), MetricsAddress: n.MetricsAddr(), EngineDiskBytes: n.EngineDiskBytes()}
 	if v := n.View(); v != nil {
 		resp.Epoch, resp.ClusterId = v.Epoch, v.ClusterID
 	}

@@ -31,11 +31,13 @@ type fakeNode struct {
 	adopted *cluster.State
 	meta    *cluster.Meta
 	dial    func(addr string) (grpc.ClientConnInterface, error)
+	disk    uint64 // EngineDiskBytes
 }
 
 func (*fakeNode) ID() string                              { return "n9" }
 func (*fakeNode) Advertise() string                       { return "127.0.0.1:7009" }
 func (*fakeNode) MetricsAddr() string                     { return "" }
+func (f *fakeNode) EngineDiskBytes() uint64               { return f.disk }
 func (f *fakeNode) View() *cluster.State                  { return f.adopted }
 func (f *fakeNode) Meta() *cluster.Meta                   { return f.meta }
 func (*fakeNode) Replica(ring.PartitionID) *shard.Replica { return nil }
@@ -149,8 +151,9 @@ func TestRequestsRefused(t *testing.T) {
 }
 
 func TestStatusWithoutCluster(t *testing.T) {
-	resp, err := New(&fakeNode{}, nil).Status(context.Background(), &pb.StatusRequest{})
-	if err != nil || resp.GetNodeId() != "n9" || resp.GetClusterId() != "" || resp.GetAddress() != "127.0.0.1:7009" {
+	resp, err := New(&fakeNode{disk: 12345}, nil).Status(context.Background(), &pb.StatusRequest{})
+	if err != nil || resp.GetNodeId() != "n9" || resp.GetClusterId() != "" || resp.GetAddress() != "127.0.0.1:7009" ||
+		resp.GetEngineDiskBytes() != 12345 {
 		t.Fatalf("Status = %v, %v", resp, err)
 	}
 }

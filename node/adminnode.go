@@ -26,4 +26,6 @@ func (a adminNode) Heard(id string) bool {
 	return ctl != nil
 }
 
+func (a adminNode) EngineDiskBytes() uint64 { return a.engine.Stats().DiskBytes }
+
 func (a adminNode) Dial(addr string) (grpc.ClientConnInterface, error) { return a.pool.Dial(addr) }

@@ -27,7 +27,8 @@
 //
 // status queries every node of the cluster map with Admin.Status and prints
 // the nodes with their membership state (joining, up, suspect, down,
-// leaving) and how many partitions and primaries each holds; then per
+// leaving), how many partitions and primaries each holds and the size of
+// its storage engine on disk (the WAL apart); then per
 // partition its primary (the replica that reports itself leader), every
 // replica's role, applied index and lag, the learners (replicas being
 // added, still catching up) and, while the partition is moving, the target
@@ -36,7 +37,8 @@
 // where the primary exports them):
 //
 //	{"epoch": 7, "moves_in_flight": 1,
-//	 "nodes": [{"id": "n1", "address": "h:7001", "state": "up", "partitions": 6, "primaries": 2}],
+//	 "nodes": [{"id": "n1", "address": "h:7001", "state": "up", "partitions": 6, "primaries": 2,
+//	            "engine_disk_bytes": 73400320}],
 //	 "partitions": [{"partition": 0, "primary": "n1",
 //	   "replicas": [{"node": "n1", "state": "leader", "term": 2, "applied_index": 9,
 //	                 "commit_index": 9, "last_log_index": 9}],
@@ -357,6 +359,9 @@ type nodeStatus struct {
 	// or learners; Primaries, those it is the primary of.
 	Partitions int `json:"partitions"`
 	Primaries  int `json:"primaries"`
+	// EngineDiskBytes is what the node's storage engine takes on disk, as
+	// the node reported it; 0 if it did not answer.
+	EngineDiskBytes uint64 `json:"engine_disk_bytes"`
 	// Error is why the node did not answer Status; empty if it did.
 	Error string `json:"error,omitempty"`
 }
@@ -396,9 +401,9 @@ func statusCmd(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) 
 	if err != nil {
 		return err
 	}
-	// replicas[node][partition] as that node reports it; a node absent
-	// did not answer.
-	replicas := map[string]map[uint32]*pb.PartitionStatus{}
+	// statuses[node] as that node reports it; a node absent did not
+	// answer.
+	statuses := map[string]*pb.StatusResponse{}
 	unreachable := map[string]string{}
 	lagOf := map[lagKey]*lag{}
 	for _, n := range m.GetNodes() {
@@ -414,24 +419,29 @@ func statusCmd(ctx context.Context, c *client.Client, w io.Writer, asJSON bool) 
 				lags(fams, lagOf)
 			}
 		}
-		replicas[n.GetId()] = map[uint32]*pb.PartitionStatus{}
-		for _, ps := range st.GetPartitions() {
-			replicas[n.GetId()][ps.GetPartition()] = ps
-		}
+		statuses[n.GetId()] = st
 	}
-	rep := buildStatus(m, replicas, unreachable, lagOf)
+	rep := buildStatus(m, statuses, unreachable, lagOf)
 	if asJSON {
 		return writeJSON(w, rep)
 	}
 	return printStatus(w, rep)
 }
 
-// buildStatus joins the cluster map with what each node reported of its
-// replicas (replicas[node][partition]), the nodes that did not answer and
-// the lags their primaries export.
-func buildStatus(m *pb.ClusterMapResponse, replicas map[string]map[uint32]*pb.PartitionStatus,
+// buildStatus joins the cluster map with what each node reported
+// (statuses[node]), the nodes that did not answer and the lags their
+// primaries export.
+func buildStatus(m *pb.ClusterMapResponse, statuses map[string]*pb.StatusResponse,
 	unreachable map[string]string, lagOf map[lagKey]*lag) statusReport {
 	rep := statusReport{Epoch: m.GetEpoch()}
+	// replicas[node][partition]
+	replicas := map[string]map[uint32]*pb.PartitionStatus{}
+	for id, st := range statuses {
+		replicas[id] = map[uint32]*pb.PartitionStatus{}
+		for _, ps := range st.GetPartitions() {
+			replicas[id][ps.GetPartition()] = ps
+		}
+	}
 	for _, pm := range m.GetPartitionMap() {
 		p := pm.GetPartition()
 		ps := partitionStatus{
@@ -481,7 +491,8 @@ func buildStatus(m *pb.ClusterMapResponse, replicas map[string]map[uint32]*pb.Pa
 		rep.Partitions = append(rep.Partitions, ps)
 	}
 	for _, n := range m.GetNodes() {
-		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress(), State: n.GetState(), Error: unreachable[n.GetId()]}
+		ns := nodeStatus{ID: n.GetId(), Address: n.GetAddress(), State: n.GetState(), Error: unreachable[n.GetId()],
+			EngineDiskBytes: statuses[n.GetId()].GetEngineDiskBytes()}
 		for _, ps := range rep.Partitions {
 			if slices.ContainsFunc(ps.Replicas, func(r replicaStatus) bool { return r.Node == ns.ID }) ||
 				slices.ContainsFunc(ps.Learners, func(r replicaStatus) bool { return r.Node == ns.ID }) {
@@ -498,13 +509,13 @@ func buildStatus(m *pb.ClusterMapResponse, replicas map[string]map[uint32]*pb.Pa
 
 func printStatus(w io.Writer, rep statusReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "NODE\tADDRESS\tSTATE\tPARTITIONS\tPRIMARIES\tSTATUS\n")
+	fmt.Fprintf(tw, "NODE\tADDRESS\tSTATE\tPARTITIONS\tPRIMARIES\tENGINE DISK\tSTATUS\n")
 	for _, n := range rep.Nodes {
-		st := "ok"
+		st, disk := "ok", bytesString(float64(n.EngineDiskBytes))
 		if n.Error != "" {
-			st = "unreachable: " + n.Error
+			st, disk = "unreachable: "+n.Error, "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Address, n.State, n.Partitions, n.Primaries, st)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", n.ID, n.Address, n.State, n.Partitions, n.Primaries, disk, st)
 	}
 	fmt.Fprintf(tw, "\nPARTITION\tPRIMARY\tREPLICAS (state/term/applied, lag entries/seconds)\n")
 	for _, p := range rep.Partitions {

@@ -173,6 +173,16 @@ func TestStatus(t *testing.T) {
 	if len(rep.Nodes) != 3 || len(rep.Partitions) != 8 || !everyPrimaryApplied(rep) {
 		t.Fatalf("want 3 nodes and 8 partitions, each with a primary that applied an entry:\n%s", r.stdout)
 	}
+	// Every engine has files on disk (a manifest at least): 0 is a size
+	// lost on the way from the node.
+	for _, n := range rep.Nodes {
+		if n.EngineDiskBytes == 0 {
+			t.Fatalf("node %s reports an empty engine after a write:\n%s", n.ID, r.stdout)
+		}
+	}
+	if !strings.Contains(text.stdout, "ENGINE DISK") || !strings.Contains(text.stdout, " MiB ") {
+		t.Fatalf("text status lacks the engines' sizes:\n%s", text.stdout)
+	}
 	for _, p := range rep.Partitions {
 		for _, rs := range p.Replicas {
 			if rs.State == "unreachable" || rs.AppliedIndex > rs.LastLogIndex {

@@ -287,22 +287,24 @@ func TestStatusOfAMove(t *testing.T) {
 		return &pb.PartitionStatus{Partition: p, State: st, Term: 2, AppliedIndex: applied, CommitIndex: applied, LastLogIndex: applied}
 	}
 	leader, follower := pb.RaftState_RAFT_STATE_LEADER, pb.RaftState_RAFT_STATE_FOLLOWER
-	replicas := map[string]map[uint32]*pb.PartitionStatus{
-		"n1": {0: ps(0, leader, 40), 1: ps(1, follower, 7)},
-		"n2": {0: ps(0, follower, 40), 1: ps(1, leader, 7)},
-		"n4": {0: ps(0, follower, 12), 1: ps(1, follower, 7)},
+	statuses := map[string]*pb.StatusResponse{
+		"n1": {EngineDiskBytes: 3 << 20, Partitions: []*pb.PartitionStatus{ps(0, leader, 40), ps(1, follower, 7)}},
+		"n2": {EngineDiskBytes: 3 << 20, Partitions: []*pb.PartitionStatus{ps(0, follower, 40), ps(1, leader, 7)}},
+		"n4": {EngineDiskBytes: 1 << 19, Partitions: []*pb.PartitionStatus{ps(0, follower, 12), ps(1, follower, 7)}},
 	}
 	lagOf := map[lagKey]*lag{{0, "n4"}: {entries: 28}}
-	rep := buildStatus(m, replicas, map[string]string{"n3": "connection refused"}, lagOf)
+	rep := buildStatus(m, statuses, map[string]string{"n3": "connection refused"}, lagOf)
 
 	type counts struct {
 		state                 string
 		partitions, primaries int
+		disk                  uint64
 		err                   string
 	}
-	wantNodes := map[string]counts{"n1": {"up", 2, 1, ""}, "n2": {"up", 2, 1, ""}, "n3": {"leaving", 1, 0, "connection refused"}, "n4": {"up", 2, 0, ""}}
+	wantNodes := map[string]counts{"n1": {"up", 2, 1, 3 << 20, ""}, "n2": {"up", 2, 1, 3 << 20, ""},
+		"n3": {"leaving", 1, 0, 0, "connection refused"}, "n4": {"up", 2, 0, 1 << 19, ""}}
 	for _, n := range rep.Nodes {
-		if got := (counts{n.State, n.Partitions, n.Primaries, n.Error}); got != wantNodes[n.ID] {
+		if got := (counts{n.State, n.Partitions, n.Primaries, n.EngineDiskBytes, n.Error}); got != wantNodes[n.ID] {
 			t.Errorf("node %s: %+v, want %+v", n.ID, got, wantNodes[n.ID])
 		}
 	}
@@ -323,7 +325,9 @@ func TestStatusOfAMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"n3    h3:1     leaving  1           0          unreachable: connection refused\n",
+		"n1    h1:1     up       2           1          3.0 MiB      ok\n",
+		"n3    h3:1     leaving  1           0          -            unreachable: connection refused\n",
+		"n4    h4:1     up       2           0          0.5 MiB      ok\n",
 		"0          n1       n1=leader/2/40  n2=follower/2/40  n3=unreachable/0/0  learner n4=follower/2/12 lag 28  moving to n1,n2,n4\n",
 		"1          n2       n2=leader/2/7  n1=follower/2/7  n4=follower/2/7\n",
 		"\nmoves in flight: 1\n",

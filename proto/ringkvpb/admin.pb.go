@@ -1150,9 +1150,12 @@ type StatusResponse struct {
 	// The leader of the metadata group as this node knows it (empty: none).
 	MetadataLeader string `protobuf:"bytes,6,opt,name=metadata_leader,json=metadataLeader,proto3" json:"metadata_leader,omitempty"`
 	// The epoch of this node's view of the cluster metadata.
-	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Epoch uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Bytes the node's storage engine takes on disk (the WAL is not
+	// included); ringkv_engine_disk_bytes on /metrics.
+	EngineDiskBytes uint64 `protobuf:"varint,8,opt,name=engine_disk_bytes,json=engineDiskBytes,proto3" json:"engine_disk_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1230,6 +1233,13 @@ func (x *StatusResponse) GetMetadataLeader() string {
 func (x *StatusResponse) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetEngineDiskBytes() uint64 {
+	if x != nil {
+		return x.EngineDiskBytes
 	}
 	return 0
 }
@@ -1411,7 +1421,7 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\fR\x05entry\"\x11\n" +
 	"\x0fReofferResponse\"\x0f\n" +
-	"\rStatusRequest\"\x86\x02\n" +
+	"\rStatusRequest\"\xb2\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12:\n" +
@@ -1422,7 +1432,8 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12'\n" +
 	"\x0fmetadata_leader\x18\x06 \x01(\tR\x0emetadataLeader\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"\x9b\x02\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12*\n" +
+	"\x11engine_disk_bytes\x18\b \x01(\x04R\x0fengineDiskBytes\"\x9b\x02\n" +
 	"\x0fPartitionStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.ringkv.v1.RaftStateR\x05state\x12\x1b\n" +
