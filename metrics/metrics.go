@@ -290,6 +290,8 @@ var (
 		"Re-offered fast writes this primary applied that lost to a newer write of the key.", []string{"partition"}, nil)
 	descReofferDropped = prometheus.NewDesc("ringkv_fast_writes_reoffer_dropped_total",
 		"Re-offered fast writes this replica dropped because no primary can take them (undecodable, or breaking the limits).", []string{"partition"}, nil)
+	descSnapshotsInstalled = prometheus.NewDesc("ringkv_snapshots_installed_total",
+		"Snapshots this node's replica of the partition received from a primary and ingested (catch-up after it fell too far behind; a restart installs none).", []string{"partition"}, nil)
 	descTombstones = prometheus.NewDesc("ringkv_tombstones",
 		"Deleted keys whose tombstone this node's replica of the partition keeps until a purge removes it (--tombstone-ttl after the delete).", []string{"partition"}, nil)
 	descLagEntries = prometheus.NewDesc("ringkv_replication_lag_entries",
@@ -338,7 +340,7 @@ type collector struct{ m *Metrics }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descIsPrimary, descTerm, descCommit, descApplied, descLeaderChanges,
-		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descReofferDropped, descTombstones, descLagEntries, descLagSeconds,
+		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descReofferDropped, descSnapshotsInstalled, descTombstones, descLagEntries, descLagSeconds,
 		descNodeUp, descWALSize, descEngineDisk, descEngineL0Files, descEngineL0Sublevels, descEngineReadAmp, descEngineDebt,
 		descEngineCompacting, descEngineCompactions, descEngineMemTable, descEngineCacheSize, descEngineCacheHits, descEngineCacheMisses} {
 		ch <- d
@@ -378,6 +380,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descReoffered, stats.Reoffered.Load())
 		counter(descReofferLost, stats.ReofferLost.Load())
 		counter(descReofferDropped, stats.ReofferDropped.Load())
+		counter(descSnapshotsInstalled, stats.SnapshotsInstalled.Load())
 		gauge(descTombstones, float64(r.Tombstones()))
 
 		// Only Raft contact is seen: a primary hears from its followers and a

@@ -178,6 +178,7 @@ func TestStateSeries(t *testing.T) {
 	r.stats.ReofferLost.Store(1)
 	r.stats.ReofferDropped.Store(2)
 	r.stats.LeaderChanges.Store(3)
+	r.stats.SnapshotsInstalled.Store(4)
 	m := New(Options{Node: "n1", Replicas: func() []Replica { return []Replica{r} }, WALStats: func() wal.Stats { return wal.Stats{SizeBytes: 4096} }})
 	p := map[string]string{"partition": "2"}
 	for name, want := range map[string]float64{
@@ -191,6 +192,7 @@ func TestStateSeries(t *testing.T) {
 		"ringkv_fast_writes_reoffered_total":       5,
 		"ringkv_fast_writes_reoffer_lost_total":    1,
 		"ringkv_fast_writes_reoffer_dropped_total": 2,
+		"ringkv_snapshots_installed_total":         4,
 		"ringkv_tombstones":                        6,
 	} {
 		if got, ok := sample(t, m.Registry(), name, p); !ok || got != want {

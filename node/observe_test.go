@@ -98,7 +98,7 @@ var requiredSeries = []string{
 	"ringkv_replication_lag_entries", "ringkv_replication_lag_seconds",
 	"ringkv_raft_is_primary", "ringkv_raft_term", "ringkv_raft_commit_index", "ringkv_raft_applied_index",
 	"ringkv_raft_leader_changes_total",
-	"ringkv_fast_writes_uncommitted", "ringkv_fast_writes_reoffered_total", "ringkv_fast_writes_reoffer_lost_total",
+	"ringkv_fast_writes_uncommitted", "ringkv_fast_writes_reoffered_total", "ringkv_fast_writes_reoffer_lost_total", "ringkv_snapshots_installed_total",
 	"ringkv_tombstones",
 	"ringkv_node_up", "ringkv_partition_replicas", "ringkv_moves_in_flight",
 	"ringkv_engine_disk_bytes", "ringkv_engine_l0_files", "ringkv_engine_l0_sublevels", "ringkv_engine_read_amplification",
