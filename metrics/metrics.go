@@ -76,10 +76,10 @@ type Options struct {
 	Now func() time.Time
 }
 
-// DefaultUpWindow is Options.UpWindow when none is set: three of raft's
-// default heartbeat timeouts, while leaders contact followers ten times per
-// heartbeat timeout.
-const DefaultUpWindow = 1500 * time.Millisecond
+// DefaultUpWindow is Options.UpWindow when none is set: three of
+// raftgroup.DefaultHeartbeatTimeout (node TestDefaultUpWindowFollowsTheTiming),
+// while leaders contact followers ten times per heartbeat timeout.
+const DefaultUpWindow = 1200 * time.Millisecond
 
 // Metrics holds a node's instruments and its registry.
 type Metrics struct {

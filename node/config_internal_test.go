@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ringkv/ringkv/cluster"
+	"github.com/ringkv/ringkv/metrics"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/shard"
 )
@@ -67,6 +68,14 @@ func TestDerivedValuesUseDefaults(t *testing.T) {
 	}
 	if w := heartbeatWindow(cfg); w != raftgroup.DefaultHeartbeatTimeout/20 || w == 0 {
 		t.Fatalf("heartbeat window %v, want %v", w, raftgroup.DefaultHeartbeatTimeout/20)
+	}
+}
+
+// TestDefaultUpWindowFollowsTheTiming: metrics cannot import raftgroup, so
+// its default up window restates three default heartbeat timeouts.
+func TestDefaultUpWindowFollowsTheTiming(t *testing.T) {
+	if want := 3 * raftgroup.DefaultHeartbeatTimeout; metrics.DefaultUpWindow != want {
+		t.Fatalf("metrics.DefaultUpWindow = %v, want %v", metrics.DefaultUpWindow, want)
 	}
 }
 

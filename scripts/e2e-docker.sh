@@ -39,7 +39,7 @@ start=$SECONDS
 project="ringkv-e2e-$$-${RANDOM}"
 export RINGKV_IMAGE=${RINGKV_IMAGE:-ringkv:dev}
 export RINGKV_CLIENT_PORT=       # a free host port: never collide with a local cluster
-export RINGKV_RAFT_TIMEOUT=1s    # leader lease: room to act on a cut-off primary
+export RINGKV_RAFT_TIMEOUT=1s RINGKV_LEADER_LEASE=1s # leader lease: room to act on a cut-off primary
 net="${project}_ringkv"
 passed=0
 failed=0
