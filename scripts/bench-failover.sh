@@ -22,7 +22,7 @@
 #
 # What is measured: a request's latency runs from its first send until it
 # succeeded, including the Go client's own retries and backoff (NotPrimary,
-# an unreachable node; 20 ms doubling to 1 s) and, under --retry, the
+# an unreachable node; 20 ms doubling to 250 ms) and, under --retry, the
 # load's repeats of a put that failed (10 ms after each failure, the same key
 # and value): what a caller that repeats a failed write until it succeeds
 # waits. Per round:
