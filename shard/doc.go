@@ -64,8 +64,8 @@
 // ErrLeadershipLost is settled (below); any other failure, and a timeout,
 // is *NoQuorumError: the entry may still commit. A strong write on a
 // primary cut off from its group fails once its lease has run out and
-// settle has waited an election timeout, never later than OpTimeout
-// (TestIsolatedPrimary, TestSettleWaitIsBounded).
+// settle has waited the time an election takes, never later than
+// OpTimeout (TestIsolatedPrimary, TestSettleWaitIsBounded).
 //
 // At shutdown (Close) a write gets what raft's state at that moment gives
 // it. A proposal raft no longer takes fails with ErrClosed
@@ -143,18 +143,24 @@
 // has left the log (TestSettle).
 //
 // The wait (waitSettled) is bounded by the write's deadline and, unless the
-// replica knows a leader by then, by one ElectionTimeout: only a leader's
-// commit index tells the outcome, and in a hand-over, or after an election,
-// a leader contacts the replica well within that. A replica that has heard
-// from none is most likely cut off (a primary whose lease ran out) and
-// would learn nothing until healed, so its writes fail NoQuorum then rather
-// than at OpTimeout, and their callers can repeat them at the new primary
-// (TestSettleWaitIsBounded; docs/benchmarks.md, "Failover and Raft timing",
-// measured every write in flight on an isolated primary waiting the whole
-// op timeout before the bound). A replica that knows a leader waits on,
-// within the deadline: the leader's next entries, or at the latest its
-// randomized CommitTimeout (up to twice CommitTimeout), carry the commit
-// index, and an answer beats an unknown outcome.
+// replica knows a leader by then, by the time the group takes to elect one
+// after this replica stepped down, 2*(HeartbeatTimeout+ElectionTimeout)
+// (settleBound): only a leader's commit index tells the outcome. In a
+// hand-over the target campaigns at once; a primary whose lease ran out in
+// a stall, though not cut off, is elected again (or hears from whoever
+// is) only once a heartbeat timeout, its own or a follower's, has run out
+// and a vote was held, so one ElectionTimeout was too short: such writes
+// failed though their entries then committed
+// (TestSettleAfterSpuriousStepDown). A replica that has heard from no
+// leader by the bound is most likely cut off (a primary whose lease ran
+// out) and would learn nothing until healed, so its writes fail NoQuorum
+// then rather than at OpTimeout, and their callers can repeat them at the
+// new primary (TestSettleWaitIsBounded; docs/benchmarks.md, "Failover and
+// Raft timing", measured every write in flight on an isolated primary
+// waiting the whole op timeout before the bound). A replica that knows a
+// leader waits on, within the deadline: the leader's next entries, or at
+// the latest its randomized CommitTimeout (up to twice CommitTimeout),
+// carry the commit index, and an answer beats an unknown outcome.
 //
 // # Re-offering fast writes
 //

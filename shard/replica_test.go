@@ -680,13 +680,14 @@ func TestSettle(t *testing.T) {
 	}
 }
 
-// TestSettleWaitIsBounded: settle waits one ElectionTimeout to learn a
-// write's outcome unless it knows a leader, not the write's whole op
-// timeout. A primary cut off from its group hears from no leader after its
-// lease ran out, so its write in flight fails NoQuorum (outcome unknown)
-// about a lease and an election timeout after it was sent, here with an op
-// timeout of 20 s; a replica in touch with a leader keeps waiting past the
-// bound, as the leader will tell it the commit index.
+// TestSettleWaitIsBounded: settle waits settleBound (the time an election
+// takes) to learn a write's outcome unless it knows a leader, not the
+// write's whole op timeout. A primary cut off from its group hears from no
+// leader after its lease ran out, so its write in flight fails NoQuorum
+// (outcome unknown) about a lease and settleBound (4 s here) after it was
+// sent, here with an op timeout of 20 s; a replica in touch with a leader
+// keeps waiting past the bound, as the leader will tell it the commit
+// index.
 func TestSettleWaitIsBounded(t *testing.T) {
 	const opTimeout = 20 * time.Second
 	// 1 s timing: the write below must reach raft before the isolated
@@ -710,7 +711,7 @@ func TestSettleWaitIsBounded(t *testing.T) {
 	// until its deadline, past the bound.
 	f := g.followers(l)[0]
 	eventually(t, "the follower to know its leader", func() bool { id, _ := f.Leader(); return id != "" })
-	fctx, cancel := context.WithTimeout(ctx, timing.ElectionTimeout+500*time.Millisecond)
+	fctx, cancel := context.WithTimeout(ctx, settleBound(timing)+500*time.Millisecond)
 	_, err := f.settle(fctx, index+1000, mine, Strong, raft.ErrLeadershipLost)
 	cancel()
 	if !errors.Is(err, ErrNoQuorum) || fctx.Err() == nil {
@@ -730,9 +731,73 @@ func TestSettleWaitIsBounded(t *testing.T) {
 		t.Fatalf("write on the isolated primary: %v; want NoQuorum after leadership lost, no leader heard from", err)
 	case took > opTimeout/2:
 		t.Fatalf("write on the isolated primary failed after %v; the bound is about a lease plus %v, the op timeout %v",
-			took, timing.ElectionTimeout, opTimeout)
+			took, settleBound(timing), opTimeout)
 	}
 	g.connectAll()
+	g.converged()
+}
+
+// TestSettleAfterSpuriousStepDown: a primary that lost leadership for a
+// moment, not cut off (its lease ran out in a stall on a loaded machine),
+// learns its write's outcome in settle and answers it, rather than failing
+// it NoQuorum (Unavailable, which a client does not resend) before the
+// group has had time to elect a leader. After stepping down it hears from
+// no leader until some heartbeat timeout has run out, its own at the
+// earliest, which raft draws between HeartbeatTimeout and twice it: with
+// settle bounded by one ElectionTimeout (equal to HeartbeatTimeout, as by
+// default) the write failed though its entry then committed. The
+// followers' long heartbeat timeout leaves the election to the old
+// primary, which holds the write's entry, so the write takes effect.
+func TestSettleAfterSpuriousStepDown(t *testing.T) {
+	const opTimeout = 30 * time.Second
+	// 1 s: the write below must reach raft before the primary's lease runs
+	// out, on a loaded machine.
+	short := raftgroup.Timing{
+		HeartbeatTimeout:   time.Second,
+		ElectionTimeout:    time.Second,
+		LeaderLeaseTimeout: time.Second,
+		CommitTimeout:      10 * time.Millisecond,
+	}
+	long := short
+	long.HeartbeatTimeout, long.ElectionTimeout = time.Minute, time.Minute
+	g := newGroup(t, func(c *Config) {
+		c.Raft, c.OpTimeout = long, opTimeout
+		if c.NodeID == "n1" {
+			c.Raft = short
+		}
+	})
+	l := g.leader()
+	if l.cfg.NodeID != "n1" {
+		t.Fatalf("%s leads; want n1, whose heartbeat timeout alone is short", l.cfg.NodeID)
+	}
+	ctx := context.Background()
+	if _, err := l.Put(ctx, []byte("base"), []byte("0"), Strong); err != nil {
+		t.Fatal(err)
+	}
+
+	// Cut off just until the lease runs out: the write's entry stays on
+	// the primary alone, and it steps down.
+	g.isolate(l.cfg.NodeID)
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Put(ctx, []byte("s"), []byte("x"), Strong)
+		done <- err
+	}()
+	eventually(t, "the cut-off primary to step down", func() bool { return !l.IsPrimary() })
+	g.connectAll()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write on a primary that stepped down for a moment: %v; want it settled once the group elected a leader", err)
+		}
+	case <-time.After(2 * opTimeout):
+		t.Fatal("the write did not return within twice its op timeout")
+	}
+	eventually(t, "the old primary to lead again", l.IsPrimary)
+	it, err := l.Get(ctx, []byte("s"), Quorum)
+	if err != nil || string(it.Value) != "x" {
+		t.Fatalf("quorum read after the settled write: %v, %v", it, err)
+	}
 	g.converged()
 }
 

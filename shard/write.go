@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/ringkv/ringkv/fsm"
+	"github.com/ringkv/ringkv/raftgroup"
 )
 
 // WriteMode says when a write is acknowledged.
@@ -222,20 +223,23 @@ func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mod
 var errNoLeaderHeard = errors.New("no leader heard from")
 
 // waitSettled waits, for settle, until this replica has applied index: for
-// one ElectionTimeout, and past that only while it knows a leader, always
-// within ctx (the write's op timeout).
+// settleBound, and past that only while it knows a leader, always within
+// ctx (the write's op timeout).
 //
-// Why one ElectionTimeout: the replica learns the outcome only from a
-// leader's commit index, so it must first hear from one. In a hand-over,
-// the case settle exists for, the target campaigns at once and contacts
-// this replica within a round trip; after a spurious election the group has
-// a leader within one election round, which raft bounds by ElectionTimeout
-// before it tries again. A replica that has heard from no leader by then is
-// most likely cut off, as when it stepped down because its lease ran out,
-// and learns nothing until healed: waiting out the whole op timeout there
-// only stalls the client (docs/benchmarks.md, "Failover and Raft timing":
-// every write in flight on an isolated primary waited the full 3 s), while
-// failing Unavailable lets the caller repeat it at the new primary.
+// Why a bound: the replica learns the outcome only from a leader's commit
+// index, so it must first hear from one. One that has heard from none
+// once an election had time to run its course is most likely cut off, as
+// when it stepped down because its lease ran out, and learns nothing until
+// healed: waiting out the whole op timeout there only stalls the client
+// (docs/benchmarks.md, "Failover and Raft timing": every write in flight
+// on an isolated primary waited the full 3 s), while failing Unavailable
+// lets the caller repeat it at the new primary.
+//
+// Why settleBound (see there) and not less: one ElectionTimeout was too
+// short: a primary that stepped down for a moment's stall, not cut off,
+// is the group's next leader only once its own heartbeat timeout has run
+// out, and it failed writes whose entries it then committed
+// (TestSettleAfterSpuriousStepDown).
 //
 // Why longer once a leader is known: that leader's commit index reaches
 // this replica with its next entries, or, in a group gone idle, within
@@ -244,16 +248,36 @@ var errNoLeaderHeard = errors.New("no leader heard from")
 // turn a write that took effect, or one safe to send again, into an
 // unknown outcome.
 func (r *Replica) waitSettled(ctx context.Context, index uint64) error {
-	bounded, cancel := context.WithTimeout(ctx, r.cfg.Raft.ElectionTimeout)
+	bound := settleBound(r.cfg.Raft)
+	bounded, cancel := context.WithTimeout(ctx, bound)
 	err := r.waitApplied(bounded, index)
 	cancel()
 	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	if id, _ := r.Leader(); id == "" {
-		return fmt.Errorf("%w within %v", errNoLeaderHeard, r.cfg.Raft.ElectionTimeout)
+		return fmt.Errorf("%w within %v", errNoLeaderHeard, bound)
 	}
 	return r.waitApplied(ctx, index)
+}
+
+// settleBound is how long settle waits to hear from a leader: long enough
+// for the group to elect one after this replica stepped down. In a
+// hand-over the target campaigns at once, but a replica that lost
+// leadership otherwise (its lease ran out in a stall, a higher term) waits
+// for a heartbeat timeout like every follower before anyone campaigns:
+// raft draws it between HeartbeatTimeout and twice it, and this replica's
+// own, started as it stepped down, is one of them; as it holds the latest
+// entries, it is usually the one elected, its writes in flight then
+// committing in its new term. A candidate that gets no majority tries
+// again after its election timeout, drawn between ElectionTimeout and
+// twice it. So by 2*(HeartbeatTimeout+ElectionTimeout) a replica in touch
+// with its group has won an election or heard from the winner, unless
+// votes split or the machine stalls longer still (then its writes fail
+// NoQuorum as a cut-off primary's do), and one that has not has lost a
+// whole election round.
+func settleBound(t raftgroup.Timing) time.Duration {
+	return 2 * (t.HeartbeatTimeout + t.ElectionTimeout)
 }
 
 // sameWrite reports whether a and b are one write: same kind, key and stamp,
