@@ -23,11 +23,19 @@ func TestTombstonesPurged(t *testing.T) {
 	ctx := context.Background()
 	kv := pb.NewKVClient(c.Conn(0))
 	key := []byte("purged")
-	if resp, err := kv.Put(ctx, &pb.PutRequest{Key: key, Value: []byte("v")}); err != nil || resp.GetVersion() != 1 {
+	var resp *pb.PutResponse
+	if err := retryNotPrimary(t, func() (err error) {
+		resp, err = kv.Put(ctx, &pb.PutRequest{Key: key, Value: []byte("v")})
+		return err
+	}); err != nil || resp.GetVersion() != 1 {
 		t.Fatalf("put: %v, %v", resp, err)
 	}
-	if resp, err := kv.Delete(ctx, &pb.DeleteRequest{Key: key}); err != nil || resp.GetVersion() != 2 {
-		t.Fatalf("delete: %v, %v", resp, err)
+	var del *pb.DeleteResponse
+	if err := retryNotPrimary(t, func() (err error) {
+		del, err = kv.Delete(ctx, &pb.DeleteRequest{Key: key})
+		return err
+	}); err != nil || del.GetVersion() != 2 {
+		t.Fatalf("delete: %v, %v", del, err)
 	}
 	tombstones := func() (int, string) {
 		n, all := series(t, c, "ringkv_tombstones", func(_ map[string]string, v float64) bool { return v > 0 })
@@ -42,7 +50,10 @@ func TestTombstonesPurged(t *testing.T) {
 		n, all := tombstones()
 		return n == 0, all
 	})
-	if resp, err := kv.Put(ctx, &pb.PutRequest{Key: key, Value: []byte("again")}); err != nil || resp.GetVersion() != 1 {
+	if err := retryNotPrimary(t, func() (err error) {
+		resp, err = kv.Put(ctx, &pb.PutRequest{Key: key, Value: []byte("again")})
+		return err
+	}); err != nil || resp.GetVersion() != 1 {
 		t.Fatalf("put after the purge: %v, %v; want version 1", resp, err)
 	}
 }
