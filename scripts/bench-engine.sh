@@ -46,13 +46,15 @@ LOAD_FLAGS=${LOAD_FLAGS:---clients 64}
 # run_json ARGS... runs `kvctl bench --json ARGS` and prints its report.
 run_json() { bin/kvctl bench --json --timeout 10s "$@" 2>/dev/null; }
 
-# load FROM TO VALUE prints "keys/s errors seconds" of loading keys FROM..TO-1.
+# load FROM TO VALUE prints "keys/s errors[,CODE=N...] seconds" of loading
+# keys FROM..TO-1. A put that fails is sent again until it succeeds (for up
+# to a minute), so that every key exists; what failed for good is counted.
 load() {
 	local from=$1 to=$2 value=$3 args=()
 	((from == 0)) || args=(--load-from "$from")
 	# shellcheck disable=SC2086 # LOAD_FLAGS is a list of flags
-	run_json --workload W --load --duration 0 --keys "$to" --value-size "$value" "${args[@]}" $LOAD_FLAGS |
-		jq -r '.load | "\(.ok / .seconds | floor) \(.errors) \(.seconds | floor)"'
+	run_json --workload W --load --duration 0 --keys "$to" --value-size "$value" --retry 60s "${args[@]}" $LOAD_FLAGS |
+		jq -r '.load | "\(.ok / .seconds | floor) \(.errors)\(.operations[0].errors // {} | to_entries | map(",\(.key)=\(.value)") | join("")) \(.seconds | floor)"'
 }
 
 rss_mib() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
@@ -144,7 +146,8 @@ table_bigdata() {
 	# Each node's group is made under this shell's own (cgroup v1).
 	mem=$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)
 	export RINGKV_CGROUP="/sys/fs/cgroup/memory${mem%/}/ringkv-bench-$$"
-	trap 'ringkv_stop; rmdir "$RINGKV_CGROUP"/n* "$RINGKV_CGROUP" 2>/dev/null; rm -rf "$BENCH_TMP"' EXIT
+	# shellcheck disable=SC2064 # the group's path is fixed now
+	trap "ringkv_stop; rmdir '$RINGKV_CGROUP'/n[0-9] '$RINGKV_CGROUP' 2>/dev/null; rm -rf '$BENCH_TMP'" EXIT
 	for i in 1 2 3; do
 		mkdir -p "$RINGKV_CGROUP/n$i"
 		echo $((BIG_LIMIT_MIB * 1048576)) >"$RINGKV_CGROUP/n$i/memory.limit_in_bytes"
