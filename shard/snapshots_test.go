@@ -2,7 +2,6 @@ package shard
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -162,17 +161,20 @@ func TestRecoverDropsPartialSnapshots(t *testing.T) {
 // its marker is written, so a replica whose process dies right after (its
 // memtable lost, its log truncated to the snapshot) restarts level with
 // the marker. Without the flush the restarted engine would be behind a
-// marker, which recover refuses as lost data.
+// marker, which recover refuses as lost data. The writes are sent again if
+// they meet an election (group.put).
 func TestSnapshotMakesTheEngineDurable(t *testing.T) {
 	g := newGroup(t, func(c *Config) {
 		c.SnapshotPolicy = raftgroup.SnapshotPolicy{Threshold: 1 << 20, TrailingLogs: 0, Interval: time.Hour}
 	})
-	l := g.leader()
-	ctx := context.Background()
+	g.leader()
+	var l *Replica
 	for i := range 50 {
-		if _, err := l.Put(ctx, fmt.Appendf(nil, "k%02d", i), []byte("v"), Strong); err != nil {
+		w, err := g.put(t, fmt.Appendf(nil, "k%02d", i), []byte("v"), Strong)
+		if err != nil {
 			t.Fatal(err)
 		}
+		l = w.by
 	}
 	f := g.followers(l)[0]
 	id := f.cfg.NodeID
