@@ -59,7 +59,9 @@ load() {
 
 rss_mib() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
-state_bytes() { du -sb "$BENCH_TMP/cluster/n$1/state" | cut -f1; }
+# state_bytes I prints the bytes of nI's engine on disk (0 for a build from
+# before the engine, which kept its state in memory).
+state_bytes() { if [[ -d "$BENCH_TMP/cluster/n$1/state" ]]; then du -sb "$BENCH_TMP/cluster/n$1/state" | cut -f1; else echo 0; fi; }
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
 # caught_up N succeeds once every replica on nN has applied its partition's
