@@ -9,7 +9,8 @@
 #
 # Sourced (as the other bench scripts do) it only defines the helpers:
 # free_ports, wait_until, stop_pids, ringkv_build, ringkv_start,
-# ringkv_start_node, cpu_ticks, bench_init, ringkv_stop.
+# ringkv_start_node, fresh_cluster, caught_up, cpu_ticks, bench_init,
+# ringkv_stop.
 set -euo pipefail
 
 # free_ports N prints N distinct TCP ports of 127.0.0.1 that nothing listens
@@ -102,6 +103,22 @@ ringkv_start_node() {
 	"${enter[@]}" bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
 		--peers "$RINGKV_PEERS" --log-level "${KVNODE_LOG_LEVEL:-warn}" ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
 	RINGKV_PIDS[i - 1]=$!
+}
+
+# fresh_cluster stops the running cluster, if any, and starts a new one with
+# its data in BENCH_TMP/cluster.
+fresh_cluster() {
+	ringkv_stop
+	rm -rf "$BENCH_TMP/cluster"
+	ringkv_start "$BENCH_TMP/cluster"
+}
+
+# caught_up N succeeds once every replica on nN has applied its partition's
+# commit index as the primary reports it.
+caught_up() {
+	bin/kvctl status --json --timeout 2s 2>/dev/null | jq -e --arg n "n$1" '
+		[.partitions[] | (.replicas | map(select(.state == "leader")) | .[0].commit_index) as $c
+			| .replicas[] | select(.node == $n) | .applied_index >= $c] | all' >/dev/null
 }
 
 # cpu_ticks PID... prints the sum of utime and stime of each PID, in clock

@@ -64,14 +64,6 @@ hwm_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 state_bytes() { if [[ -d "$BENCH_TMP/cluster/n$1/state" ]]; then du -sb "$BENCH_TMP/cluster/n$1/state" | cut -f1; else echo 0; fi; }
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
-# caught_up N succeeds once every replica on nN has applied its partition's
-# commit index as the primary reports it.
-caught_up() {
-	bin/kvctl status --json --timeout 2s 2>/dev/null | jq -e --arg n "n$1" '
-		[.partitions[] | (.replicas | map(select(.state == "leader")) | .[0].commit_index) as $c
-			| .replicas[] | select(.node == $n) | .applied_index >= $c] | all' >/dev/null
-}
-
 # restart_ready I SIGNAL stops node nI with SIGNAL, starts it again serving
 # /readyz on a free port and sets READY_SECONDS to the seconds from its start
 # until /readyz answered 200, and CAUGHT_SECONDS until every replica on it had
@@ -91,12 +83,6 @@ restart_ready() {
 	READY_SECONDS=$(elapsed_since "$t0")
 	until caught_up "$i"; do sleep 0.1; done
 	CAUGHT_SECONDS=$(elapsed_since "$t0")
-}
-
-fresh_cluster() {
-	ringkv_stop
-	rm -rf "$BENCH_TMP/cluster"
-	ringkv_start "$BENCH_TMP/cluster"
 }
 
 table_growth() {

@@ -64,12 +64,6 @@ header() {
 	echo "|---|---|---|---|---|"
 }
 
-fresh_cluster() {
-	ringkv_stop
-	rm -rf "$BENCH_TMP/cluster"
-	ringkv_start "$BENCH_TMP/cluster"
-}
-
 table_clients() {
 	fresh_cluster
 	bin/kvctl bench --load --duration 0 --clients 64 --keys "$KEYS" --value-size 100 >/dev/null 2>&1
@@ -108,14 +102,6 @@ table_values() {
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-# caught_up succeeds once every replica on n3 has applied its partition's
-# commit index as the primary reports it.
-caught_up() {
-	bin/kvctl status --json --timeout 2s 2>/dev/null | jq -e '
-		[.partitions[] | (.replicas | map(select(.state == "leader")) | .[0].commit_index) as $c
-			| .replicas[] | select(.node == "n3") | .applied_index >= $c] | all' >/dev/null
-}
-
 table_memory() {
 	fresh_cluster
 	sleep 3
@@ -132,7 +118,7 @@ table_memory() {
 	echo "n1 resident: $((rss0 / 1024)) MiB before, $((rss1 / 1024)) MiB after: $(awk -v a="$rss0" -v b="$rss1" -v k="$MEMORY_KEYS" 'BEGIN { printf "%.0f", (b - a) * 1024 / k }') bytes per key (raw key+value ≈ $((6 + ${#MEMORY_KEYS} + 100)) B)"
 	t0=$EPOCHREALTIME
 	ringkv_start_node 3 "$BENCH_TMP/cluster"
-	until caught_up; do sleep 0.2; done
+	until caught_up 3; do sleep 0.2; done
 	n3rss=$(rss_kib "${RINGKV_PIDS[2]}")
 	echo "n3 restarted: applied everything committed after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s (process start included); n3 resident then: $((n3rss / 1024)) MiB"
 }
