@@ -60,14 +60,14 @@ func TestConfigWithDefaults(t *testing.T) {
 
 // TestDerivedValuesUseDefaults: derived values are computed
 // after defaults, so a library user who leaves the Raft timing zero still
-// gets heartbeat coalescing (a window of HeartbeatTimeout/20).
+// gets heartbeat coalescing (a window of HeartbeatTimeout/10).
 func TestDerivedValuesUseDefaults(t *testing.T) {
 	cfg, err := Config{ID: "n1", Listen: "127.0.0.1:0", DataDir: t.TempDir()}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := heartbeatWindow(cfg); w != raftgroup.DefaultHeartbeatTimeout/20 || w == 0 {
-		t.Fatalf("heartbeat window %v, want %v", w, raftgroup.DefaultHeartbeatTimeout/20)
+	if w := heartbeatWindow(cfg); w != raftgroup.DefaultHeartbeatTimeout/10 || w == 0 {
+		t.Fatalf("heartbeat window %v, want %v", w, raftgroup.DefaultHeartbeatTimeout/10)
 	}
 }
 

@@ -96,13 +96,15 @@ func (n *Node) Ready() error {
 		if r == nil {
 			continue
 		}
-		st := r.Status()
-		if st.LeaderID == "" {
+		// Atomic reads only, not Status: watchReady calls this for every
+		// partition four times a second, and Status's configuration read
+		// is a round trip through raft's main loop.
+		if id, _ := r.Leader(); id == "" {
 			return fmt.Errorf("%w: partition %d: no leader known", ErrNotReady, p)
 		}
-		if st.AppliedIndex+n.cfg.ReadyMaxLag < st.CommitIndex {
+		if commit, applied := r.Raft().CommitIndex(), r.AppliedIndex(); applied+n.cfg.ReadyMaxLag < commit {
 			return fmt.Errorf("%w: partition %d: applied index %d trails commit index %d by more than %d entries",
-				ErrNotReady, p, st.AppliedIndex, st.CommitIndex, n.cfg.ReadyMaxLag)
+				ErrNotReady, p, applied, commit, n.cfg.ReadyMaxLag)
 		}
 	}
 	return nil

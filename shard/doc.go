@@ -298,7 +298,8 @@
 //     its buffer is full, so this goroutine never waits for anything but
 //     pendingMu and the ready broadcast. It ends when closeCh is closed.
 //   - runReoffers owns delivery of the re-offer queue. It wakes on
-//     reofferCh (onTruncated, markTerm) and every election timeout, and
+//     reofferCh (onTruncated, markTerm), and an election timeout after a
+//     round that left entries behind (never while the queue is empty), and
 //     delivers until the queue is empty or a delivery fails for a reason
 //     other than the entry itself (which drops the entry). It ends when
 //     closeCh is closed, which a round checks before each delivery: Close

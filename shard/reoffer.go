@@ -64,7 +64,11 @@ func (r *Replica) signalReoffers() {
 // leaves the rest saved for the next start.
 func (r *Replica) runReoffers() {
 	defer r.wg.Done()
-	retry := time.NewTicker(r.cfg.Raft.ElectionTimeout)
+	// A round that leaves entries behind (no primary known yet, no quorum)
+	// comes back an election timeout later; with the queue empty only a
+	// signal wakes it, so that an idle replica costs no wake-ups. The timer
+	// starts armed for the entries Open loaded.
+	retry := time.NewTimer(r.cfg.Raft.ElectionTimeout)
 	defer retry.Stop()
 	for {
 		select {
@@ -75,7 +79,18 @@ func (r *Replica) runReoffers() {
 		}
 		for !r.closing() && r.deliverReoffer() {
 		}
+		if r.reoffersLeft() {
+			retry.Reset(r.cfg.Raft.ElectionTimeout)
+		} else {
+			retry.Stop()
+		}
 	}
+}
+
+func (r *Replica) reoffersLeft() bool {
+	r.reofferMu.Lock()
+	defer r.reofferMu.Unlock()
+	return len(r.reoffers) > 0
 }
 
 // closing reports whether Close has begun.
