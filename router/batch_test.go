@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
 )
 
@@ -317,4 +318,41 @@ func TestBatchServerBoundsRequestsInFlight(t *testing.T) {
 	if kv.most > bound {
 		t.Fatalf("%d requests served at once, want at most %d", kv.most, bound)
 	}
+}
+
+// TestWorkersAreReusedBoundedAndStopped: a request goes to a worker that
+// waits for one rather than to a new goroutine, no more than
+// maxIdleWorkers wait after a burst, and they all end when the server
+// drains.
+func TestWorkersAreReusedBoundedAndStopped(t *testing.T) {
+	stop := make(chan struct{})
+	w := &workers{work: make(chan func()), stop: stop}
+	burst := func(n int) (release func()) {
+		gate := make(chan struct{})
+		var started sync.WaitGroup
+		started.Add(n)
+		for range n {
+			w.run(func() {
+				started.Done()
+				<-gate
+			})
+		}
+		started.Wait()
+		return func() { close(gate) }
+	}
+	burst(2 * maxIdleWorkers)()
+	wait.Until(t, 20*time.Second, "maxIdleWorkers workers waiting after a burst of twice as many", func() bool {
+		if n := w.idle.Load(); n > maxIdleWorkers {
+			t.Fatalf("%d workers wait, more than %d", n, maxIdleWorkers)
+		}
+		return w.idle.Load() == maxIdleWorkers
+	})
+	// Requests that all block take waiting workers: fewer wait.
+	release := burst(maxIdleWorkers)
+	wait.Until(t, 20*time.Second, "blocked requests running on waiting workers", func() bool {
+		return w.idle.Load() < maxIdleWorkers
+	})
+	release()
+	close(stop)
+	wait.Until(t, 20*time.Second, "every worker ended after the drain", func() bool { return w.idle.Load() == 0 })
 }
