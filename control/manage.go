@@ -96,7 +96,11 @@ func (c *Controller) manageOnce(ctx context.Context) error {
 }
 
 // manageMetaGroup keeps every member in the metadata group: up to
-// MaxVoters healthy members vote, the others follow, removed ones go.
+// MaxVoters healthy members vote, the others follow, removed ones go. A
+// voter that is down gives its vote up while a healthy non-voter can take
+// it, so that losing voters one at a time never costs the group its
+// quorum while enough members live; the next round promotes the
+// non-voter. One change per round, as raft takes one at a time.
 func (c *Controller) manageMetaGroup(view *cluster.State) error {
 	r := c.cfg.Meta.Raft()
 	f := r.GetConfiguration()
@@ -123,6 +127,15 @@ func (c *Controller) manageMetaGroup(view *cluster.State) error {
 		}
 		c.log.Info("metadata group: removing a former member", "member", s.ID)
 		return r.RemoveServer(s.ID, idx, 5*time.Second).Error()
+	}
+	standby := slices.ContainsFunc(view.Members, func(m cluster.Member) bool {
+		return in[m.ID] == raft.Nonvoter && healthy(&m)
+	})
+	for _, s := range cfg.Servers {
+		if m := view.Member(string(s.ID)); standby && s.Suffrage == raft.Voter && m.State == cluster.Down {
+			c.log.Info("metadata group: a down voter gives its vote to a healthy member", "member", s.ID)
+			return r.DemoteVoter(s.ID, idx, 5*time.Second).Error()
+		}
 	}
 	for _, m := range view.Members {
 		suf, ok := in[m.ID]

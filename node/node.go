@@ -45,6 +45,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -386,12 +387,22 @@ func (n *Node) openMeta(view *cluster.State, create bool) (*cluster.Meta, error)
 		return nil, err
 	}
 	n.meta.Store(meta)
-	if create {
-		if err := meta.Bootstrap(metaServers(view)); err != nil {
+	if servers := metaServers(view); create && votes(servers, n.cfg.ID) {
+		// Only a voter may bootstrap (raft refuses with ErrNotVoter): a
+		// new cluster's members past MaxVoters learn the configuration,
+		// themselves as non-voters included, from the first leader.
+		if err := meta.Bootstrap(servers); err != nil {
 			return nil, fmt.Errorf("metadata group: bootstrap: %w", err)
 		}
 	}
 	return meta, nil
+}
+
+// votes reports whether id is a voter among servers.
+func votes(servers []raft.Server, id string) bool {
+	return slices.ContainsFunc(servers, func(s raft.Server) bool {
+		return s.ID == raft.ServerID(id) && s.Suffrage == raft.Voter
+	})
 }
 
 func (n *Node) fail(err error) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -288,4 +289,108 @@ func TestKillMetadataLeaderMidJoin(t *testing.T) {
 		t.Fatalf("%s holds no partition after the join finished", p.ID)
 	}
 	w.Finish(t)
+}
+
+// TestCreateClusterOfEachSize creates clusters of 3, 5, 6 and 7 nodes, each
+// node started with the same --peers as a new user would: every node
+// serves (past five, the metadata group's extra members join it as
+// non-voters instead of failing to bootstrap it), every partition has
+// three replicas and a primary, and a write through each node reads back
+// through every node.
+func TestCreateClusterOfEachSize(t *testing.T) {
+	for _, n := range []int{3, 5, 6, 7} {
+		t.Run(fmt.Sprintf("nodes=%d", n), func(t *testing.T) {
+			c := proccluster.Start(t, kvnodeBin, proccluster.Options{Nodes: n})
+			var ids []string
+			for _, p := range c.Procs {
+				ids = append(ids, p.ID)
+			}
+			waitSettled(t, c, 2*time.Minute, ids...)
+			for _, pm := range clusterMap(c).GetPartitionMap() {
+				if len(pm.GetReplicas()) != 3 {
+					t.Fatalf("partition %d has replicas %v", pm.GetPartition(), pm.GetReplicas())
+				}
+			}
+			clients := map[string]*client.Client{}
+			for _, p := range c.Procs {
+				if !p.Running() {
+					t.Fatalf("%s exited", p.ID)
+				}
+				cl, err := client.New(context.Background(), []string{p.Addr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cl.Close()
+				clients[p.ID] = cl
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			for _, p := range c.Procs {
+				key := []byte("written-through-" + p.ID)
+				if _, err := clients[p.ID].Put(ctx, key, key, client.Strong); err != nil {
+					t.Fatalf("put through %s: %v", p.ID, err)
+				}
+				for _, q := range c.Procs {
+					if got, err := clients[q.ID].Get(ctx, key, client.Quorum); err != nil || string(got.Value) != string(key) {
+						t.Fatalf("get of %s through %s: %q, %v", key, q.ID, got.Value, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMetadataVotersReplacedAsTheyDie: a seven-node cluster (five voters in
+// the metadata group, n1–n5, and two non-voters) loses three voters one
+// after another, each long before --replace-after: each down voter gives
+// its vote to a non-voter, so the group keeps a quorum of live voters and
+// records the third death too. Without the hand-over the third kill would
+// leave two live voters of five, and no change could be recorded again.
+func TestMetadataVotersReplacedAsTheyDie(t *testing.T) {
+	var mu sync.Mutex
+	var lines []string
+	watch := func(id, line string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.Contains(line, "metadata group") {
+			lines = append(lines, id+": "+line)
+		}
+	}
+	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Nodes: 7, Watch: watch,
+		Args: append(membershipArgs("10m"), "--log-level", "info")})
+	logged := func(what, member string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range lines {
+			if strings.Contains(l, what) && strings.Contains(l, "member="+member) {
+				return true
+			}
+		}
+		return false
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, l := range lines {
+				t.Log(l)
+			}
+		}
+	})
+	for i, victim := range []string{"n1", "n2", "n3"} {
+		c.Kill(c.ByID(victim))
+		eventually(t, 2*time.Minute, victim+" recorded down", func() bool {
+			for _, n := range clusterMap(c).GetNodes() {
+				if n.GetId() == victim {
+					return n.GetState() == "down"
+				}
+			}
+			return false
+		})
+		if standby := []string{"n6", "n7"}; i < len(standby) {
+			eventually(t, time.Minute, victim+"'s vote handed to "+standby[i], func() bool {
+				return logged("a down voter gives its vote", victim) && logged("promoting a member", standby[i])
+			})
+		}
+	}
 }
