@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
+.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd bench-scaleout fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -60,6 +60,9 @@ bench-engine:
 # Subset: ROWS="strong fast quorum local" CLIENTS="1 16 64" REPEATS=3 ROW_SECONDS=15.
 bench-vs-etcd:
 	@./scripts/bench-vs-etcd.sh
+
+bench-scaleout:
+	@./scripts/bench-scaleout.sh
 
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:

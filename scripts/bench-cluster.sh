@@ -9,7 +9,7 @@
 #
 # Sourced (as the other bench scripts do) it only defines the helpers:
 # free_ports, wait_until, stop_pids, ringkv_build, ringkv_start,
-# ringkv_start_node, fresh_cluster, caught_up, cpu_ticks, bench_init,
+# cgroup_enter, ringkv_start_node, fresh_cluster, caught_up, cpu_ticks, bench_init,
 # ringkv_stop.
 set -euo pipefail
 
@@ -88,20 +88,30 @@ ringkv_start() {
 	wait_until "ringkv did not elect a primary for every partition" "$dir" "${RINGKV_PIDS[*]}" ringkv_ready
 }
 
-# ringkv_start_node I DIR starts (or restarts) node nI of the cluster
+# cgroup_enter GROUP sets CGROUP_ENTER to the command prefix that runs a
+# command inside cgroup (v1) directory GROUP, which must exist; to nothing
+# for an empty GROUP. The shell joins the group before it becomes the
+# command, so that the command sees its limits from the start and its PID
+# is the one $! names.
+cgroup_enter() {
+	CGROUP_ENTER=()
+	[[ -z "$1" ]] || CGROUP_ENTER=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$1")
+}
+
+# ringkv_start_node I DIR [join] starts (or restarts) node nI of the cluster
 # ringkv_start made, with data in DIR/nI and its log appended to DIR/nI.log;
 # its PID goes into RINGKV_PIDS[I-1]. With RINGKV_CGROUP set (a cgroup v1
 # directory), the node starts inside its subgroup RINGKV_CGROUP/nI, which
-# must exist.
+# must exist. With "join" it starts without --peers, to wait for
+# `kvctl join`; RINGKV_PORTS[I-1] must be set.
 ringkv_start_node() {
-	local i=$1 dir=$2 enter=()
+	local i=$1 dir=$2 peers=(--peers "$RINGKV_PEERS")
+	[[ "${3:-}" != join ]] || peers=()
 	mkdir -p "$dir/n$i"
-	# The shell joins the group before it becomes kvnode, so that kvnode
-	# sees its limits from the start.
-	[[ -z "${RINGKV_CGROUP:-}" ]] || enter=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$RINGKV_CGROUP/n$i")
+	cgroup_enter "${RINGKV_CGROUP:+$RINGKV_CGROUP/n$i}"
 	# shellcheck disable=SC2086 # KVNODE_FLAGS is a list of flags
-	"${enter[@]}" bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
-		--peers "$RINGKV_PEERS" --log-level "${KVNODE_LOG_LEVEL:-warn}" ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
+	"${CGROUP_ENTER[@]}" bin/kvnode --id "n$i" --listen "127.0.0.1:${RINGKV_PORTS[i - 1]}" --data-dir "$dir/n$i" \
+		"${peers[@]}" --log-level "${KVNODE_LOG_LEVEL:-warn}" ${KVNODE_FLAGS:-} >>"$dir/n$i.log" 2>&1 &
 	RINGKV_PIDS[i - 1]=$!
 }
 

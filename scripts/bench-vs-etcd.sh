@@ -28,6 +28,8 @@
 # KEYS (default 100000), ETCD_BENCH_FLAGS (default --target-leader, like
 # ringkv's client, which talks to each partition's primary), KVNODE_FLAGS.
 # Quick look: ROWS=strong CLIENTS=64 REPEATS=1 ROW_SECONDS=5 scripts/bench-vs-etcd.sh
+# Sourced, it defines its helpers (install_tools, etcd_start, run_etcd,
+# run_ringkv, summary, ...) and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bench-cluster.sh
@@ -88,6 +90,8 @@ install_tools() {
 
 # etcd_start DIR starts 3 members with data and logs under DIR, sets
 # ETCD_PIDS and ETCD_ENDPOINTS, and waits until all are healthy (60 s).
+# With ETCD_CGROUP set (a cgroup v1 directory), member eI starts inside its
+# subgroup ETCD_CGROUP/eI, which must exist.
 etcd_start() {
 	local dir=$1 i cluster="" ports
 	mkdir -p "$dir"
@@ -97,7 +101,8 @@ etcd_start() {
 	ETCD_ENDPOINTS=""
 	for i in 1 2 3; do
 		local client=http://127.0.0.1:${ports[i - 1]} peer=http://127.0.0.1:${ports[i + 2]}
-		etcd --name "e$i" --data-dir "$dir/e$i" \
+		cgroup_enter "${ETCD_CGROUP:+$ETCD_CGROUP/e$i}"
+		"${CGROUP_ENTER[@]}" etcd --name "e$i" --data-dir "$dir/e$i" \
 			--listen-client-urls "$client" --advertise-client-urls "$client" \
 			--listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
 			--initial-cluster "$cluster" --initial-cluster-state new \
@@ -291,4 +296,7 @@ main() {
 	print_table
 }
 
-main "$@"
+# Sourced (bench-scaleout.sh does), it only defines its helpers.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+	main "$@"
+fi
