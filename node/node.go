@@ -290,8 +290,9 @@ func (n *Node) serveGRPC(view *cluster.State) (err error) {
 // with others. raft sends a group's heartbeats HeartbeatTimeout/10 to /5
 // apart, each timer firing on its own, and an idle node's CPU goes mostly
 // into those wake-ups and the messages: a window of the shortest gap lets
-// each peer's heartbeats of all groups go together, and cut idle CPU by a
-// third against half that gap (docs/benchmarks.md). A round then takes at
+// each peer's heartbeats of all groups go together (with two smaller fixes
+// it cut idle CPU by a third against half that gap; docs/benchmarks.md,
+// "Heartbeat window and idle wake-ups"). A round then takes at
 // most HeartbeatTimeout/5 + the window + a round trip, which the window's
 // cap at LeaderLeaseTimeout/5 keeps well inside the lease a leader must
 // renew (0.3 × HeartbeatTimeout against 0.5 at the defaults).
