@@ -9,7 +9,8 @@
 #
 # Sourced (as the other bench scripts do) it only defines the helpers:
 # free_ports, wait_until, stop_pids, ringkv_build, ringkv_start,
-# cgroup_enter, ringkv_start_node, fresh_cluster, caught_up, cpu_ticks, bench_init,
+# make_cgroups, remove_cgroups, cgroup_enter, ringkv_start_node,
+# fresh_cluster, caught_up, cpu_ticks, bench_init,
 # ringkv_stop.
 set -euo pipefail
 
@@ -96,6 +97,34 @@ ringkv_start() {
 cgroup_enter() {
 	CGROUP_ENTER=()
 	[[ -z "$1" ]] || CGROUP_ENTER=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$1")
+}
+
+# make_cgroups CONTROLLER FILE VALUE NAME... makes BENCH_CGROUP, a cgroup
+# (v1) of CONTROLLER under this shell's own, and in it a group per NAME
+# whose FILE holds VALUE (memory.limit_in_bytes, cpu.cfs_quota_us, ...).
+# Needs root and the controller mounted as cgroup v1; remove_cgroups
+# undoes it.
+make_cgroups() {
+	local controller=$1 file=$2 value=$3 own mount name
+	shift 3
+	own=$(awk -F: -v c="$controller" '{ n = split($2, cs, ","); for (i = 1; i <= n; i++) if (cs[i] == c) print $3 }' /proc/self/cgroup)
+	mount=$(awk -v c="$controller" '$3 == "cgroup" { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == c) { print $2; exit } }' /proc/mounts)
+	[[ -n "$mount" && -w "$mount${own%/}" ]] || { echo "needs the cgroup v1 $controller controller, writable (root)" >&2; return 1; }
+	BENCH_CGROUP=$mount${own%/}/ringkv-bench-$$
+	mkdir "$BENCH_CGROUP"
+	for name in "$@"; do
+		mkdir "$BENCH_CGROUP/$name"
+		echo "$value" >"$BENCH_CGROUP/$name/$file"
+	done
+}
+
+# remove_cgroups removes what make_cgroups made, once its processes are
+# gone.
+remove_cgroups() {
+	[[ -n "${BENCH_CGROUP:-}" && -d "$BENCH_CGROUP" ]] || return 0
+	local g
+	for g in "$BENCH_CGROUP"/*/; do rmdir "$g" 2>/dev/null || true; done
+	rmdir "$BENCH_CGROUP" 2>/dev/null || true
 }
 
 # ringkv_start_node I DIR [join] starts (or restarts) node nI of the cluster

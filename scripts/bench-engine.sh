@@ -130,16 +130,10 @@ table_catchup() {
 }
 
 table_bigdata() {
-	local mem i ld rb
-	# Each node's group is made under this shell's own (cgroup v1).
-	mem=$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)
-	export RINGKV_CGROUP="/sys/fs/cgroup/memory${mem%/}/ringkv-bench-$$"
-	# shellcheck disable=SC2064 # the group's path is fixed now
-	trap "ringkv_stop; rmdir '$RINGKV_CGROUP'/n[0-9] '$RINGKV_CGROUP' 2>/dev/null; rm -rf '$BENCH_TMP'" EXIT
-	for i in 1 2 3; do
-		mkdir -p "$RINGKV_CGROUP/n$i"
-		echo $((BIG_LIMIT_MIB * 1048576)) >"$RINGKV_CGROUP/n$i/memory.limit_in_bytes"
-	done
+	local i ld rb
+	trap 'ringkv_stop; remove_cgroups; rm -rf "$BENCH_TMP"' EXIT
+	make_cgroups memory memory.limit_in_bytes $((BIG_LIMIT_MIB * 1048576)) n1 n2 n3
+	export RINGKV_CGROUP=$BENCH_CGROUP
 	KVNODE_LOG_LEVEL=info fresh_cluster
 	echo
 	echo "bigdata: every kvnode in a cgroup limited to $BIG_LIMIT_MIB MiB; $(grep -h -o 'Go memory limit set.*' "$BENCH_TMP"/cluster/n1.log | head -1)"

@@ -32,28 +32,6 @@ PERIOD_US=100000
 QUOTA_US=$(awk -v q="$QUOTA" -v p="$PERIOD_US" 'BEGIN { if (q <= 0) exit 1; printf "%d", q * p }') ||
 	{ echo "QUOTA = \"$QUOTA\", want cores > 0" >&2; exit 2; }
 
-# make_cgroups NAME... makes CPU_CGROUP (under this shell's own cpu cgroup)
-# and a subgroup per NAME, each limited to QUOTA cores.
-make_cgroups() {
-	local own name
-	own=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ { print $3 }' /proc/self/cgroup)
-	CPU_CGROUP=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ { print $2; exit }' /proc/mounts)${own%/}/ringkv-scaleout-$$
-	[[ -e "${CPU_CGROUP%/*}/cpu.cfs_quota_us" ]] || { echo "needs the cgroup v1 cpu controller, writable (root)" >&2; exit 1; }
-	mkdir "$CPU_CGROUP"
-	for name in "$@"; do
-		mkdir "$CPU_CGROUP/$name"
-		echo "$PERIOD_US" >"$CPU_CGROUP/$name/cpu.cfs_period_us"
-		echo "$QUOTA_US" >"$CPU_CGROUP/$name/cpu.cfs_quota_us"
-	done
-}
-
-remove_cgroups() {
-	[[ -n "${CPU_CGROUP:-}" && -d "$CPU_CGROUP" ]] || return 0
-	local g
-	for g in "$CPU_CGROUP"/*/; do rmdir "$g" 2>/dev/null || true; done
-	rmdir "$CPU_CGROUP" 2>/dev/null || true
-}
-
 # grow_to N starts nodes up to nN and joins each, waiting until its
 # replicas moved.
 grow_to() {
@@ -82,11 +60,13 @@ main() {
 	trap 'exit 130' INT TERM
 	local names=(e1 e2 e3) i load_start
 	for ((i = 1; i <= max; i++)); do names+=("n$i"); done
-	make_cgroups "${names[@]}"
+	make_cgroups cpu cpu.cfs_quota_us "$QUOTA_US" "${names[@]}"
+	[[ $(cat "$BENCH_CGROUP/e1/cpu.cfs_period_us") == "$PERIOD_US" ]] ||
+		{ echo "a new cgroup's cpu.cfs_period_us is not $PERIOD_US µs, which QUOTA assumes" >&2; exit 1; }
 	load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 	RESULTS=$BENCH_TMP/results-etcd
-	ETCD_CGROUP=$CPU_CGROUP etcd_start "$BENCH_TMP/etcd"
+	ETCD_CGROUP=$BENCH_CGROUP etcd_start "$BENCH_TMP/etcd"
 	for rep in $(seq "$REPEATS"); do
 		echo "repeat $rep/$REPEATS: etcd put, $CLIENTS clients" >&2
 		run_etcd put "$CLIENTS" "$rep"
@@ -94,9 +74,9 @@ main() {
 	stop_pids "${ETCD_PIDS[@]}"
 	ETCD_PIDS=()
 
-	RINGKV_CGROUP=$CPU_CGROUP ringkv_start "$BENCH_TMP/ringkv"
+	RINGKV_CGROUP=$BENCH_CGROUP ringkv_start "$BENCH_TMP/ringkv"
 	for s in "${sizes[@]}"; do
-		RINGKV_CGROUP=$CPU_CGROUP grow_to "$s"
+		RINGKV_CGROUP=$BENCH_CGROUP grow_to "$s"
 		RESULTS=$BENCH_TMP/results-ringkv-$s
 		for rep in $(seq "$REPEATS"); do
 			echo "repeat $rep/$REPEATS: ringkv strong put, $s nodes, $CLIENTS clients" >&2
