@@ -71,6 +71,32 @@ func TestDerivedValuesUseDefaults(t *testing.T) {
 	}
 }
 
+// TestHeartbeatWindowStaysInsideTheLease: the window is raft's shortest
+// heartbeat gap unless a short lease caps it at LeaderLeaseTimeout/5, so a
+// heartbeat round (at most HeartbeatTimeout/5 + the window) never outlasts
+// the lease a leader must renew.
+func TestHeartbeatWindowStaysInsideTheLease(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		heartbeat, lease, want time.Duration
+	}{
+		{400 * ms, 200 * ms, 40 * ms},
+		{1000 * ms, 500 * ms, 100 * ms},
+		{400 * ms, 100 * ms, 20 * ms},
+		{1000 * ms, 100 * ms, 20 * ms},
+	} {
+		var cfg Config
+		cfg.Raft.HeartbeatTimeout, cfg.Raft.LeaderLeaseTimeout = tc.heartbeat, tc.lease
+		w := heartbeatWindow(cfg)
+		if w != tc.want {
+			t.Errorf("heartbeat %v, lease %v: window %v, want %v", tc.heartbeat, tc.lease, w, tc.want)
+		}
+		if round := tc.heartbeat/5 + w; round >= tc.lease && tc.lease >= tc.heartbeat/2 {
+			t.Errorf("heartbeat %v, lease %v: a round takes up to %v, past the lease", tc.heartbeat, tc.lease, round)
+		}
+	}
+}
+
 // TestDefaultUpWindowFollowsTheTiming: metrics cannot import raftgroup, so
 // its default up window restates three default heartbeat timeouts.
 func TestDefaultUpWindowFollowsTheTiming(t *testing.T) {

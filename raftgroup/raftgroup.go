@@ -38,11 +38,12 @@ import (
 //     isolation (6 rounds each; the isolation with a 1 s op timeout, where
 //     settle's bound now ends an isolated primary's wait after one election
 //     round, 2 × (HeartbeatTimeout + ElectionTimeout) = 1.6 s, whatever the
-//     op timeout: as committed, at most 1.98 s kill and 1.89 s isolation in
-//     5 rounds each), under the 2 s target; 1 s timing stalled 3.4 s at
-//     the median, 4.7 s at worst.
+//     op timeout: as committed with the transport's heartbeat window of
+//     HeartbeatTimeout/10, at most 1.54 s kill and 1.84 s isolation in 5
+//     rounds each, idle 0.045-0.065 cores per node), under the 2 s target;
+//     1 s timing stalled 3.4 s at the median, 4.7 s at worst.
 //     300 ms stalled a little less (1.15 s) for more idle CPU (0.088
-//     against 0.070 cores per node); 250 ms held 16 elections without a
+//     against 0.070 cores per node, both with the earlier window); 250 ms held 16 elections without a
 //     fault in one 15 s run on a busy machine (400 ms: 1-2 at load 10-12).
 //   - The lease stays half the heartbeat timeout: only a cut-off primary's
 //     step-down depends on it, and a shorter one steps down on CPU hiccups.
