@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/ring"
 )
 
 // Stamp is the (version, timestamp) pair that orders writes to one key.
@@ -31,8 +32,8 @@ func (s Stamp) String() string { return fmt.Sprintf("v%d@%v", s.Version, s.Times
 // applied: bad bytes, an unknown operation, a nil write.
 var ErrMalformedCommand = errors.New("fsm: malformed command")
 
-// Command is one entry of the replicated log: Put, Delete, PurgeTombstones or
-// Batch. Its binary encoding (MarshalBinary, read back by DecodeCommand) is
+// Command is one entry of the replicated log: Put, Delete, PurgeTombstones,
+// Batch or Split. Its binary encoding (MarshalBinary, read back by DecodeCommand) is
 // the payload of a Raft log entry.
 type Command interface {
 	// MarshalBinary encodes the command; it fails only on a Batch holding a
@@ -40,6 +41,9 @@ type Command interface {
 	MarshalBinary() ([]byte, error)
 	appendTo(b []byte) ([]byte, error)
 	validate(l config) error
+	// owned checks the command against the partition's hash range r, which
+	// changes only by a Split: a write of a key outside it is refused.
+	owned(r ring.HashRange) error
 	apply(tx *txn) Result
 }
 
@@ -81,6 +85,34 @@ type Batch struct {
 	Writes []Write
 }
 
+// Split hands the upper half of the partition's hash range to a new
+// partition, Child, on the same replicas. Apply moves every key of that
+// half, tombstones included, out of this partition's span and into Child's,
+// in the entry's one engine batch, and the partition keeps the lower half:
+// each replica derives the child from its own state at exactly this index,
+// and nothing crosses the network. Right must be exactly that upper half,
+// so a split proposed twice, or against a range that changed meanwhile, is
+// refused (ErrSplitMismatch). Genesis is opaque to the store: it is kept in
+// the child's span (Store.Genesis) for the layer above, which starts the
+// child's own log from it.
+//
+// The child is written only if its span is empty. It always is when the
+// entry is first applied; a replica that meets the entry again with the
+// child already there (its data came from the child's own group) keeps
+// that newer state and only gives up the half.
+type Split struct {
+	Child   uint32
+	Right   ring.HashRange
+	Genesis []byte
+}
+
+// SplitChildIndex is the applied index a split gives the child it creates:
+// the child's own log, a new Raft group's, starts after it.
+const SplitChildIndex = 1
+
+// MaxGenesis bounds Split.Genesis.
+const MaxGenesis = 64 << 10
+
 // write is the common form of Put and Delete.
 type write struct {
 	requestID uint64
@@ -106,6 +138,7 @@ func (d Delete) asWrite() write {
 //	         len(key) key [len(value) value, Put only]
 //	PurgeTombstones body = cutoff(12)
 //	Batch body = count(uvarint) (Put or Delete body)*count
+//	Split body = child(4) first(8) last(8) len(genesis) genesis
 //
 // Snapshots store each key as a record too (see snapshot.go).
 const (
@@ -115,6 +148,7 @@ const (
 	opDelete byte = 2
 	opPurge  byte = 3
 	opBatch  byte = 4
+	opSplit  byte = 5
 
 	// minRecordLen is the shortest record, a Delete of an empty key (which
 	// decodes, though it never validates); it bounds how many records a
@@ -132,6 +166,14 @@ func (p Put) MarshalBinary() ([]byte, error)             { return marshal(p) }
 func (d Delete) MarshalBinary() ([]byte, error)          { return marshal(d) }
 func (p PurgeTombstones) MarshalBinary() ([]byte, error) { return marshal(p) }
 func (b Batch) MarshalBinary() ([]byte, error)           { return marshal(b) }
+func (sp Split) MarshalBinary() ([]byte, error)          { return marshal(sp) }
+
+func (sp Split) appendTo(b []byte) ([]byte, error) {
+	b = binary.BigEndian.AppendUint32(append(b, opSplit), sp.Child)
+	b = binary.BigEndian.AppendUint64(b, sp.Right.First)
+	b = binary.BigEndian.AppendUint64(b, sp.Right.Last)
+	return appendBytes(b, sp.Genesis), nil
+}
 
 func (p Put) appendTo(b []byte) ([]byte, error)    { return p.asWrite().appendTo(b), nil }
 func (d Delete) appendTo(b []byte) ([]byte, error) { return d.asWrite().appendTo(b), nil }
@@ -226,6 +268,8 @@ func DecodeCommand(data []byte) (Command, error) {
 		c = PurgeTombstones{Cutoff: d.timestamp("cutoff")}
 	case opBatch:
 		c = d.batch()
+	case opSplit:
+		c = d.split()
 	default:
 		d.failf("unknown op %d", op)
 	}
@@ -236,6 +280,17 @@ func DecodeCommand(data []byte) (Command, error) {
 		return nil, d.err
 	}
 	return c, nil
+}
+
+func (d *decoder) split() Split {
+	var sp Split
+	if v := d.take(4, "child"); v != nil {
+		sp.Child = binary.BigEndian.Uint32(v)
+	}
+	sp.Right.First = d.uint64("first hash")
+	sp.Right.Last = d.uint64("last hash")
+	sp.Genesis = d.bytes("genesis")
+	return sp
 }
 
 func (d *decoder) batch() Batch {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ringkv/ringkv/hlc"
+	"github.com/ringkv/ringkv/ring"
 )
 
 var maxStamp = Stamp{Version: math.MaxUint64, Timestamp: hlc.Timestamp{WallTime: math.MaxInt64, Logical: math.MaxUint32}}
@@ -24,6 +25,8 @@ func sampleCommands() map[string]Command {
 		"purge zero":       PurgeTombstones{},
 		"batch":            Batch{Writes: []Write{Put{RequestID: 1, Key: []byte("a"), Value: []byte("1"), Stamp: stamp(1, 1)}, Delete{RequestID: 2, Key: []byte("b"), Stamp: maxStamp}}},
 		"batch with empty": Batch{Writes: []Write{}},
+		"split":            Split{Child: 17, Right: ring.HashRange{First: 1 << 63, Last: math.MaxUint64}, Genesis: []byte("voters")},
+		"split, no genesis": Split{Child: 1, Right: ring.HashRange{First: 5, Last: 5}, Genesis: []byte{}},
 	}
 }
 
@@ -236,11 +239,12 @@ func FuzzDecodeCommand(f *testing.F) {
 				t.Fatalf("AppendWrite = %x, MarshalBinary = %x", got, enc)
 			}
 		}
-		// Whatever decodes applies, or is refused for its sizes.
+		// Whatever decodes applies, or is refused for its sizes or, a
+		// split, for the range it names.
 		s := newStore(t, Options{})
 		var le *LimitError
-		if _, err := s.Apply(1, cmd); err != nil && !errors.As(err, &le) {
-			t.Fatalf("Apply(%#v) = %v, want success or a *LimitError", cmd, err)
+		if _, err := s.Apply(1, cmd); err != nil && !errors.As(err, &le) && !errors.Is(err, ErrSplitMismatch) && !errors.Is(err, ErrMalformedCommand) {
+			t.Fatalf("Apply(%#v) = %v, want success, a *LimitError or a refused split", cmd, err)
 		}
 	})
 }

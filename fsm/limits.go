@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ringkv/ringkv/ring"
 )
 
 // Defaults for the zero fields of Options.
@@ -53,6 +55,10 @@ type Options struct {
 	// PurgeCommand lets it go. It must exceed the longest a delayed write to
 	// the key can still arrive, or that write resurrects the key.
 	TombstoneGrace time.Duration
+	// Range is the range of key hashes the partition owns until a Split
+	// records another: the range it was created with, the same on every
+	// replica. The zero value is FullRange.
+	Range ring.HashRange
 }
 
 func (o Options) check() error {
@@ -68,6 +74,9 @@ func (o Options) check() error {
 			return fmt.Errorf("%w: %s is %d, must not be negative", ErrInvalidOptions, f.name, f.v)
 		}
 	}
+	if o.Range.First > o.Range.Last {
+		return fmt.Errorf("%w: Range %#x-%#x is empty", ErrInvalidOptions, o.Range.First, o.Range.Last)
+	}
 	return nil
 }
 
@@ -75,10 +84,14 @@ func (o Options) check() error {
 type config struct {
 	maxKey, maxValue int
 	grace            time.Duration
+	rng              ring.HashRange
 }
 
 func (o Options) config() config {
-	l := config{o.MaxKeySize, o.MaxValueSize, o.TombstoneGrace}
+	l := config{o.MaxKeySize, o.MaxValueSize, o.TombstoneGrace, o.Range}
+	if l.rng == (ring.HashRange{}) {
+		l.rng = FullRange
+	}
 	if l.maxKey <= 0 {
 		l.maxKey = DefaultMaxKeySize
 	}
@@ -135,6 +148,16 @@ func (l config) write(w write) error {
 func (p Put) validate(l config) error         { return l.write(p.asWrite()) }
 func (d Delete) validate(l config) error      { return l.write(d.asWrite()) }
 func (PurgeTombstones) validate(config) error { return nil }
+
+func (sp Split) validate(config) error {
+	switch {
+	case sp.Right.First > sp.Right.Last:
+		return fmt.Errorf("%w: split range %#x-%#x is empty", ErrMalformedCommand, sp.Right.First, sp.Right.Last)
+	case len(sp.Genesis) > MaxGenesis:
+		return fmt.Errorf("%w: split genesis is %d bytes, maximum %d", ErrMalformedCommand, len(sp.Genesis), MaxGenesis)
+	}
+	return nil
+}
 
 func (b Batch) validate(l config) error {
 	for i, w := range b.Writes {

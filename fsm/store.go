@@ -25,6 +25,10 @@
 //     make progress.
 //   - Restore either installs the whole verified snapshot stream or leaves
 //     the store as it was.
+//   - The store owns one range of key hashes (split.go): Apply refuses a
+//     write of a key outside it, and only a Split changes it, halving it
+//     and moving the upper half's keys into the child partition's span in
+//     the same engine batch.
 //
 // Keys and values handed out by reads are the caller's to keep.
 package fsm
@@ -39,6 +43,7 @@ import (
 
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/storage"
+	"github.com/ringkv/ringkv/ring"
 )
 
 // ErrStaleIndex reports an Apply whose log index is not after the applied
@@ -57,11 +62,18 @@ const (
 	// tombSpace indexes tombstones by (wall time, logical, key), so a purge
 	// walks exactly the expired ones, oldest first.
 	tombSpace
-	// countSpace holds the live and tombstone counts under countsKey.
-	countSpace
+	// partSpace holds the partition's own records: its live and tombstone
+	// counts (countsKey), its hash range once a split changed it
+	// (rangeKey, split.go) and, in a partition a split created, the
+	// split's genesis (genesisKey).
+	partSpace
 )
 
-var countsKey = []byte("counts")
+var (
+	countsKey  = []byte("counts")
+	rangeKey   = []byte("range")
+	genesisKey = []byte("genesis")
+)
 
 const entryHeader = 1 + 8 + 8 + 4
 
@@ -164,6 +176,7 @@ type WriteResult struct {
 type Result struct {
 	Writes []WriteResult // one per Put or Delete, in command order
 	Purged int           // tombstones removed by PurgeTombstones
+	Moved  int           // keys, tombstones included, a Split handed to its child
 }
 
 // live hides a tombstone found by a Lookup.
@@ -182,6 +195,7 @@ type Store struct {
 
 	mu      sync.Mutex // serializes Apply and Restore
 	applied atomic.Uint64
+	rng     atomic.Pointer[ring.HashRange]
 	live    atomic.Int64 // keys holding a value
 	dead    atomic.Int64 // keys holding a tombstone
 	buf     []byte       // the writer's scratch, under mu
@@ -206,7 +220,7 @@ func New(opts Options, part *storage.Partition) (*Store, error) {
 	return s, nil
 }
 
-// load reads the applied index and counts from the engine.
+// load reads the applied index, range and counts from the engine.
 func (s *Store) load() error {
 	applied, err := s.part.Applied()
 	if err != nil {
@@ -216,6 +230,11 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	rng, err := readRange(s.part, s.cfg.rng)
+	if err != nil {
+		return err
+	}
+	s.rng.Store(&rng)
 	s.applied.Store(applied)
 	s.live.Store(live)
 	s.dead.Store(dead)
@@ -223,7 +242,7 @@ func (s *Store) load() error {
 }
 
 func readCounts(r engineReader) (live, dead int64, err error) {
-	v, ok, err := r.Get(countSpace, countsKey)
+	v, ok, err := r.Get(partSpace, countsKey)
 	switch {
 	case err != nil:
 		return 0, 0, fmt.Errorf("%w: %v", ErrEngine, err)
@@ -287,8 +306,14 @@ func (s *Store) Tombstones() int { return int(s.dead.Load()) }
 // AppliedIndex returns the index of the last log entry applied or restored.
 func (s *Store) AppliedIndex() uint64 { return s.applied.Load() }
 
-// Validate checks cmd against the store's limits, as Apply will.
-func (s *Store) Validate(cmd Command) error { return s.cfg.validate(cmd) }
+// Validate checks cmd against the store's limits and its range, as Apply
+// will.
+func (s *Store) Validate(cmd Command) error {
+	if err := s.cfg.validate(cmd); err != nil {
+		return err
+	}
+	return cmd.owned(s.HashRange())
+}
 
 // PurgeCommand returns the PurgeTombstones a primary proposes at time now:
 // its cutoff lets go of tombstones older than the tombstone grace period.
@@ -314,9 +339,8 @@ func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 		res = cmd.apply(&tx)
 	}
 	if tx.err == nil && (tx.live != s.live.Load() || tx.dead != s.dead.Load()) {
-		counts := binary.BigEndian.AppendUint64(tx.buf[:0], uint64(tx.live))
-		tx.buf = binary.BigEndian.AppendUint64(counts, uint64(tx.dead))
-		tx.err = tx.b.Set(countSpace, countsKey, tx.buf)
+		tx.buf = encodeCounts(tx.buf[:0], tx.live, tx.dead)
+		tx.err = tx.b.Set(partSpace, countsKey, tx.buf)
 	}
 	s.buf = tx.buf
 	if tx.err == nil {
@@ -329,8 +353,15 @@ func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 	}
 	s.live.Store(tx.live)
 	s.dead.Store(tx.dead)
+	if tx.rng != nil {
+		s.rng.Store(tx.rng)
+	}
 	s.applied.Store(index)
 	return res, verr
+}
+
+func encodeCounts(dst []byte, live, dead int64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(dst, uint64(live)), uint64(dead))
 }
 
 // txn is one Apply's writes: the engine batch and, for a Batch command,
@@ -341,6 +372,7 @@ type txn struct {
 	b          *storage.Batch
 	written    map[string]keyState // nil but for a Batch
 	live, dead int64
+	rng        *ring.HashRange // the range a Split left, nil if unchanged
 	buf        []byte
 	err        error
 }

@@ -22,6 +22,9 @@ type Partition struct {
 // ID is the partition's number.
 func (p *Partition) ID() uint32 { return p.id }
 
+// Engine is the engine the partition lives in.
+func (p *Partition) Engine() *Engine { return p.e }
+
 // reader is what a Partition and a View read from.
 type reader interface {
 	Get(key []byte) ([]byte, io.Closer, error)
@@ -57,6 +60,18 @@ func (p *Partition) View() *View {
 	return &View{p: p, snap: p.e.db.NewEventuallyFileOnlySnapshot([]pebble.KeyRange{{Start: start, End: end}})}
 }
 
+// Empty reports whether the partition's span holds no key at all, applied
+// index included.
+func (p *Partition) Empty() (bool, error) {
+	start, end := span(p.id)
+	it, err := p.e.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+	if err != nil {
+		return false, err
+	}
+	empty := !it.First()
+	return empty, errors.Join(it.Error(), it.Close())
+}
+
 // NewBatch starts a batch of writes to the partition.
 func (p *Partition) NewBatch() *Batch {
 	return &Batch{p: p, b: p.e.db.NewBatch(), buf: p.wbuf}
@@ -78,6 +93,26 @@ type Batch struct {
 	p   *Partition
 	b   *pebble.Batch
 	buf []byte
+	// joined is set on a batch made by With: it writes into b but neither
+	// commits nor closes it.
+	joined bool
+}
+
+// With returns a batch that writes to other's span as part of b: its
+// writes, and the applied index it records (SetApplied), commit with b's
+// in the same atomic write, or not at all. Only b commits or closes; the
+// returned batch is not used after that. A split writes its child this way,
+// so that the parent's change and the child's creation survive a crash
+// together or not at all.
+func (b *Batch) With(other *Partition) *Batch {
+	return &Batch{p: other, b: b.b, joined: true}
+}
+
+// SetApplied records applied as the partition's applied index. Commit does
+// it for the batch's own partition; a batch made by With uses it.
+func (b *Batch) SetApplied(applied uint64) error {
+	b.buf = engineKey(b.buf[:0], b.p.id, metaSpace, appliedKey)
+	return b.b.Set(b.buf, binary.BigEndian.AppendUint64(nil, applied), nil)
 }
 
 // Set writes key in space.
@@ -95,16 +130,24 @@ func (b *Batch) Delete(space byte, key []byte) error {
 // Commit applies the batch with applied as the partition's applied index,
 // in one atomic write, and releases it. It does not sync (doc.go).
 func (b *Batch) Commit(applied uint64) error {
+	if b.joined {
+		return errJoined
+	}
 	defer b.Close()
-	b.buf = engineKey(b.buf[:0], b.p.id, metaSpace, appliedKey)
-	if err := b.b.Set(b.buf, binary.BigEndian.AppendUint64(nil, applied), nil); err != nil {
+	if err := b.SetApplied(applied); err != nil {
 		return err
 	}
 	return b.b.Commit(pebble.NoSync)
 }
 
-// Close releases a batch that is not committed.
+var errJoined = errors.New("storage: a batch made by With commits with the batch it joined")
+
+// Close releases a batch that is not committed; on a batch made by With it
+// does nothing.
 func (b *Batch) Close() {
+	if b.joined {
+		return
+	}
 	b.p.wbuf = b.buf[:0]
 	b.b.Close()
 }

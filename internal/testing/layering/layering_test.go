@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"internal/connpool":    nil,
 	"internal/batchsend":   nil,
 	"internal/storage":     nil,
-	"fsm":                  {"hlc", "internal/storage"},
+	"fsm":                  {"hlc", "internal/storage", "ring"},
 	"raftwal":              {"wal", "internal/lenprefix"},
 	"transport":            {"proto/ringkvpb", "internal/lenprefix"},
 	"shard":                {"fsm", "hlc", "internal/storage", "raftgroup", "raftwal", "wal", "internal/lenprefix"},

@@ -1,0 +1,188 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/ringkv/ringkv/internal/storage"
+	"github.com/ringkv/ringkv/ring"
+)
+
+// A partition owns one contiguous range of key hashes (ring.HashRange). It
+// is created owning Options.Range, the range the cluster's map gave it, and
+// keeps that range implicitly until a Split halves it; from then on the
+// range is a record of its span (rangeKey), so every replica, and every
+// snapshot, carries it with the data it describes. Apply refuses a write of
+// a key outside the range, so an entry that reaches the log after the split
+// is refused alike on every replica, and its proposer learns that nothing
+// was written and that the key now lives elsewhere.
+
+// ErrWrongPartition reports a key outside the partition's hash range: the
+// partition was split and the key's half went to another partition.
+// Nothing was written; the caller refreshes its partition map and retries
+// there. The error is a *RangeError.
+var ErrWrongPartition = errors.New("fsm: key outside the partition's hash range")
+
+// ErrSplitMismatch reports a Split whose Right is not the upper half of the
+// partition's range: it was applied already, or the range changed.
+var ErrSplitMismatch = errors.New("fsm: split does not halve the partition's range")
+
+// RangeError is the ErrWrongPartition of one key.
+type RangeError struct {
+	Field string // "key", "writes[3].key"
+	Hash  uint64
+	Range ring.HashRange
+}
+
+func (e *RangeError) Error() string {
+	return fmt.Sprintf("%v: %s hashes to %#016x, the partition owns %#016x-%#016x",
+		ErrWrongPartition, e.Field, e.Hash, e.Range.First, e.Range.Last)
+}
+
+// Unwrap lets errors.Is match ErrWrongPartition.
+func (e *RangeError) Unwrap() error { return ErrWrongPartition }
+
+// FullRange is every hash: the range of the only partition of a ring of one.
+var FullRange = ring.HashRange{First: 0, Last: ^uint64(0)}
+
+func ownKey(r ring.HashRange, field string, key []byte) error {
+	if h := ring.Hash(key); !r.Contains(h) {
+		return &RangeError{Field: field, Hash: h, Range: r}
+	}
+	return nil
+}
+
+func (p Put) owned(r ring.HashRange) error        { return ownKey(r, "key", p.Key) }
+func (d Delete) owned(r ring.HashRange) error     { return ownKey(r, "key", d.Key) }
+func (PurgeTombstones) owned(ring.HashRange) error { return nil }
+
+func (b Batch) owned(r ring.HashRange) error {
+	for i, w := range b.Writes {
+		if err := ownKey(r, fmt.Sprintf("writes[%d].key", i), w.asWrite().key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (sp Split) owned(r ring.HashRange) error {
+	if _, upper, ok := halves(r); !ok || sp.Right != upper {
+		return fmt.Errorf("%w: split hands over %#016x-%#016x, the partition owns %#016x-%#016x (upper half %#016x-%#016x)",
+			ErrSplitMismatch, sp.Right.First, sp.Right.Last, r.First, r.Last, upper.First, upper.Last)
+	}
+	return nil
+}
+
+// halves cuts r into its lower and upper halves; ok is false for a range of
+// one hash, which cannot be cut.
+func halves(r ring.HashRange) (lower, upper ring.HashRange, ok bool) {
+	if r.First == r.Last {
+		return r, r, false
+	}
+	mid := r.First + (r.Last-r.First)/2 + 1
+	return ring.HashRange{First: r.First, Last: mid - 1}, ring.HashRange{First: mid, Last: r.Last}, true
+}
+
+// UpperHalf is the range a Split of r hands to its child; ok is false for a
+// range of one hash.
+func UpperHalf(r ring.HashRange) (ring.HashRange, bool) {
+	_, upper, ok := halves(r)
+	return upper, ok
+}
+
+func encodeRange(dst []byte, r ring.HashRange) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(dst, r.First), r.Last)
+}
+
+func readRange(r engineReader, initial ring.HashRange) (ring.HashRange, error) {
+	v, ok, err := r.Get(partSpace, rangeKey)
+	switch {
+	case err != nil:
+		return ring.HashRange{}, fmt.Errorf("%w: %v", ErrEngine, err)
+	case !ok:
+		return initial, nil
+	case len(v) != 16:
+		return ring.HashRange{}, fmt.Errorf("%w: hash range of %d bytes", ErrEngine, len(v))
+	}
+	return ring.HashRange{First: binary.BigEndian.Uint64(v), Last: binary.BigEndian.Uint64(v[8:])}, nil
+}
+
+func (sp Split) apply(tx *txn) Result { return Result{Moved: tx.split(sp)} }
+
+// split moves the keys of sp.Right to the child (see Split) and returns how
+// many it moved. owned has checked that sp.Right is the upper half.
+func (tx *txn) split(sp Split) int {
+	lower, _, _ := halves(tx.s.HashRange())
+	child := tx.s.part.Engine().Partition(sp.Child)
+	empty, err := child.Empty()
+	if err != nil {
+		tx.set(err)
+		return 0
+	}
+	var cb *storage.Batch // nil: the child exists already
+	if empty {
+		cb = tx.b.With(child)
+	}
+	it, err := tx.s.part.NewIter(dataSpace, nil, nil)
+	if err != nil {
+		tx.set(err)
+		return 0
+	}
+	var live, dead int64
+	for ok := it.First(); ok && tx.err == nil; ok = it.Next() {
+		key := it.Key()
+		if !sp.Right.Contains(ring.Hash(key)) {
+			continue
+		}
+		st, err := decodeState(key, it.Value())
+		if err != nil {
+			tx.set(err)
+			break
+		}
+		tx.set(tx.b.Delete(dataSpace, key))
+		if st.tombstone {
+			tx.buf = tombKey(tx.buf[:0], st.stamp.Timestamp, key)
+			tx.set(tx.b.Delete(tombSpace, tx.buf))
+			if cb != nil {
+				tx.set(cb.Set(tombSpace, tx.buf, nil))
+			}
+			dead++
+		} else {
+			live++
+		}
+		if cb != nil {
+			tx.set(cb.Set(dataSpace, key, it.Value()))
+		}
+	}
+	tx.set(it.Close())
+	tx.live -= live
+	tx.dead -= dead
+	tx.set(tx.b.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], lower)))
+	tx.rng = &lower
+	if cb != nil {
+		tx.set(cb.Set(partSpace, countsKey, encodeCounts(tx.buf[:0], live, dead)))
+		tx.set(cb.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], sp.Right)))
+		tx.set(cb.Set(partSpace, genesisKey, sp.Genesis))
+		tx.set(cb.SetApplied(SplitChildIndex))
+	}
+	return int(live + dead)
+}
+
+// Genesis returns the Genesis of the Split that created this partition;
+// ok is false for a partition no split created.
+func (s *Store) Genesis() (genesis []byte, ok bool, err error) {
+	genesis, ok, err = s.part.Get(partSpace, genesisKey)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %v", ErrEngine, err)
+	}
+	return genesis, ok, nil
+}
+
+// Range returns the hashes the partition owns as of its applied index.
+func (s *Store) HashRange() ring.HashRange { return *s.rng.Load() }
+
+// Owns checks that key hashes into the partition's range; the error is a
+// *RangeError. Ranges only shrink, so a reader that checks after it read
+// knows the key was the partition's when it read it.
+func (s *Store) Owns(key []byte) error { return ownKey(s.HashRange(), "key", key) }
