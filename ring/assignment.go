@@ -12,9 +12,14 @@ const ReplicationFactor = 3
 // NodeID names a physical node. It is the node's Raft server ID.
 type NodeID string
 
-// ErrPartitionMismatch reports two assignments, or an assignment and a ring,
-// with different partition counts.
-var ErrPartitionMismatch = errors.New("ring: partition count mismatch")
+var (
+	// ErrPartitionMismatch reports two assignments, or an assignment and a
+	// ring, with different partition counts.
+	ErrPartitionMismatch = errors.New("ring: partition count mismatch")
+	// ErrInvalidSplit reports a split an assignment cannot take: see
+	// Assignment.WithSplit.
+	ErrInvalidSplit = errors.New("ring: invalid split")
+)
 
 // Assignment places every partition's replicas and preferred primary on the
 // member nodes. It is immutable; Ring.Place makes a new one, and
@@ -72,6 +77,31 @@ func (a *Assignment) Equal(b *Assignment) bool {
 
 func (a *Assignment) samePlacement(b *Assignment) bool {
 	return slices.Equal(a.nodes, b.nodes) && slices.Equal(a.parts, b.parts)
+}
+
+// WithSplit returns a with partition child split from parent: child's
+// replicas and primary are parent's, since the split creates the child's
+// Raft group from the parent's data on the parent's nodes; a later Place
+// spreads it. The epoch grows by one.
+//
+// child must be a new last partition, a.Partitions(), so that applying a
+// split twice, or to an assignment that missed one, fails rather than
+// shifting every later partition; the error then also wraps
+// ErrPartitionMismatch. parent must precede child, and child be below
+// MaxPartitions.
+func (a *Assignment) WithSplit(parent, child PartitionID) (*Assignment, error) {
+	switch n := a.Partitions(); {
+	case int(child) != n:
+		return nil, fmt.Errorf("%w: child %d of parent %d, want partition %d, the next: %w",
+			ErrInvalidSplit, child, parent, n, ErrPartitionMismatch)
+	case parent >= child:
+		return nil, fmt.Errorf("%w: parent %d, want below child %d", ErrInvalidSplit, parent, child)
+	case child >= MaxPartitions:
+		return nil, fmt.Errorf("%w: child %d, want below %d", ErrInvalidSplit, child, MaxPartitions)
+	}
+	parts := make([]placement, len(a.parts), len(a.parts)+1)
+	copy(parts, a.parts)
+	return &Assignment{epoch: a.epoch + 1, nodes: a.nodes, parts: append(parts, a.parts[parent])}, nil
 }
 
 // Move is one replica change of one partition: add node Add to its Raft

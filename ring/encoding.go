@@ -14,7 +14,8 @@ import (
 //	magic      4 bytes  "RKVA"
 //	version    1 byte   1
 //	epoch      8 bytes  ≥ 1
-//	partitions 2 bytes  P, a power of two in [1, MaxPartitions]
+//	partitions 2 bytes  P, in [1, MaxPartitions]; a power of two until the
+//	                    ring first splits
 //	nodes      2 bytes  N, in [ReplicationFactor, MaxNodes]
 //	N × node   1-byte length L in [1, MaxNodeIDLen], then L bytes of ID;
 //	           IDs strictly ascending
@@ -89,7 +90,7 @@ func (a *Assignment) UnmarshalBinary(data []byte) error {
 	if next.epoch == 0 {
 		return fmt.Errorf("%w: epoch 0, want at least 1", ErrCorrupt)
 	}
-	if err := cmp.Or(checkPartitions(parts), checkNodeCount(nodes)); err != nil {
+	if err := cmp.Or(checkPartitionCount(parts), checkNodeCount(nodes)); err != nil {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	rest := body[headerLen:]

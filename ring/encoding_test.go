@@ -15,8 +15,10 @@ import (
 func encodedSamples(t testing.TB) []*Assignment {
 	t.Helper()
 	var out []*Assignment
-	for _, tt := range []struct{ partitions, nodes int }{{1, 3}, {16, 3}, {16, 7}, {1024, 20}} {
-		r := mustRing(t, tt.partitions)
+	// Partition counts that are not powers of two are those of rings that
+	// have split; the format is the same.
+	for _, tt := range []struct{ partitions, nodes int }{{1, 3}, {16, 3}, {16, 7}, {1024, 20}, {5, 4}, {24, 7}} {
+		r := mustGrown(t, 1, tt.partitions)
 		nodes := nodeIDs(tt.nodes + 1)
 		a := mustPlace(t, r, nil, nodes[:tt.nodes])
 		out = append(out, a, mustPlace(t, r, a, nodes[1:]))
@@ -109,7 +111,9 @@ func TestUnmarshalRejectsCorruption(t *testing.T) {
 		{"magic", resealed(good, set(0, 'X')), "magic"},
 		{"version", resealed(good, set(4, 2)), "version 2"},
 		{"epoch zero", resealed(good, set(5, 0, 0, 0, 0, 0, 0, 0, 0)), "epoch 0"},
-		{"partitions not a power of two", resealed(good, set(13, 0, 3)), "partitions = 3"},
+		{"no partitions", resealed(good, set(13, 0, 0)), "partitions = 0, want 1 to 4096"},
+		{"too many partitions", resealed(good, set(13, 0x10, 0x01)), "partitions = 4097, want 1 to 4096"},
+		{"partitions not a power of two, too few bytes", resealed(good, set(13, 0, 3)), "bytes of partitions"},
 		{"too few nodes", resealed(good, set(15, 0, 2)), "2 nodes, want at least 3"},
 		{"node ID overruns", resealed(good, set(nodesAt+6, 200)), "truncated in node 3"},
 		{"empty node ID", resealed(good, set(nodesAt, 0)), "node 0"},
@@ -165,7 +169,7 @@ func FuzzUnmarshal(f *testing.F) {
 		if again := mustMarshal(t, &a); !bytes.Equal(again, data) {
 			t.Fatalf("decoded %q but re-encodes as %q", data, again)
 		}
-		next := mustPlace(t, mustRing(t, a.Partitions()), &a, a.Nodes())
+		next := mustPlace(t, mustGrown(t, 1, a.Partitions()), &a, a.Nodes())
 		checkBalanced(t, next, a.Nodes())
 	})
 }

@@ -315,6 +315,134 @@ func TestPlaceAllSizes(t *testing.T) {
 	}
 }
 
+// TestPlaceAnyPartitionCount checks the first placement, one join and one
+// leave for partition counts that only a ring that has split can have.
+func TestPlaceAnyPartitionCount(t *testing.T) {
+	rng := rand.New(rand.NewPCG(*seed, 6))
+	for _, size := range [][2]int{{4, 5}, {4, 7}, {16, 24}} {
+		r := mustGrown(t, size[0], size[1])
+		for n := 3; n <= 9; n++ {
+			t.Run(fmt.Sprintf("P=%d/N=%d", size[1], n), func(t *testing.T) {
+				nodes := nodeIDs(n + 1)
+				base := mustPlace(t, r, nil, nodes[:n])
+				checkStep(t, r, nil, base, nodes[:n], rng)
+				joined := mustPlace(t, r, base, nodes)
+				checkStep(t, r, base, joined, nodes, rng)
+				if n > 3 {
+					left := mustPlace(t, r, base, nodes[1:n])
+					checkStep(t, r, base, left, nodes[1:n], rng)
+				}
+			})
+		}
+	}
+}
+
+func mustSplit(t testing.TB, a *Assignment, parent, child PartitionID) *Assignment {
+	t.Helper()
+	s, err := a.WithSplit(parent, child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// checkWithSplit fails t unless s is a with child split from parent.
+func checkWithSplit(t *testing.T, a, s *Assignment, parent, child PartitionID) {
+	t.Helper()
+	if s.Partitions() != a.Partitions()+1 || s.Epoch() != a.Epoch()+1 || !slices.Equal(s.Nodes(), a.Nodes()) {
+		t.Fatalf("WithSplit(%d, %d): %d partitions, epoch %d, nodes %v; want %d, %d, %v", parent, child,
+			s.Partitions(), s.Epoch(), s.Nodes(), a.Partitions()+1, a.Epoch()+1, a.Nodes())
+	}
+	if s.Replicas(child) != a.Replicas(parent) || s.Primary(child) != a.Primary(parent) {
+		t.Fatalf("WithSplit(%d, %d): child on %v, primary %s; want the parent's %v, %s", parent, child,
+			s.Replicas(child), s.Primary(child), a.Replicas(parent), a.Primary(parent))
+	}
+	if !slices.Equal(s.parts[:a.Partitions()], a.parts) {
+		t.Fatalf("WithSplit(%d, %d) changed an existing partition", parent, child)
+	}
+}
+
+// TestWithSplit grows rings split by split, placing each split assignment
+// on the grown ring, which must rebalance with the fewest moves, and on
+// joins and leaves in between.
+func TestWithSplit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(*seed, 7))
+	for _, tt := range []struct{ initial, to, nodes int }{{1, 9, 3}, {4, 17, 5}, {16, 40, 7}, {64, 80, 12}} {
+		t.Run(fmt.Sprintf("P=%d→%d/N=%d", tt.initial, tt.to, tt.nodes), func(t *testing.T) {
+			r := mustRing(t, tt.initial)
+			all := nodeIDs(tt.nodes + 1)
+			nodes := all[:tt.nodes]
+			a := mustPlace(t, r, nil, nodes)
+			for r.Partitions() < tt.to {
+				parent, child, _ := r.NextSplit()
+				before := slices.Clone(a.parts)
+				s := mustSplit(t, a, parent, child)
+				checkWithSplit(t, a, s, parent, child)
+				if !slices.Equal(a.parts, before) {
+					t.Fatal("WithSplit modified its receiver")
+				}
+				var err error
+				if r, err = r.Split(); err != nil {
+					t.Fatal(err)
+				}
+				next := mustPlace(t, r, s, nodes)
+				moves, err := Diff(s, next)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("split %d → %d, %d on %d nodes: %d replica moves, %d primary changes",
+					parent, child, r.Partitions(), len(nodes), len(moves), primaryChanges(s, next))
+				checkStep(t, r, s, next, nodes, rng)
+				a = next
+				if r.Partitions()%4 == 0 { // a membership change between splits
+					if len(nodes) == tt.nodes {
+						nodes = all
+					} else {
+						nodes = all[1:]
+					}
+					prev := a
+					a = mustPlace(t, r, prev, nodes)
+					checkStep(t, r, prev, a, nodes, rng)
+				}
+			}
+		})
+	}
+}
+
+func TestWithSplitErrors(t *testing.T) {
+	a := mustPlace(t, mustGrown(t, 4, 6), nil, nodeIDs(4))
+	full := &Assignment{epoch: 1, nodes: a.nodes, parts: make([]placement, MaxPartitions)}
+	for i := range full.parts {
+		full.parts[i] = a.parts[0]
+	}
+	tests := []struct {
+		name          string
+		a             *Assignment
+		parent, child PartitionID
+		mismatch      bool
+		says          string
+	}{
+		{"child exists", a, 1, 5, true, "child 5 of parent 1, want partition 6, the next"},
+		{"child skips one", a, 2, 7, true, "child 7 of parent 2, want partition 6"},
+		{"parent is child", a, 6, 6, false, "parent 6, want below child 6"},
+		{"parent after child", a, 9, 6, false, "parent 9, want below child 6"},
+		{"zero assignment", &Assignment{}, 0, 0, false, "parent 0, want below child 0"},
+		{"at MaxPartitions", full, 0, MaxPartitions, false, "child 4096, want below 4096"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := tt.a.WithSplit(tt.parent, tt.child)
+			if !errors.Is(err, ErrInvalidSplit) || errors.Is(err, ErrPartitionMismatch) != tt.mismatch || s != nil {
+				t.Fatalf("WithSplit(%d, %d) = %v, %v; want ErrInvalidSplit (and ErrPartitionMismatch: %v)",
+					tt.parent, tt.child, s, err, tt.mismatch)
+			}
+			if !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("error %q does not say %q", err, tt.says)
+			}
+		})
+	}
+}
+
 // TestPlaceScaleOut is the issue's case: growing a cluster by one node
 // moves exactly the replicas the new node must take, 3P/N of 3P.
 func TestPlaceScaleOut(t *testing.T) {
@@ -401,6 +529,8 @@ func TestPlaceErrors(t *testing.T) {
 		{"duplicate", nil, []NodeID{"a", "b", "a"}, ErrInvalidNode, `"a" listed twice`},
 		{"other ring", other, nodeIDs(3), ErrPartitionMismatch, "8 partitions"},
 		{"zero assignment", &Assignment{}, nodeIDs(3), ErrPartitionMismatch, "0 partitions"},
+		{"split assignment", mustSplit(t, mustPlace(t, r, nil, nodeIDs(3)), 0, 16), nodeIDs(3), ErrPartitionMismatch,
+			"prev places 17 partitions, ring has 16"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -600,10 +730,11 @@ func TestPlaceMatchesExhaustiveSearch(t *testing.T) {
 	tests := []struct{ partitions, from, to, drop int }{
 		{1, 3, 4, 0}, {2, 3, 4, 0}, {2, 4, 3, 1}, {4, 3, 4, 0}, {4, 4, 5, 0}, {4, 5, 4, 1},
 		{4, 5, 6, 0}, {4, 6, 5, 1}, {4, 5, 5, 1}, {4, 4, 4, 1}, {8, 3, 4, 0}, {8, 4, 3, 1}, {8, 4, 4, 1},
+		{3, 3, 4, 0}, {3, 4, 3, 1}, {5, 4, 5, 0}, {5, 5, 4, 1}, {6, 4, 5, 0}, {7, 4, 3, 1},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("P=%d/%d→%d/drop=%d", tt.partitions, tt.from, tt.to, tt.drop), func(t *testing.T) {
-			r := mustRing(t, tt.partitions)
+			r := mustGrown(t, 1, tt.partitions)
 			all := nodeIDs(tt.from + tt.to)
 			prev := mustPlace(t, r, nil, all[:tt.from])
 			nodes := all[tt.drop : tt.drop+tt.to]

@@ -1,11 +1,14 @@
 package ring
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -175,16 +178,443 @@ func TestRangePanicsOutOfRange(t *testing.T) {
 	mustRing(t, 16).Range(16)
 }
 
+func mustGrown(t testing.TB, initial, partitions int) *Ring {
+	t.Helper()
+	r, err := Grown(initial, partitions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestGrown(t *testing.T) {
+	tests := []struct {
+		initial, partitions int
+		says                string // empty: valid
+	}{
+		{1, 1, ""}, {1, 2, ""}, {1, 3, ""}, {1, MaxPartitions, ""}, {4, 5, ""}, {16, 24, ""},
+		{16, MaxPartitions - 1, ""}, {MaxPartitions, MaxPartitions, ""},
+		{0, 0, "partitions = 0, want a power of two in [1, 4096]"},
+		{3, 4, "partitions = 3, want a power of two in [1, 4096]"},
+		{-4, 4, "partitions = -4, want a power of two"},
+		{2 * MaxPartitions, 2 * MaxPartitions, "partitions = 8192, want a power of two"},
+		{16, 15, "partitions = 15, want 16 (the initial count) to 4096"},
+		{16, 0, "partitions = 0, want 16 (the initial count) to 4096"},
+		{1, MaxPartitions + 1, "partitions = 4097, want 1 (the initial count) to 4096"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d/%d", tt.initial, tt.partitions), func(t *testing.T) {
+			r, err := Grown(tt.initial, tt.partitions)
+			if tt.says == "" {
+				if err != nil || r.Initial() != tt.initial || r.Partitions() != tt.partitions {
+					t.Fatalf("Grown(%d, %d) = %v, %v", tt.initial, tt.partitions, r, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidPartitions) || r != nil {
+				t.Fatalf("Grown(%d, %d) = %v, %v; want ErrInvalidPartitions", tt.initial, tt.partitions, r, err)
+			}
+			if !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("error %q does not say %q", err, tt.says)
+			}
+		})
+	}
+	for p := 1; p <= MaxPartitions; p *= 2 {
+		if r := mustRing(t, p); *r != *mustGrown(t, p, p) || r.Initial() != p {
+			t.Fatalf("New(%d) = %+v, want Grown(%d, %d) = %+v", p, r, p, p, mustGrown(t, p, p))
+		}
+	}
+}
+
+// TestNextSplitOrder pins the order of splits: each sweep splits 0, 1, …,
+// W−1, the children being W, W+1, …, 2W−1.
+func TestNextSplitOrder(t *testing.T) {
+	tests := []struct {
+		initial int
+		want    [][2]PartitionID // parent, child of successive splits
+	}{
+		{1, [][2]PartitionID{{0, 1}, {0, 2}, {1, 3}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 8}}},
+		{4, [][2]PartitionID{{0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 8}, {1, 9}, {2, 10}, {7, 15}, {0, 16}}},
+		{16, [][2]PartitionID{{0, 16}, {1, 17}}},
+	}
+	for _, tt := range tests {
+		r := mustRing(t, tt.initial)
+		i := 0
+		for i < len(tt.want) {
+			parent, child, ok := r.NextSplit()
+			if !ok || child != PartitionID(r.Partitions()) {
+				t.Fatalf("P₀=%d, P=%d: NextSplit = %d, %d, %v", tt.initial, r.Partitions(), parent, child, ok)
+			}
+			if int(child) == int(tt.want[i][1]) {
+				if parent != tt.want[i][0] {
+					t.Fatalf("P₀=%d, P=%d: NextSplit parent = %d, want %d", tt.initial, r.Partitions(), parent, tt.want[i][0])
+				}
+				i++
+			}
+			var err error
+			if r, err = r.Split(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestPartitionOfGrown pins PartitionOf and Range on small grown rings,
+// worked by hand from the tree of splits.
+func TestPartitionOfGrown(t *testing.T) {
+	const q = 1 << 62 // a quarter of the hash space
+	tests := []struct {
+		initial, partitions int
+		// ranges[i] is partition i's; each is [a·q/8, b·q/8) as {a, b}.
+		ranges [][2]uint64
+	}{
+		{1, 1, [][2]uint64{{0, 32}}},
+		{1, 2, [][2]uint64{{0, 16}, {16, 32}}},
+		{1, 3, [][2]uint64{{0, 8}, {16, 32}, {8, 16}}},
+		{1, 4, [][2]uint64{{0, 8}, {16, 24}, {8, 16}, {24, 32}}},
+		{1, 5, [][2]uint64{{0, 4}, {16, 24}, {8, 16}, {24, 32}, {4, 8}}},
+		{2, 3, [][2]uint64{{0, 8}, {16, 32}, {8, 16}}},
+		{4, 4, [][2]uint64{{0, 8}, {8, 16}, {16, 24}, {24, 32}}},
+		{4, 5, [][2]uint64{{0, 4}, {8, 16}, {16, 24}, {24, 32}, {4, 8}}},
+		{4, 7, [][2]uint64{{0, 4}, {8, 12}, {16, 20}, {24, 32}, {4, 8}, {12, 16}, {20, 24}}},
+		// Level 4 split all four roots; level 8 has split 0 into 0 and 8.
+		{4, 9, [][2]uint64{{0, 2}, {8, 12}, {16, 20}, {24, 28}, {4, 8}, {12, 16}, {20, 24}, {28, 32}, {2, 4}}},
+	}
+	for _, tt := range tests {
+		r := mustGrown(t, tt.initial, tt.partitions)
+		for p, ab := range tt.ranges {
+			want := HashRange{ab[0] * (q / 8), ab[1]*(q/8) - 1}
+			if got := r.Range(PartitionID(p)); got != want {
+				t.Errorf("P₀=%d, P=%d: Range(%d) = %#x, want %#x", tt.initial, tt.partitions, p, got, want)
+			}
+			for _, h := range []uint64{want.First, want.First + (want.Last-want.First)/2, want.Last} {
+				if got := r.PartitionOf(h); got != PartitionID(p) {
+					t.Errorf("P₀=%d, P=%d: PartitionOf(%#x) = %d, want %d", tt.initial, tt.partitions, h, got, p)
+				}
+			}
+		}
+	}
+}
+
+// refPartitionOf is the lookup rule as first specified, bit by bit.
+func refPartitionOf(initial, partitions int, h uint64) PartitionID {
+	consumed := bits.TrailingZeros(uint(initial))
+	id := 0
+	if consumed > 0 {
+		id = int(h >> (64 - consumed))
+	}
+	for width := initial; id+width < partitions; width *= 2 {
+		if h>>(63-consumed)&1 == 1 {
+			id += width
+		}
+		consumed++
+	}
+	return PartitionID(id)
+}
+
+// refPath derives partition p's hash prefix under the given counts from
+// the history of splits: a root's top bits, or the parent's prefix as of
+// the child's creation followed by a 1, then a 0 for each later split of p.
+func refPath(initial, partitions, p int) (prefix uint64, depth int) {
+	var next int // the width of the first level at which p may split
+	if p < initial {
+		depth = bits.TrailingZeros(uint(initial))
+		if depth > 0 {
+			prefix = uint64(p) << (64 - depth)
+		}
+		next = initial
+	} else {
+		w := initial
+		for 2*w <= p {
+			w *= 2
+		}
+		prefix, depth = refPath(initial, p, p-w)
+		prefix |= 1 << (63 - depth)
+		depth++
+		next = 2 * w
+	}
+	for w := next; p+w < partitions; w *= 2 {
+		depth++
+	}
+	return prefix, depth
+}
+
+func refRange(initial, partitions int, p PartitionID) HashRange {
+	prefix, depth := refPath(initial, partitions, int(p))
+	return HashRange{First: prefix, Last: prefix | math.MaxUint64>>depth}
+}
+
+// grownSizes returns the (P₀, P) pairs of the property tests: every P from
+// P₀ through the second doubling and a few more, and some near the bound.
+func grownSizes() [][2]int {
+	var out [][2]int
+	for _, p0 := range []int{1, 2, 4, 16, 64} {
+		for n := p0; n <= min(4*p0+3, MaxPartitions); n++ {
+			out = append(out, [2]int{p0, n})
+		}
+	}
+	return append(out, [2]int{1, 1000}, [2]int{16, 2049}, [2]int{16, 4095}, [2]int{16, 4096},
+		[2]int{1, 4096}, [2]int{MaxPartitions, MaxPartitions})
+}
+
+// checkTiles fails t unless r's ranges, sorted, are contiguous and cover
+// [0, 2⁶⁴-1], and PartitionOf agrees with them at both ends and beyond.
+func checkTiles(t *testing.T, r *Ring) {
+	t.Helper()
+	name := fmt.Sprintf("P₀=%d, P=%d", r.Initial(), r.Partitions())
+	byFirst := make([]PartitionID, r.Partitions())
+	for p := range byFirst {
+		byFirst[p] = PartitionID(p)
+	}
+	slices.SortFunc(byFirst, func(a, b PartitionID) int { return cmp.Compare(r.Range(a).First, r.Range(b).First) })
+	var next uint64
+	for i, p := range byFirst {
+		hr := r.Range(p)
+		if hr.First != next || hr.Last < hr.First || (i > 0 && hr.First == 0) {
+			t.Fatalf("%s: Range(%d) = %#x, want it to start at %#x", name, p, hr, next)
+		}
+		if r.PartitionOf(hr.First) != p || r.PartitionOf(hr.Last) != p {
+			t.Fatalf("%s: ends of Range(%d) = %#x map to %d and %d", name, p, hr,
+				r.PartitionOf(hr.First), r.PartitionOf(hr.Last))
+		}
+		if (hr.First > 0 && r.PartitionOf(hr.First-1) == p) || (hr.Last < math.MaxUint64 && r.PartitionOf(hr.Last+1) == p) {
+			t.Fatalf("%s: PartitionOf maps a hash just outside Range(%d) = %#x to it", name, p, hr)
+		}
+		next = hr.Last + 1
+	}
+	if next != 0 {
+		t.Fatalf("%s: ranges end at %#x, want 2⁶⁴-1", name, next-1)
+	}
+}
+
+func TestGrownRangesTileTheRing(t *testing.T) {
+	for _, size := range grownSizes() {
+		checkTiles(t, mustGrown(t, size[0], size[1]))
+	}
+}
+
+// TestGrownMatchesReference checks PartitionOf and Range against the rules
+// as specified, on random hashes and on every partition.
+func TestGrownMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(*seed, 3))
+	for _, size := range grownSizes() {
+		p0, n := size[0], size[1]
+		r := mustGrown(t, p0, n)
+		for p := range PartitionID(n) {
+			if got, want := r.Range(p), refRange(p0, n, p); got != want {
+				t.Fatalf("P₀=%d, P=%d: Range(%d) = %#x, reference %#x", p0, n, p, got, want)
+			}
+		}
+		for range 1000 {
+			h := rng.Uint64()
+			got := r.PartitionOf(h)
+			if want := refPartitionOf(p0, n, h); got != want {
+				t.Fatalf("P₀=%d, P=%d: PartitionOf(%#x) = %d, reference %d", p0, n, h, got, want)
+			}
+			if !r.Range(got).Contains(h) {
+				t.Fatalf("P₀=%d, P=%d: PartitionOf(%#x) = %d, whose Range %#x does not contain it",
+					p0, n, h, got, r.Range(got))
+			}
+		}
+	}
+}
+
+// TestUnsplitIsUnchanged checks that a ring that never split routes as
+// the top bits of the hash, as clusters did before splits existed.
+func TestUnsplitIsUnchanged(t *testing.T) {
+	rng := rand.New(rand.NewPCG(*seed, 4))
+	for b := uint(0); 1<<b <= MaxPartitions; b++ {
+		r := mustGrown(t, 1<<b, 1<<b)
+		for range 1000 {
+			h := rng.Uint64()
+			if got, want := r.PartitionOf(h), PartitionID(h>>(64-b)); got != want {
+				t.Fatalf("P=%d: PartitionOf(%#x) = %d, want %d", 1<<b, h, got, want)
+			}
+		}
+		for p := range PartitionID(1 << b) {
+			first := uint64(p) << (64 - b)
+			if got, want := r.Range(p), (HashRange{first, first | math.MaxUint64>>b}); got != want {
+				t.Fatalf("P=%d: Range(%d) = %#x, want %#x", 1<<b, p, got, want)
+			}
+		}
+	}
+}
+
+// checkSplit fails t unless next is r after one split: the parent keeps
+// the lower half of its range, the child takes the upper half, and every
+// other partition keeps its range.
+func checkSplit(t *testing.T, r, next *Ring, others []PartitionID) {
+	t.Helper()
+	name := fmt.Sprintf("P₀=%d, P=%d→%d", r.Initial(), r.Partitions(), next.Partitions())
+	parent, child, ok := r.NextSplit()
+	if !ok || int(child) != r.Partitions() || next.Partitions() != r.Partitions()+1 || next.Initial() != r.Initial() {
+		t.Fatalf("%s: NextSplit = %d, %d, %v", name, parent, child, ok)
+	}
+	if got, ok := next.Parent(child); !ok || got != parent {
+		t.Fatalf("%s: Parent(%d) = %d, %v; want %d", name, child, got, ok, parent)
+	}
+	old := r.Range(parent)
+	mid := old.First + (old.Last-old.First)/2
+	if old.Last == old.First {
+		t.Fatalf("%s: parent %d's range %#x is one hash", name, parent, old)
+	}
+	if got, want := next.Range(parent), (HashRange{old.First, mid}); got != want {
+		t.Fatalf("%s: parent %d's range %#x became %#x, want the lower half %#x", name, parent, old, got, want)
+	}
+	if got, want := next.Range(child), (HashRange{mid + 1, old.Last}); got != want {
+		t.Fatalf("%s: child %d's range is %#x, want the upper half %#x of %#x", name, child, got, want, old)
+	}
+	for _, p := range others {
+		if p != parent && r.Range(p) != next.Range(p) {
+			t.Fatalf("%s: partition %d's range %#x became %#x", name, p, r.Range(p), next.Range(p))
+		}
+	}
+}
+
+func TestSplitChangesOnlyParent(t *testing.T) {
+	for _, size := range grownSizes() {
+		r := mustGrown(t, size[0], size[1])
+		next, err := r.Split()
+		if size[1] == MaxPartitions {
+			if _, _, ok := r.NextSplit(); ok || next != nil || !errors.Is(err, ErrInvalidPartitions) {
+				t.Fatalf("P=%d: Split = %v, %v; want ErrInvalidPartitions", size[1], next, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := make([]PartitionID, size[1])
+		for p := range all {
+			all[p] = PartitionID(p)
+		}
+		checkSplit(t, r, next, all)
+	}
+}
+
+// TestSplitsMatchModel grows rings from P₀ to MaxPartitions, halving a
+// model's ranges alongside, and compares them, in full at the end.
+func TestSplitsMatchModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(*seed, 5))
+	for _, p0 := range []int{1, 16} {
+		r := mustRing(t, p0)
+		model := make([]HashRange, p0)
+		for p := range model {
+			model[p] = r.Range(PartitionID(p))
+		}
+		for r.Partitions() < MaxPartitions {
+			next, err := r.Split()
+			if err != nil {
+				t.Fatal(err)
+			}
+			others := make([]PartitionID, 4)
+			for i := range others {
+				others[i] = PartitionID(rng.IntN(r.Partitions()))
+			}
+			checkSplit(t, r, next, others)
+			parent, _, _ := r.NextSplit()
+			old := model[parent]
+			mid := old.First + (old.Last-old.First)/2
+			model[parent] = HashRange{old.First, mid}
+			model = append(model, HashRange{mid + 1, old.Last})
+			r = next
+		}
+		for p, want := range model {
+			if got := r.Range(PartitionID(p)); got != want {
+				t.Fatalf("P₀=%d, P=%d: Range(%d) = %#x, model %#x", p0, r.Partitions(), p, got, want)
+			}
+		}
+		for range 10000 {
+			h := rng.Uint64()
+			if p := r.PartitionOf(h); !model[p].Contains(h) {
+				t.Fatalf("P₀=%d, P=%d: PartitionOf(%#x) = %d, model range %#x", p0, r.Partitions(), h, p, model[p])
+			}
+		}
+		if _, err := r.Split(); !errors.Is(err, ErrInvalidPartitions) || !strings.Contains(err.Error(), "4096") {
+			t.Fatalf("Split at MaxPartitions: %v, want ErrInvalidPartitions", err)
+		}
+	}
+}
+
+func TestParent(t *testing.T) {
+	tests := []struct {
+		initial, partitions int
+		p, parent           PartitionID
+		ok                  bool
+	}{
+		{1, 1, 0, 0, false}, {1, 4, 1, 0, true}, {1, 4, 2, 0, true}, {1, 4, 3, 1, true},
+		{4, 4, 3, 0, false}, {4, 9, 4, 0, true}, {4, 9, 7, 3, true}, {4, 9, 8, 0, true},
+		{16, 4096, 4095, 2047, true}, {16, 4096, 15, 0, false}, {16, 4096, 16, 0, true},
+	}
+	for _, tt := range tests {
+		parent, ok := mustGrown(t, tt.initial, tt.partitions).Parent(tt.p)
+		if parent != tt.parent || ok != tt.ok {
+			t.Errorf("P₀=%d, P=%d: Parent(%d) = %d, %v; want %d, %v",
+				tt.initial, tt.partitions, tt.p, parent, ok, tt.parent, tt.ok)
+		}
+	}
+}
+
+func TestOutOfRangePanics(t *testing.T) {
+	r := mustGrown(t, 4, 6)
+	for name, f := range map[string]func(){
+		"Range":  func() { r.Range(6) },
+		"Parent": func() { r.Parent(6) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s(6) with 6 partitions did not panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+}
+
+// benchRings are an unsplit ring, one mid-sweep, and the longest lookup
+// path, of log2(MaxPartitions) steps.
+var benchRings = []struct {
+	name             string
+	initial, current int
+}{
+	{"", DefaultPartitions, DefaultPartitions},
+	{"P0=16,P=24/", 16, 24},
+	{"P0=1,P=4095/", 1, 4095},
+}
+
 func BenchmarkLookup(b *testing.B) {
-	r := mustRing(b, DefaultPartitions)
-	for _, size := range []int{16, 64, 256} {
-		key := make([]byte, size)
-		b.Run(fmt.Sprintf("key=%dB", size), func(b *testing.B) {
-			b.SetBytes(int64(size))
+	for _, br := range benchRings {
+		r := mustGrown(b, br.initial, br.current)
+		for _, size := range []int{16, 64, 256} {
+			key := make([]byte, size)
+			b.Run(fmt.Sprintf("%skey=%dB", br.name, size), func(b *testing.B) {
+				b.SetBytes(int64(size))
+				var sink PartitionID
+				for i := 0; b.Loop(); i++ {
+					key[0] = byte(i)
+					sink ^= r.Lookup(key)
+				}
+				_ = sink
+			})
+		}
+	}
+}
+
+// BenchmarkPartitionOf isolates routing from hashing.
+func BenchmarkPartitionOf(b *testing.B) {
+	for _, br := range benchRings {
+		r := mustGrown(b, br.initial, br.current)
+		name := strings.TrimSuffix(br.name, "/")
+		if name == "" {
+			name = fmt.Sprintf("P=%d", br.current)
+		}
+		b.Run(name, func(b *testing.B) {
 			var sink PartitionID
-			for i := 0; b.Loop(); i++ {
-				key[0] = byte(i)
-				sink ^= r.Lookup(key)
+			h := uint64(0x9e3779b97f4a7c15)
+			for b.Loop() {
+				h = h*6364136223846793005 + 1442695040888963407
+				sink ^= r.PartitionOf(h)
 			}
 			_ = sink
 		})
