@@ -17,15 +17,15 @@ var maxStamp = Stamp{Version: math.MaxUint64, Timestamp: hlc.Timestamp{WallTime:
 // extreme integers.
 func sampleCommands() map[string]Command {
 	return map[string]Command{
-		"put":              Put{RequestID: 42, Key: []byte("user:1"), Value: []byte("hello"), Stamp: stamp(3, 1_700_000_000_000_000_000)},
-		"put empty value":  Put{RequestID: 1, Key: []byte{0}, Value: []byte{}, Stamp: stamp(0, 0)},
-		"put binary, max":  Put{RequestID: math.MaxUint64, Key: []byte{0xff, 0, 0x80}, Value: bytes.Repeat([]byte{0xfe}, 300), Stamp: maxStamp},
-		"delete":           Delete{RequestID: 7, Key: []byte("gone"), Stamp: stamp(9, 5)},
-		"purge":            PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 123, Logical: 4}},
-		"purge zero":       PurgeTombstones{},
-		"batch":            Batch{Writes: []Write{Put{RequestID: 1, Key: []byte("a"), Value: []byte("1"), Stamp: stamp(1, 1)}, Delete{RequestID: 2, Key: []byte("b"), Stamp: maxStamp}}},
-		"batch with empty": Batch{Writes: []Write{}},
-		"split":            Split{Child: 17, Right: ring.HashRange{First: 1 << 63, Last: math.MaxUint64}, Genesis: []byte("voters")},
+		"put":               Put{RequestID: 42, Key: []byte("user:1"), Value: []byte("hello"), Stamp: stamp(3, 1_700_000_000_000_000_000)},
+		"put empty value":   Put{RequestID: 1, Key: []byte{0}, Value: []byte{}, Stamp: stamp(0, 0)},
+		"put binary, max":   Put{RequestID: math.MaxUint64, Key: []byte{0xff, 0, 0x80}, Value: bytes.Repeat([]byte{0xfe}, 300), Stamp: maxStamp},
+		"delete":            Delete{RequestID: 7, Key: []byte("gone"), Stamp: stamp(9, 5)},
+		"purge":             PurgeTombstones{Cutoff: hlc.Timestamp{WallTime: 123, Logical: 4}},
+		"purge zero":        PurgeTombstones{},
+		"batch":             Batch{Writes: []Write{Put{RequestID: 1, Key: []byte("a"), Value: []byte("1"), Stamp: stamp(1, 1)}, Delete{RequestID: 2, Key: []byte("b"), Stamp: maxStamp}}},
+		"batch with empty":  Batch{Writes: []Write{}},
+		"split":             Split{Child: 17, Right: ring.HashRange{First: 1 << 63, Last: math.MaxUint64}, Genesis: []byte("voters")},
 		"split, no genesis": Split{Child: 1, Right: ring.HashRange{First: 5, Last: 5}, Genesis: []byte{}},
 	}
 }

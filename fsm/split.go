@@ -53,8 +53,8 @@ func ownKey(r ring.HashRange, field string, key []byte) error {
 	return nil
 }
 
-func (p Put) owned(r ring.HashRange) error        { return ownKey(r, "key", p.Key) }
-func (d Delete) owned(r ring.HashRange) error     { return ownKey(r, "key", d.Key) }
+func (p Put) owned(r ring.HashRange) error         { return ownKey(r, "key", p.Key) }
+func (d Delete) owned(r ring.HashRange) error      { return ownKey(r, "key", d.Key) }
 func (PurgeTombstones) owned(ring.HashRange) error { return nil }
 
 func (b Batch) owned(r ring.HashRange) error {
@@ -91,21 +91,34 @@ func UpperHalf(r ring.HashRange) (ring.HashRange, bool) {
 	return upper, ok
 }
 
-func encodeRange(dst []byte, r ring.HashRange) []byte {
-	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(dst, r.First), r.Last)
+// ownership is the partition's range and the index of the entry that set
+// it (0: the range it was created with).
+type ownership struct {
+	rng   ring.HashRange
+	since uint64
 }
 
-func readRange(r engineReader, initial ring.HashRange) (ring.HashRange, error) {
+// rangeKey's value: first(8) last(8) since(8).
+func encodeRange(dst []byte, o ownership) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, o.rng.First)
+	dst = binary.BigEndian.AppendUint64(dst, o.rng.Last)
+	return binary.BigEndian.AppendUint64(dst, o.since)
+}
+
+func readRange(r engineReader, initial ring.HashRange) (ownership, error) {
 	v, ok, err := r.Get(partSpace, rangeKey)
 	switch {
 	case err != nil:
-		return ring.HashRange{}, fmt.Errorf("%w: %v", ErrEngine, err)
+		return ownership{}, fmt.Errorf("%w: %v", ErrEngine, err)
 	case !ok:
-		return initial, nil
-	case len(v) != 16:
-		return ring.HashRange{}, fmt.Errorf("%w: hash range of %d bytes", ErrEngine, len(v))
+		return ownership{rng: initial}, nil
+	case len(v) != 24:
+		return ownership{}, fmt.Errorf("%w: hash range of %d bytes", ErrEngine, len(v))
 	}
-	return ring.HashRange{First: binary.BigEndian.Uint64(v), Last: binary.BigEndian.Uint64(v[8:])}, nil
+	return ownership{
+		rng:   ring.HashRange{First: binary.BigEndian.Uint64(v), Last: binary.BigEndian.Uint64(v[8:])},
+		since: binary.BigEndian.Uint64(v[16:]),
+	}, nil
 }
 
 func (sp Split) apply(tx *txn) Result { return Result{Moved: tx.split(sp)} }
@@ -158,11 +171,11 @@ func (tx *txn) split(sp Split) int {
 	tx.set(it.Close())
 	tx.live -= live
 	tx.dead -= dead
-	tx.set(tx.b.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], lower)))
-	tx.rng = &lower
+	tx.rng = &ownership{rng: lower, since: tx.index}
+	tx.set(tx.b.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], *tx.rng)))
 	if cb != nil {
 		tx.set(cb.Set(partSpace, countsKey, encodeCounts(tx.buf[:0], live, dead)))
-		tx.set(cb.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], sp.Right)))
+		tx.set(cb.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], ownership{rng: sp.Right, since: SplitChildIndex})))
 		tx.set(cb.Set(partSpace, genesisKey, sp.Genesis))
 		tx.set(cb.SetApplied(SplitChildIndex))
 	}
@@ -179,8 +192,14 @@ func (s *Store) Genesis() (genesis []byte, ok bool, err error) {
 	return genesis, ok, nil
 }
 
-// Range returns the hashes the partition owns as of its applied index.
-func (s *Store) HashRange() ring.HashRange { return *s.rng.Load() }
+// HashRange returns the hashes the partition owns as of its applied index.
+func (s *Store) HashRange() ring.HashRange { return s.rng.Load().rng }
+
+// RangeSince returns the index of the entry that gave the partition its
+// current range: the split that last halved it, or 0. An entry after it
+// writing a key outside the range was refused; one at or before it may
+// have been applied and its key handed to a child since.
+func (s *Store) RangeSince() uint64 { return s.rng.Load().since }
 
 // Owns checks that key hashes into the partition's range; the error is a
 // *RangeError. Ranges only shrink, so a reader that checks after it read

@@ -275,3 +275,19 @@ func TestCrashAfterSplitKeepsBothHalvesOrNeither(t *testing.T) {
 		})
 	}
 }
+
+func TestRangeSinceIsTheSplitsIndex(t *testing.T) {
+	f := newSplitFixture(t, vfs.NewMem())
+	if f.s.RangeSince() != 0 {
+		t.Fatalf("a partition never split: RangeSince = %d", f.s.RangeSince())
+	}
+	at := f.s.AppliedIndex() + 1
+	apply(t, f.s, Split{Child: 2, Right: ring.HashRange{First: 1 << 63, Last: ^uint64(0)}})
+	child, err := New(Options{}, f.e.Partition(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.s.RangeSince() != at || child.RangeSince() != SplitChildIndex {
+		t.Fatalf("RangeSince: parent %d (split at %d), child %d", f.s.RangeSince(), at, child.RangeSince())
+	}
+}

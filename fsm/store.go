@@ -43,7 +43,6 @@ import (
 
 	"github.com/ringkv/ringkv/hlc"
 	"github.com/ringkv/ringkv/internal/storage"
-	"github.com/ringkv/ringkv/ring"
 )
 
 // ErrStaleIndex reports an Apply whose log index is not after the applied
@@ -195,7 +194,7 @@ type Store struct {
 
 	mu      sync.Mutex // serializes Apply and Restore
 	applied atomic.Uint64
-	rng     atomic.Pointer[ring.HashRange]
+	rng     atomic.Pointer[ownership]
 	live    atomic.Int64 // keys holding a value
 	dead    atomic.Int64 // keys holding a tombstone
 	buf     []byte       // the writer's scratch, under mu
@@ -332,7 +331,7 @@ func (s *Store) Apply(index uint64, cmd Command) (Result, error) {
 	if applied := s.applied.Load(); index <= applied {
 		return Result{}, fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, applied)
 	}
-	tx := txn{s: s, b: s.part.NewBatch(), live: s.live.Load(), dead: s.dead.Load(), buf: s.buf[:0]}
+	tx := txn{s: s, b: s.part.NewBatch(), index: index, live: s.live.Load(), dead: s.dead.Load(), buf: s.buf[:0]}
 	var res Result
 	verr := s.Validate(cmd)
 	if verr == nil {
@@ -372,7 +371,8 @@ type txn struct {
 	b          *storage.Batch
 	written    map[string]keyState // nil but for a Batch
 	live, dead int64
-	rng        *ring.HashRange // the range a Split left, nil if unchanged
+	index      uint64
+	rng        *ownership // the range a Split left, nil if unchanged
 	buf        []byte
 	err        error
 }

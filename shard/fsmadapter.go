@@ -38,6 +38,9 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 		cmd = fsm.Batch{}
 	}
 	res, replayed, aerr := r.applyEntry(l.Index, cmd)
+	if sp, ok := cmd.(fsm.Split); ok && (aerr == nil || replayed) && r.cfg.OnSplit != nil {
+		r.cfg.OnSplit(sp.Child)
+	}
 	if replayed {
 		return applyResult{err: aerr}
 	}

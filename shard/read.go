@@ -52,7 +52,12 @@ func (r *Replica) Get(ctx context.Context, key []byte, mode ReadMode) (fsm.Item,
 		return fsm.Item{}, r.notPrimary()
 	}
 	if mode == Local {
-		return r.localGet(key)
+		it, err := r.localGet(key)
+		// A split may have handed the key over during the read (split.go).
+		if oerr := r.store.Owns(key); oerr != nil {
+			return fsm.Item{}, oerr
+		}
+		return it, err
 	}
 	ctx, cancel := r.opContext(ctx)
 	defer cancel()
@@ -63,6 +68,9 @@ func (r *Replica) Get(ctx context.Context, key []byte, mode ReadMode) (fsm.Item,
 		return fsm.Item{}, r.readError(err)
 	}
 	it, ok := r.store.Get(key)
+	if err := r.store.Owns(key); err != nil {
+		return fsm.Item{}, err
+	}
 	if err := r.verify.leader(ctx); err != nil {
 		return fsm.Item{}, r.readError(err)
 	}

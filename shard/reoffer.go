@@ -124,7 +124,14 @@ func (r *Replica) deliverReoffer() bool {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
 		defer cancel()
-		if r.IsPrimary() {
+		if r.handedOver(entry) {
+			// A split gave the key to another partition, whose primary
+			// takes it now; this group's would refuse it.
+			if r.cfg.Rehome == nil {
+				return false
+			}
+			err = r.cfg.Rehome(ctx, entry)
+		} else if r.IsPrimary() {
 			err = r.Reoffer(ctx, entry)
 		} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
 			err = r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
@@ -146,6 +153,17 @@ func (r *Replica) deliverReoffer() bool {
 		r.log.Debug("re-offer not delivered yet", "error", err)
 		return false
 	}
+}
+
+// handedOver reports whether entry writes a key this replica's store no
+// longer owns: a split applied here handed it to another partition.
+func (r *Replica) handedOver(entry []byte) bool {
+	_, cmd, err := decodeEntry(entry)
+	if err != nil {
+		return false
+	}
+	key, _ := writeOf(cmd)
+	return key != nil && r.store.Owns(key) != nil
 }
 
 // popReoffer removes the oldest entry from the queue, saved copy first.

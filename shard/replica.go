@@ -22,6 +22,7 @@ import (
 	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/raftgroup"
 	"github.com/ringkv/ringkv/raftwal"
+	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/wal"
 )
 
@@ -83,6 +84,15 @@ type Config struct {
 	// OnSnapshot, if set, is called after each snapshot of the store is
 	// persisted. It must not block.
 	OnSnapshot func(SnapshotInfo)
+	// OnSplit, if set, is called when this replica applies a split (or
+	// meets one again in the log it replays): the child's state is in the
+	// engine, and the node opens the child's replica (split.go). It runs on
+	// raft's FSM goroutine and must not block.
+	OnSplit func(child uint32)
+	// Rehome delivers a re-offered fast write whose key a split has handed
+	// to another partition to the primary of that partition (see
+	// Replica.Reoffer); without it such a write waits in the queue.
+	Rehome func(ctx context.Context, entry []byte) error
 }
 
 // SnapshotInfo describes one persisted snapshot.
@@ -188,6 +198,10 @@ type Replica struct {
 	ready     broadcast
 	verify    verifier
 
+	// handingOver is the range a split this primary proposed hands over,
+	// from its proposal until raft answers it (split.go).
+	handingOver atomic.Pointer[ring.HashRange]
+
 	reofferMu sync.Mutex
 	reoffers  [][]byte // acknowledged fast writes cut from the log, to hand to the primary
 	reofferCh chan struct{}
@@ -266,6 +280,10 @@ func Open(cfg Config) (*Replica, error) {
 	if err := engineSnaps.recover(); err != nil {
 		r.closeLog()
 		return nil, fmt.Errorf("partition %d: %w", cfg.Partition, err)
+	}
+	if err := r.startFromGenesis(engineSnaps); err != nil {
+		r.closeLog()
+		return nil, err
 	}
 	var snapStore raft.SnapshotStore = engineSnaps
 	if cfg.Snapshots != nil {

@@ -37,6 +37,10 @@ type group struct {
 	reps   map[raft.ServerID]*Replica
 	tweak  func(*Config)
 	closed map[raft.ServerID]bool
+	// part is the partition the group serves; a child group (split_test.go)
+	// shares its parent's WALs and engines, which only the parent closes.
+	part   uint32
+	shared bool
 
 	// mu guards reps and cut against the replicas' re-offer goroutines;
 	// the test's goroutine, their only writer, reads them without it.
@@ -55,7 +59,7 @@ const waitFor = 20 * time.Second // generous: a loaded 2-core CI machine
 func newGroup(t *testing.T, tweak func(*Config)) *group {
 	t.Helper()
 	g := &group{
-		t: t, dir: t.TempDir(), tweak: tweak,
+		t: t, dir: t.TempDir(), tweak: tweak, part: 7,
 		ids:    []raft.ServerID{"n1", "n2", "n3"},
 		trans:  map[raft.ServerID]*raft.InmemTransport{},
 		wals:   map[raft.ServerID]*wal.WAL{},
@@ -118,18 +122,20 @@ func (g *group) isolate(id raft.ServerID) {
 
 func (g *group) start(id raft.ServerID) {
 	g.t.Helper()
-	w, err := wal.Open(filepath.Join(g.dir, string(id), "wal"), wal.Options{SegmentSize: 1 << 20})
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	eng, err := storage.Open(storage.Options{Dir: filepath.Join(g.dir, string(id), "state"), CacheSize: 8 << 20, MemTableSize: 4 << 20})
-	if err != nil {
-		g.t.Fatal(err)
+	w, eng := g.wals[id], g.engs[id]
+	if !g.shared {
+		var err error
+		if w, err = wal.Open(filepath.Join(g.dir, string(id), "wal"), wal.Options{SegmentSize: 1 << 20}); err != nil {
+			g.t.Fatal(err)
+		}
+		if eng, err = storage.Open(storage.Options{Dir: filepath.Join(g.dir, string(id), "state"), CacheSize: 8 << 20, MemTableSize: 4 << 20}); err != nil {
+			g.t.Fatal(err)
+		}
 	}
 	cfg := Config{
-		Partition: 7,
+		Partition: g.part,
 		NodeID:    id,
-		Dir:       filepath.Join(g.dir, string(id), "p7"),
+		Dir:       filepath.Join(g.dir, string(id), fmt.Sprintf("p%d", g.part)),
 		WAL:       w,
 		Engine:    eng,
 		Transport: g.trans[id],
@@ -188,8 +194,10 @@ func (g *group) stop(id raft.ServerID) {
 	}
 	g.closed[id] = true
 	g.reps[id].Close()
-	g.wals[id].Close()
-	g.engs[id].Close()
+	if !g.shared {
+		g.wals[id].Close()
+		g.engs[id].Close()
+	}
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

@@ -130,6 +130,10 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	// writes to a key get consecutive versions in log order.
 	mu := r.stripe(key)
 	mu.Lock()
+	if err := r.owns(key); err != nil {
+		mu.Unlock()
+		return fsm.Stamp{}, err
+	}
 	stamp := fsm.Stamp{Version: r.currentVersion(key) + 1, Timestamp: r.cfg.Clock.Now()}
 	var cmd fsm.Write
 	if del {
@@ -211,7 +215,15 @@ func (r *Replica) settle(ctx context.Context, index uint64, cmd fsm.Command, mod
 	_, got, err := decodeEntry(l.Data)
 	switch {
 	case err == nil && l.Type == raft.LogCommand && sameWrite(got, cmd):
-		return writeStamp(cmd), nil
+		// A split before the entry may have refused it.
+		key, st := writeOf(cmd)
+		switch ok, err := r.ownedAt(index, key); {
+		case !ok:
+			return fsm.Stamp{}, unknown
+		case err != nil:
+			return fsm.Stamp{}, err
+		}
+		return st, nil
 	case mode == Strong:
 		return fsm.Stamp{}, r.notPrimary()
 	}
@@ -294,14 +306,15 @@ func sameWrite(a, b fsm.Command) bool {
 	return false
 }
 
-func writeStamp(cmd fsm.Command) fsm.Stamp {
+// writeOf returns the key and stamp of a Put or Delete.
+func writeOf(cmd fsm.Command) (key []byte, st fsm.Stamp) {
 	switch c := cmd.(type) {
 	case fsm.Put:
-		return c.Stamp
+		return c.Key, c.Stamp
 	case fsm.Delete:
-		return c.Stamp
+		return c.Key, c.Stamp
 	}
-	return fsm.Stamp{}
+	return nil, fsm.Stamp{}
 }
 
 // futureDone is closed once future has its outcome; raft's futures block

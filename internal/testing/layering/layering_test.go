@@ -29,7 +29,7 @@ var allowed = map[string][]string{
 	"fsm":                  {"hlc", "internal/storage", "ring"},
 	"raftwal":              {"wal", "internal/lenprefix"},
 	"transport":            {"proto/ringkvpb", "internal/lenprefix"},
-	"shard":                {"fsm", "hlc", "internal/storage", "raftgroup", "raftwal", "wal", "internal/lenprefix"},
+	"shard":                {"fsm", "hlc", "internal/storage", "raftgroup", "raftwal", "ring", "wal", "internal/lenprefix"},
 	"cluster":              {"raftgroup", "raftwal", "ring", "wal"},
 	"internal/consistency": {"proto/ringkvpb", "shard"},
 	"router":               {"fsm", "internal/consistency", "internal/batchsend", "proto/ringkvpb", "ring", "shard"},
