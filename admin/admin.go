@@ -123,7 +123,11 @@ func (s *Server) ClusterMap(context.Context, *pb.ClusterMapRequest) (*pb.Cluster
 		return nil, Status(fmt.Errorf("node %s %w", s.n.ID(), ErrNoCluster))
 	}
 	asg := view.Placement()
-	resp := &pb.ClusterMapResponse{Partitions: uint32(view.Partitions), Epoch: view.Epoch}
+	r, err := view.Ring()
+	if err != nil {
+		return nil, Status(err)
+	}
+	resp := &pb.ClusterMapResponse{Partitions: uint32(view.Partitions), InitialPartitions: uint32(r.Initial()), Epoch: view.Epoch}
 	for _, m := range view.Members {
 		resp.Nodes = append(resp.Nodes, &pb.NodeInfo{Id: m.ID, Address: m.Addr, State: string(m.State), SinceUnixNano: m.Since})
 	}
@@ -180,6 +184,25 @@ func (s *Server) Reoffer(ctx context.Context, req *pb.ReofferRequest) (*pb.Reoff
 		return nil, Status(err)
 	}
 	return &pb.ReofferResponse{}, nil
+}
+
+// split has r, which leads its partition, split it: the child's voters
+// are the partition's, which must be exactly three voters (no move under
+// way).
+func split(ctx context.Context, r *shard.Replica, req *pb.ReconfigureRequest) error {
+	cf := r.Raft().GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return fmt.Errorf("%w: partition %d: configuration: %v", ErrUnreachable, req.GetPartition(), err)
+	}
+	servers := cf.Configuration().Servers
+	if len(servers) != ring.ReplicationFactor || slices.ContainsFunc(servers, func(sv raft.Server) bool { return sv.Suffrage != raft.Voter }) {
+		return fmt.Errorf("%w: partition %d is moving a replica (%d servers); it splits once the move is done", ErrConflict, req.GetPartition(), len(servers))
+	}
+	rng := ring.HashRange{First: req.GetRangeFirst(), Last: req.GetRangeLast()}
+	if err := r.Split(ctx, rng, req.GetChild(), servers); err != nil {
+		return fmt.Errorf("partition %d: split: %w", req.GetPartition(), err)
+	}
+	return nil
 }
 
 // forwardedKey marks, in its metadata, a Join or Leave that a member
@@ -310,6 +333,25 @@ func (s *Server) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResp
 	}, func(ctx context.Context, c pb.AdminClient) (*pb.LeaveResponse, error) { return c.Leave(ctx, req) })
 }
 
+// Split records the partition count the cluster splits towards; the
+// metadata leader's manager then splits one partition at a time.
+func (s *Server) Split(ctx context.Context, req *pb.SplitRequest) (*pb.SplitResponse, error) {
+	if n := req.GetPartitions(); n == 0 || n > ring.MaxPartitions {
+		return nil, Status(fmt.Errorf("%w: partitions: %d, want 1 to %d", ErrInvalidArgument, n, ring.MaxPartitions))
+	}
+	return onMetaLeader(ctx, s, func(meta *cluster.Meta, view *cluster.State) (*pb.SplitResponse, error) {
+		if int(req.GetPartitions()) < view.Partitions {
+			return nil, fmt.Errorf("%w: partitions: %d, the cluster has %d, and partitions never merge", ErrInvalidArgument, req.GetPartitions(), view.Partitions)
+		}
+		next, err := meta.Propose(ctx, cluster.Command{Op: cluster.OpSplitTarget, Count: int(req.GetPartitions())})
+		if err != nil {
+			return nil, proposed(err)
+		}
+		s.log.Info("split target", "partitions", next.Partitions, "target", next.SplitTarget)
+		return &pb.SplitResponse{Partitions: uint32(next.Partitions), Target: uint32(next.SplitTarget)}, nil
+	}, func(ctx context.Context, c pb.AdminClient) (*pb.SplitResponse, error) { return c.Split(ctx, req) })
+}
+
 func (s *Server) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
 	resp, err := s.heartbeat(req)
 	return resp, Status(err)
@@ -379,12 +421,12 @@ func (s *Server) adopted(req *pb.AdoptRequest) (*pb.AdoptResponse, error) {
 	return &pb.AdoptResponse{}, nil
 }
 
-func (s *Server) Reconfigure(_ context.Context, req *pb.ReconfigureRequest) (*pb.ReconfigureResponse, error) {
-	resp, err := s.reconfigure(req)
+func (s *Server) Reconfigure(ctx context.Context, req *pb.ReconfigureRequest) (*pb.ReconfigureResponse, error) {
+	resp, err := s.reconfigure(ctx, req)
 	return resp, Status(err)
 }
 
-func (s *Server) reconfigure(req *pb.ReconfigureRequest) (*pb.ReconfigureResponse, error) {
+func (s *Server) reconfigure(ctx context.Context, req *pb.ReconfigureRequest) (*pb.ReconfigureResponse, error) {
 	r, err := s.replica(req.GetPartition())
 	if err != nil {
 		return nil, err
@@ -393,7 +435,7 @@ func (s *Server) reconfigure(req *pb.ReconfigureRequest) (*pb.ReconfigureRespons
 		id, addr := r.Leader()
 		return nil, &shard.NotPrimaryError{Partition: req.GetPartition(), LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	if req.GetOp() != pb.ReconfigureRequest_OP_NONE && req.GetId() == "" {
+	if op := req.GetOp(); op != pb.ReconfigureRequest_OP_NONE && op != pb.ReconfigureRequest_OP_SPLIT && req.GetId() == "" {
 		return nil, fmt.Errorf("%w: id: the replica to change is required", ErrInvalidArgument)
 	}
 	rf := r.Raft()
@@ -409,6 +451,10 @@ func (s *Server) reconfigure(req *pb.ReconfigureRequest) (*pb.ReconfigureRespons
 		f = rf.RemoveServer(id, req.GetConfigIndex(), reconfigureTimeout)
 	case pb.ReconfigureRequest_OP_TRANSFER_LEADERSHIP:
 		f = rf.LeadershipTransferToServer(id, addr)
+	case pb.ReconfigureRequest_OP_SPLIT:
+		if err := split(ctx, r, req); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("%w: op: unknown operation %d", ErrInvalidArgument, req.GetOp())
 	}

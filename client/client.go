@@ -588,7 +588,11 @@ func (c *Client) fetchMap(ctx context.Context, addr string) (*clusterMap, error)
 // newClusterMap checks resp and indexes it. A partition whose primary has
 // no address is sent to its first replica with one, which forwards.
 func newClusterMap(resp *pb.ClusterMapResponse) (*clusterMap, error) {
-	r, err := ring.New(int(resp.GetPartitions()))
+	initial := resp.GetInitialPartitions()
+	if initial == 0 {
+		initial = resp.GetPartitions()
+	}
+	r, err := ring.Grown(int(initial), int(resp.GetPartitions()))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidClusterMap, err)
 	}

@@ -19,6 +19,10 @@ const (
 	OpSetTarget Op = "set_target" // Target: a new placement
 	OpSetConfig Op = "set_config" // Partition, Config: record a Raft configuration
 	OpRemove    Op = "remove"     // ID: forget a member that holds nothing
+	// Splits, one partition at a time (split.go).
+	OpSplitTarget Op = "split_target" // Count: the partition count to split towards
+	OpBeginSplit  Op = "begin_split"  // Partition: the next split's parent, about to split
+	OpEndSplit    Op = "end_split"    // Partition, Config: the parent split, and the child's configuration
 )
 
 // Command is one entry of the metadata log.
@@ -31,6 +35,7 @@ type Command struct {
 	Target    []byte    `json:"target,omitempty"`
 	Partition uint32    `json:"partition,omitempty"`
 	Config    []Server  `json:"config,omitempty"`
+	Count     int       `json:"count,omitempty"`
 	// At is the proposer's clock, unix nanoseconds: the time of a state
 	// change, carried in the command so that Apply is deterministic.
 	At int64 `json:"at,omitempty"`
@@ -134,9 +139,13 @@ func (s *State) apply(cmd Command) (changed bool, err error) {
 			}
 		}
 		if t.Equal(s.target) {
-			return false, nil
+			// A split's child may already sit where the placement wants it.
+			changed := s.Unbalanced
+			s.Unbalanced = false
+			return changed, nil
 		}
 		s.Target = cmd.Target
+		s.Unbalanced = false
 		return true, nil
 	case OpSetConfig:
 		if int(cmd.Partition) >= s.Partitions {
@@ -161,6 +170,8 @@ func (s *State) apply(cmd Command) (changed bool, err error) {
 		s.Members = slices.DeleteFunc(s.Members, func(m Member) bool { return m.ID == cmd.ID })
 		s.Removed = append(s.Removed, cmd.ID)
 		return true, nil
+	case OpSplitTarget, OpBeginSplit, OpEndSplit:
+		return s.applySplit(cmd)
 	}
 	return false, refuse("unknown command %q", cmd.Op)
 }

@@ -76,7 +76,8 @@ func placeable(m Member, now time.Time, replaceAfter time.Duration) bool {
 }
 
 // Plan returns the placement the cluster should move to, or nil if the
-// target stands: its nodes are exactly the placeable members, or too few
+// target stands: its nodes are exactly the placeable members and no split
+// left a child on its parent's nodes (Unbalanced), or too few
 // members are placeable to hold three replicas of every partition (the
 // cluster then keeps what it has rather than lose a replica).
 func (s *State) Plan(r *ring.Ring, now time.Time, replaceAfter time.Duration) (*ring.Assignment, error) {
@@ -86,7 +87,7 @@ func (s *State) Plan(r *ring.Ring, now time.Time, replaceAfter time.Duration) (*
 			nodes = append(nodes, ring.NodeID(m.ID))
 		}
 	}
-	if len(nodes) < MinMembers || slices.Equal(nodes, s.target.Nodes()) {
+	if len(nodes) < MinMembers || (slices.Equal(nodes, s.target.Nodes()) && !s.Unbalanced) {
 		return nil, nil
 	}
 	return r.Place(s.target, nodes)

@@ -75,8 +75,39 @@ type State struct {
 	Target []byte `json:"target"`
 	// Config is each partition's Raft configuration as last recorded.
 	Config [][]Server `json:"config"`
+	// InitialPartitions is the partition count the cluster was created
+	// with, from which splits grow Partitions (Ring); 0 in metadata
+	// recorded before partitions could split, meaning Partitions.
+	InitialPartitions int `json:"initial_partitions,omitempty"`
+	// SplitTarget is the partition count an operator asked for
+	// (Admin.Split): the manager splits one partition at a time until
+	// Partitions reaches it.
+	SplitTarget int `json:"split_target,omitempty"`
+	// Splitting is the split under way, recorded before the parent's
+	// primary is asked for it. Its child, partition Partitions, is not
+	// part of the map until OpEndSplit records it.
+	Splitting *Split `json:"splitting,omitempty"`
+	// Unbalanced is set by a split, whose child sits on its parent's
+	// nodes, until a new target spreads it (Plan).
+	Unbalanced bool `json:"unbalanced,omitempty"`
 
 	target *ring.Assignment
+}
+
+// Split is a split of partition Parent whose upper half becomes Child.
+type Split struct {
+	Parent uint32 `json:"parent"`
+	Child  uint32 `json:"child"`
+}
+
+// Ring is the ring of the cluster's partitions: its initial count grown by
+// the splits recorded since.
+func (s *State) Ring() (*ring.Ring, error) {
+	initial := s.InitialPartitions
+	if initial == 0 {
+		initial = s.Partitions
+	}
+	return ring.Grown(initial, s.Partitions)
 }
 
 // ErrNotInitialized reports a State that has not been created yet.
@@ -89,7 +120,7 @@ func New(clusterID string, members []Member, placement *ring.Assignment, now tim
 	if err != nil {
 		return nil, err
 	}
-	s := &State{ClusterID: clusterID, Partitions: placement.Partitions(), Epoch: 1, Target: enc}
+	s := &State{ClusterID: clusterID, Partitions: placement.Partitions(), InitialPartitions: placement.Partitions(), Epoch: 1, Target: enc}
 	for _, m := range members {
 		m.State, m.Since = Up, now.UnixNano()
 		s.Members = append(s.Members, m)
@@ -167,6 +198,9 @@ func (s *State) index() error {
 			return fmt.Errorf("cluster: target places replicas on %q, which is not a member", id)
 		}
 	}
+	if _, err := s.Ring(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
 	return nil
 }
 
@@ -234,5 +268,9 @@ func (s *State) clone() *State {
 	c.Members = slices.Clone(s.Members)
 	c.Removed = slices.Clone(s.Removed)
 	c.Config = slices.Clone(s.Config)
+	if s.Splitting != nil {
+		sp := *s.Splitting
+		c.Splitting = &sp
+	}
 	return &c
 }

@@ -39,7 +39,6 @@ type Config struct {
 	ID        string // the node's id
 	Advertise string // the address the node's peers reach it at
 	Meta      *cluster.Meta
-	Ring      *ring.Ring
 	// View is the node's latest view of the cluster metadata, never nil.
 	View func() *cluster.State
 	// ViewChanged fires when View has a newer view.

@@ -55,7 +55,11 @@ func (c *Controller) manageOnce(ctx context.Context) error {
 		}
 	}
 	view = c.cfg.Meta.State()
-	next, err := view.Plan(c.cfg.Ring, now, c.cfg.Timeouts.ReplaceAfter)
+	r, err := view.Ring()
+	if err != nil {
+		return err
+	}
+	next, err := view.Plan(r, now, c.cfg.Timeouts.ReplaceAfter)
 	if err != nil {
 		return err
 	}
@@ -73,6 +77,9 @@ func (c *Controller) manageOnce(ctx context.Context) error {
 	// that does not answer) must not hold up the replica moves.
 	metaErr := c.manageMetaGroup(view)
 	c.advanceMoves(ctx, view)
+	if err := c.advanceSplit(ctx, c.cfg.Meta.State()); err != nil {
+		c.log.Debug("partition split", "error", err)
+	}
 	view = c.cfg.Meta.State()
 	for _, m := range view.Members {
 		if (m.State == cluster.Leaving || m.State == cluster.Down) && !view.Holds(m.ID) {
@@ -160,7 +167,7 @@ func (c *Controller) manageMetaGroup(view *cluster.State) error {
 func (c *Controller) advanceMoves(ctx context.Context, view *cluster.State) {
 	var started, fresh []ring.PartitionID
 	for p := range ring.PartitionID(view.Partitions) {
-		if !view.Moving(p) {
+		if !view.Moving(p) || (view.Splitting != nil && uint32(p) == view.Splitting.Parent) {
 			continue
 		}
 		if moveStarted(view.Config[p]) {

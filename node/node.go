@@ -314,11 +314,6 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		return errors.New("node: closed")
 	default:
 	}
-	r, err := ring.New(view.Partitions)
-	if err != nil {
-		return err
-	}
-	n.ring.Store(r)
 	if err := n.setView(view, true); err != nil {
 		return err
 	}
@@ -351,7 +346,6 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		ID:              n.cfg.ID,
 		Advertise:       n.advertise,
 		Meta:            meta,
-		Ring:            r,
 		View:            n.view.Load,
 		ViewChanged:     n.viewCh,
 		Dial:            n.pool.Dial,
@@ -453,10 +447,15 @@ func (n *Node) setView(s *cluster.State, force bool) error {
 	if cur := n.view.Load(); cur != nil && !force && s.Epoch <= cur.Epoch {
 		return nil
 	}
+	r, err := s.Ring()
+	if err != nil {
+		return err
+	}
 	if err := saveState(n.cfg.DataDir, n.cfg.ID, s); err != nil {
 		n.log.Error("saving the cluster view", "epoch", s.Epoch, "error", err)
 		return err
 	}
+	n.ring.Store(r)
 	n.view.Store(s)
 	select {
 	case n.viewCh <- struct{}{}:
@@ -483,6 +482,8 @@ func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config
 		Snapshots:      n.gate,
 		Reoffer:        n.reoffer,
 		OnSnapshot:     n.metrics.ObserveSnapshot,
+		OnSplit:        func(child uint32) { go n.openSplitChild(ring.PartitionID(child)) },
+		Rehome:         n.rehome,
 	}
 }
 
@@ -500,6 +501,27 @@ func (n *Node) reoffer(ctx context.Context, primary raft.ServerAddress, partitio
 	}
 	_, err = pb.NewAdminClient(conn).Reoffer(ctx, &pb.ReofferRequest{Partition: partition, Entry: entry})
 	return err
+}
+
+// rehome delivers a re-offered fast write whose key a split handed to
+// another partition to that partition's replica here, if it leads, or to
+// the first of its voters not known down, which answers NotPrimary unless
+// it leads: the queue offers the write again next round.
+func (n *Node) rehome(ctx context.Context, key, entry []byte) error {
+	p := n.Lookup(key)
+	if r := n.Replica(p); r != nil && r.IsPrimary() {
+		return r.Reoffer(ctx, entry)
+	}
+	if r := n.Replica(p); r != nil {
+		if _, addr := r.Leader(); addr != "" {
+			return n.reoffer(ctx, addr, uint32(p), entry)
+		}
+	}
+	addrs := n.Addrs(p)
+	if len(addrs) == 0 {
+		return fmt.Errorf("partition %d: no replica known", p)
+	}
+	return n.reoffer(ctx, raft.ServerAddress(addrs[0]), uint32(p), entry)
 }
 
 // Addr is the node's gRPC address.

@@ -26,11 +26,16 @@ func (n *Node) openReplica(p ring.PartitionID) (*shard.Replica, error) {
 	if r := n.Replica(p); r != nil {
 		return r, nil
 	}
+	if err := n.awaitingSplit(p); err != nil {
+		return nil, err
+	}
 	tr, err := n.trans.Transport(uint32(p))
 	if err != nil {
 		return nil, err
 	}
-	r, err := shard.Open(n.replicaConfig(p, tr))
+	cfg := n.replicaConfig(p, tr)
+	cfg.Limits.Range = n.createdRange(p)
+	r, err := shard.Open(cfg)
 	if err != nil {
 		tr.Close()
 		return nil, err
@@ -85,6 +90,11 @@ func (n *Node) dropStrays(view *cluster.State) error {
 			n.log.Warn("ignoring an unexpected entry in the partitions directory", "name", e.Name())
 			continue
 		}
+		if splitting := view.Splitting != nil && uint32(p) == view.Splitting.Child; splitting {
+			// The child of a split under way: this node may have derived
+			// it, and the map records it once the split is done.
+			continue
+		}
 		if p >= view.Partitions || !view.Hosts(n.cfg.ID, ring.PartitionID(p)) {
 			n.log.Info("deleting the data of a replica no longer placed here", "partition", e.Name())
 			if err := n.deleteReplicaData(ring.PartitionID(p)); err != nil {
@@ -129,4 +139,72 @@ func (h host) Purge(p ring.PartitionID) (int, error) {
 		return 0, fmt.Errorf("partition %d: not hosted", p)
 	}
 	return r.PurgeTombstones(context.Background())
+}
+
+// errAwaitingSplit defers opening the child of a split until this node's
+// replica of the parent has applied it.
+var errAwaitingSplit = errors.New("node: the parent's replica here has not applied the split yet")
+
+// awaitingSplit refuses to open p while this node's replica of p's parent
+// still owns p's keys: the parent derives p's state in the engine when it
+// applies the split, and a replica of p opened before that would start
+// empty and take a snapshot into the span the split then writes.
+func (n *Node) awaitingSplit(p ring.PartitionID) error {
+	r := n.ringWith(p)
+	if r == nil {
+		return nil
+	}
+	parent, ok := r.Parent(p)
+	if !ok {
+		return nil
+	}
+	if pr := n.Replica(parent); pr != nil && pr.Store().HashRange().Contains(r.Range(p).First) {
+		return fmt.Errorf("partition %d: %w", p, errAwaitingSplit)
+	}
+	return nil
+}
+
+// ringWith is the node's ring, grown by the split under way if p is its
+// child, which the map records only once the split is done; nil if p is
+// in neither.
+func (n *Node) ringWith(p ring.PartitionID) *ring.Ring {
+	r := n.ring.Load()
+	if r == nil || int(p) < r.Partitions() {
+		return r
+	}
+	if int(p) > r.Partitions() {
+		return nil
+	}
+	grown, err := r.Split()
+	if err != nil {
+		return nil
+	}
+	return grown
+}
+
+// createdRange is the hash range p owned when it was created, which its
+// store assumes until its engine span records another (fsm.Options.Range):
+// its range in the initial ring, or, for a split's child, the one the map
+// gives it (the split records it in the span, or a snapshot brings it).
+func (n *Node) createdRange(p ring.PartitionID) ring.HashRange {
+	r := n.ringWith(p)
+	if r == nil {
+		return ring.HashRange{}
+	}
+	if int(p) < r.Initial() {
+		if initial, err := ring.New(r.Initial()); err == nil {
+			return initial.Range(p)
+		}
+	}
+	return r.Range(p)
+}
+
+// openSplitChild opens the replica of child, which a split this node's
+// replica of its parent applied has just derived in the engine.
+func (n *Node) openSplitChild(child ring.PartitionID) {
+	if _, err := n.openReplica(child); err != nil {
+		n.log.Error("opening the replica of a split's child", "partition", child, "error", err)
+		return
+	}
+	n.log.Info("opened the replica of a split's child", "partition", child)
 }

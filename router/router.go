@@ -305,7 +305,18 @@ func Status(err error) error {
 	}
 	var np *shard.NotPrimaryError
 	var lim *fsm.LimitError
+	var moved *fsm.RangeError
 	switch {
+	case errors.As(err, &moved):
+		// A split handed the key to another partition: nothing was
+		// written, and the caller's map predates the split. A NotPrimary
+		// naming no primary has a client refresh its map and retry; the
+		// partition it names is not known here.
+		st, derr := status.New(codes.FailedPrecondition, moved.Error()).WithDetails(&pb.NotPrimary{})
+		if derr != nil {
+			return status.Error(codes.FailedPrecondition, moved.Error())
+		}
+		return st.Err()
 	case errors.As(err, &lim):
 		return status.Error(codes.InvalidArgument, lim.Error())
 	case errors.As(err, &np):

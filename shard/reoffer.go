@@ -124,13 +124,13 @@ func (r *Replica) deliverReoffer() bool {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
 		defer cancel()
-		if r.handedOver(entry) {
+		if key := r.handedOver(entry); key != nil {
 			// A split gave the key to another partition, whose primary
 			// takes it now; this group's would refuse it.
 			if r.cfg.Rehome == nil {
 				return false
 			}
-			err = r.cfg.Rehome(ctx, entry)
+			err = r.cfg.Rehome(ctx, key, entry)
 		} else if r.IsPrimary() {
 			err = r.Reoffer(ctx, entry)
 		} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
@@ -155,15 +155,18 @@ func (r *Replica) deliverReoffer() bool {
 	}
 }
 
-// handedOver reports whether entry writes a key this replica's store no
-// longer owns: a split applied here handed it to another partition.
-func (r *Replica) handedOver(entry []byte) bool {
+// handedOver returns the key entry writes if this replica's store no
+// longer owns it (a split applied here handed it to another partition),
+// else nil.
+func (r *Replica) handedOver(entry []byte) []byte {
 	_, cmd, err := decodeEntry(entry)
 	if err != nil {
-		return false
+		return nil
 	}
-	key, _ := writeOf(cmd)
-	return key != nil && r.store.Owns(key) != nil
+	if key, _ := writeOf(cmd); key != nil && r.store.Owns(key) != nil {
+		return key
+	}
+	return nil
 }
 
 // popReoffer removes the oldest entry from the queue, saved copy first.

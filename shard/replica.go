@@ -92,7 +92,7 @@ type Config struct {
 	// Rehome delivers a re-offered fast write whose key a split has handed
 	// to another partition to the primary of that partition (see
 	// Replica.Reoffer); without it such a write waits in the queue.
-	Rehome func(ctx context.Context, entry []byte) error
+	Rehome func(ctx context.Context, key, entry []byte) error
 }
 
 // SnapshotInfo describes one persisted snapshot.

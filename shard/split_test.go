@@ -93,7 +93,7 @@ func TestSplitUnderWriters(t *testing.T) {
 	g := newGroup(t, func(cfg *Config) {
 		// What the node does through its map: the child's primary takes
 		// the re-offered writes of the keys the split handed it.
-		cfg.Rehome = func(ctx context.Context, entry []byte) error {
+		cfg.Rehome = func(ctx context.Context, _, entry []byte) error {
 			cmu.Lock()
 			defer cmu.Unlock()
 			if !childUp.Load() || c.primary() == nil {

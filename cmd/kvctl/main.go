@@ -7,10 +7,11 @@
 //	kvctl [--addr HOST:PORT] [--timeout D] status [--json]
 //	kvctl [--addr HOST:PORT] [--timeout D] join ID ADDR [--wait]
 //	kvctl [--addr HOST:PORT] [--timeout D] leave ID [--wait]
+//	kvctl [--addr HOST:PORT] [--timeout D] split --partitions N [--no-wait]
 //
 // --addr is any node of the cluster; it defaults to $RINGKV_ADDR, then
 // 127.0.0.1:7001. --timeout bounds the whole command: 10s by default, 30m
-// for join and leave with --wait, since moving a node's replicas can take
+// for join and leave with --wait and for split, since moving a node's replicas can take
 // that long. Flags may also follow the command and its arguments; "--"
 // ends the flags, so "kvctl put -- -k- v" stores the key "-k-". A VALUE of
 // "-" is read from stdin, byte for byte.
@@ -101,6 +102,8 @@ const usage = `usage: kvctl [--addr HOST:PORT] [--timeout D (10s; 30m for --wait
                                    the replica moves until it is up and all settled
   leave ID [--wait]                decommission ID; --wait follows until its replicas
                                    moved off and it is removed
+  split --partitions N [--no-wait] grow to N partitions, one split at a time; follows
+                                   until all are split and placed (never merges)
   metrics [--node ID] [--json]     request p50/p95/p99 per mode, WAL size, max lag
   health                           exit 0 if the node at --addr reports SERVING, else 3
   bench [--workload A|B|C|W|R] [--clients N] [--duration D] [--keys K] [--value-size B]
@@ -189,6 +192,8 @@ func dispatch(args []string, stdin io.Reader, stdout io.Writer) error {
 		return runBench(fs, rest, &opts, stdout, os.Stderr)
 	case "join", "leave":
 		return memberCmd(cmd, global, fs, rest, &opts, stdout)
+	case "split":
+		return splitCmd(global, fs, rest, &opts, stdout)
 	default:
 		return usagef("unknown command %q", cmd)
 	}

@@ -149,6 +149,9 @@ type waiter struct {
 	// prev summarizes the last map read, to tell a settled cluster from
 	// one about to record a new placement (see settled).
 	prev *summary
+	// partitions, for kvctl split, is the count to wait for instead of a
+	// member's change.
+	partitions int
 }
 
 // summary is what --wait reports of one cluster map.
@@ -270,6 +273,14 @@ func (w *waiter) poll(ctx context.Context) (line string, done bool, err error) {
 		return "", false, err
 	}
 	s := summarize(m, w.id)
+	if w.partitions > 0 {
+		// kvctl split: every split done and its child placed.
+		done = s.partitions >= w.partitions && s.moving == 0
+		if done {
+			return fmt.Sprintf("settled: %d partitions, no partition moving (epoch %d)", s.partitions, s.epoch), true, nil
+		}
+		return fmt.Sprintf("splitting: %d of %d partitions, %d moving", s.partitions, w.partitions, s.moving), false, nil
+	}
 	done = w.settled(s)
 	w.prev = &s
 	switch {
@@ -362,4 +373,65 @@ func joinIDs(ids []string) string {
 		return "-"
 	}
 	return strings.Join(ids, ",")
+}
+
+// splitCmd implements "kvctl split --partitions N [--no-wait]": the node at
+// --addr forwards the target to the metadata leader, whose manager splits
+// one partition at a time; kvctl then follows the cluster map, a progress
+// line per change, until the map has N partitions and none is moving.
+// Partitions never merge: N below the current count is refused.
+func splitCmd(global, fs *flag.FlagSet, args []string, opts *options, stdout io.Writer) error {
+	var n int
+	var noWait bool
+	fs.IntVar(&n, "partitions", 0, "the partition count to grow to (required)")
+	fs.BoolVar(&noWait, "no-wait", false, "return once the target is recorded")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) != 0:
+		return usagef("split takes no argument, got %d", len(pos))
+	case n <= 0:
+		return usagef("--partitions = %d, want the partition count to grow to", n)
+	}
+	if !noWait && !isSet(global, "timeout") && !isSet(fs, "timeout") {
+		opts.timeout = waitTimeout
+	}
+	if opts.timeout <= 0 {
+		return usagef("--timeout = %v, want > 0", opts.timeout)
+	}
+	pool := connpool.New(grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer pool.Close()
+	conn, err := pool.Dial(opts.addr)
+	if err != nil {
+		return usagef("--addr %q: %v", opts.addr, err)
+	}
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, opts.timeout)
+	defer cancel()
+	var resp *pb.SplitResponse
+	err = send(ctx, func() (err error) {
+		resp, err = pb.NewAdminClient(conn).Split(ctx, &pb.SplitRequest{Partitions: uint32(n)})
+		return err
+	})
+	if err != nil {
+		if st, ok := status.FromError(err); ok {
+			return fmt.Errorf("split via %s: %s: %s", opts.addr, st.Code(), st.Message())
+		}
+		return fmt.Errorf("split via %s: %w", opts.addr, err)
+	}
+	if _, err := fmt.Fprintf(stdout, "splitting towards %d partitions (now %d)\n", resp.GetTarget(), resp.GetPartitions()); err != nil || noWait {
+		return err
+	}
+	w := &waiter{pool: pool, addrs: []string{opts.addr}, partitions: n}
+	if err := w.run(ctx, newProgress(stdout)); err != nil {
+		why := fmt.Sprintf("not done within --timeout %v", opts.timeout)
+		if sigCtx.Err() != nil {
+			why = "interrupted"
+		}
+		return fmt.Errorf("stopped waiting (%s); the cluster goes on splitting, follow it with kvctl status; last seen: %v", why, err)
+	}
+	return nil
 }

@@ -87,6 +87,10 @@ const (
 	ReconfigureRequest_OP_PROMOTE             ReconfigureRequest_Op = 2
 	ReconfigureRequest_OP_REMOVE              ReconfigureRequest_Op = 3
 	ReconfigureRequest_OP_TRANSFER_LEADERSHIP ReconfigureRequest_Op = 4
+	// Split the partition: the primary proposes a split handing the upper
+	// half of [range_first, range_last], the range it must own, to the new
+	// partition child on the same replicas. No id is needed.
+	ReconfigureRequest_OP_SPLIT ReconfigureRequest_Op = 5
 )
 
 // Enum value maps for ReconfigureRequest_Op.
@@ -97,6 +101,7 @@ var (
 		2: "OP_PROMOTE",
 		3: "OP_REMOVE",
 		4: "OP_TRANSFER_LEADERSHIP",
+		5: "OP_SPLIT",
 	}
 	ReconfigureRequest_Op_value = map[string]int32{
 		"OP_NONE":                0,
@@ -104,6 +109,7 @@ var (
 		"OP_PROMOTE":             2,
 		"OP_REMOVE":              3,
 		"OP_TRANSFER_LEADERSHIP": 4,
+		"OP_SPLIT":               5,
 	}
 )
 
@@ -131,7 +137,104 @@ func (x ReconfigureRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReconfigureRequest_Op.Descriptor instead.
 func (ReconfigureRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{13, 0}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{15, 0}
+}
+
+type SplitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partitions    uint32                 `protobuf:"varint,1,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRequest) Reset() {
+	*x = SplitRequest{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRequest) ProtoMessage() {}
+
+func (x *SplitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
+func (*SplitRequest) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SplitRequest) GetPartitions() uint32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
+}
+
+type SplitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The partition count now and the target the cluster splits towards.
+	Partitions    uint32 `protobuf:"varint,1,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	Target        uint32 `protobuf:"varint,2,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitResponse) Reset() {
+	*x = SplitResponse{}
+	mi := &file_ringkv_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitResponse) ProtoMessage() {}
+
+func (x *SplitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringkv_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
+func (*SplitResponse) Descriptor() ([]byte, []int) {
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SplitResponse) GetPartitions() uint32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
+}
+
+func (x *SplitResponse) GetTarget() uint32 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
 }
 
 type ClusterMapRequest struct {
@@ -142,7 +245,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[0]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +257,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[0]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,14 +270,20 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 type ClusterMapResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Number of partitions of the ring (a power of two); a key's partition is
-	// the top log2(partitions) bits of its XXH64 hash (seed 0).
+	// Number of partitions of the ring. With initial_partitions P0 (a power
+	// of two) and partitions P, a key's partition follows from its XXH64 hash
+	// (seed 0) by linear hashing: the top log2(P0) bits pick a partition i,
+	// and while i + W < P, for W = P0, 2·P0, ..., the next bit adds W
+	// (ringkv's ring.Ring.PartitionOf). With P = P0 it is the top log2(P) bits.
 	Partitions uint32 `protobuf:"varint,1,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	// The partition count the cluster was created with; 0 from a node that
+	// predates splits, meaning partitions.
+	InitialPartitions uint32 `protobuf:"varint,5,opt,name=initial_partitions,json=initialPartitions,proto3" json:"initial_partitions,omitempty"`
 	// Placement epoch; it grows whenever replicas move.
 	Epoch uint64      `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Nodes []*NodeInfo `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -186,7 +295,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[1]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +307,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[1]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,12 +320,19 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClusterMapResponse) GetPartitions() uint32 {
 	if x != nil {
 		return x.Partitions
+	}
+	return 0
+}
+
+func (x *ClusterMapResponse) GetInitialPartitions() uint32 {
+	if x != nil {
+		return x.InitialPartitions
 	}
 	return 0
 }
@@ -256,7 +372,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[2]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +384,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[2]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +397,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NodeInfo) GetId() string {
@@ -336,7 +452,7 @@ type PartitionMap struct {
 
 func (x *PartitionMap) Reset() {
 	*x = PartitionMap{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[3]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +464,7 @@ func (x *PartitionMap) String() string {
 func (*PartitionMap) ProtoMessage() {}
 
 func (x *PartitionMap) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[3]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +477,7 @@ func (x *PartitionMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionMap.ProtoReflect.Descriptor instead.
 func (*PartitionMap) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PartitionMap) GetPartition() uint32 {
@@ -423,7 +539,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +551,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[4]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +564,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -475,7 +591,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +603,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[5]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +616,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JoinResponse) GetEpoch() uint64 {
@@ -519,7 +635,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +647,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[6]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +660,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaveRequest) GetId() string {
@@ -563,7 +679,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +691,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[7]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +704,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaveResponse) GetEpoch() uint64 {
@@ -609,7 +725,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +737,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[8]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +750,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HeartbeatRequest) GetNodeId() string {
@@ -667,7 +783,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +795,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[9]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +808,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HeartbeatResponse) GetEpoch() uint64 {
@@ -718,7 +834,7 @@ type AdoptRequest struct {
 
 func (x *AdoptRequest) Reset() {
 	*x = AdoptRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +846,7 @@ func (x *AdoptRequest) String() string {
 func (*AdoptRequest) ProtoMessage() {}
 
 func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[10]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +859,7 @@ func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
 func (*AdoptRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AdoptRequest) GetClusterId() string {
@@ -782,7 +898,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +910,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[11]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +923,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type GroupMember struct {
@@ -821,7 +937,7 @@ type GroupMember struct {
 
 func (x *GroupMember) Reset() {
 	*x = GroupMember{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +949,7 @@ func (x *GroupMember) String() string {
 func (*GroupMember) ProtoMessage() {}
 
 func (x *GroupMember) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[12]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +962,7 @@ func (x *GroupMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupMember.ProtoReflect.Descriptor instead.
 func (*GroupMember) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GroupMember) GetId() string {
@@ -879,13 +995,16 @@ type ReconfigureRequest struct {
 	// The configuration index the change was planned against; the change is
 	// refused if the configuration changed since (0: no check).
 	ConfigIndex   uint64 `protobuf:"varint,5,opt,name=config_index,json=configIndex,proto3" json:"config_index,omitempty"`
+	Child         uint32 `protobuf:"varint,6,opt,name=child,proto3" json:"child,omitempty"`
+	RangeFirst    uint64 `protobuf:"varint,7,opt,name=range_first,json=rangeFirst,proto3" json:"range_first,omitempty"`
+	RangeLast     uint64 `protobuf:"varint,8,opt,name=range_last,json=rangeLast,proto3" json:"range_last,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReconfigureRequest) Reset() {
 	*x = ReconfigureRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1016,7 @@ func (x *ReconfigureRequest) String() string {
 func (*ReconfigureRequest) ProtoMessage() {}
 
 func (x *ReconfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[13]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1029,7 @@ func (x *ReconfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconfigureRequest.ProtoReflect.Descriptor instead.
 func (*ReconfigureRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReconfigureRequest) GetPartition() uint32 {
@@ -948,6 +1067,27 @@ func (x *ReconfigureRequest) GetConfigIndex() uint64 {
 	return 0
 }
 
+func (x *ReconfigureRequest) GetChild() uint32 {
+	if x != nil {
+		return x.Child
+	}
+	return 0
+}
+
+func (x *ReconfigureRequest) GetRangeFirst() uint64 {
+	if x != nil {
+		return x.RangeFirst
+	}
+	return 0
+}
+
+func (x *ReconfigureRequest) GetRangeLast() uint64 {
+	if x != nil {
+		return x.RangeLast
+	}
+	return 0
+}
+
 type ReconfigureResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Servers       []*GroupMember         `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
@@ -959,7 +1099,7 @@ type ReconfigureResponse struct {
 
 func (x *ReconfigureResponse) Reset() {
 	*x = ReconfigureResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1111,7 @@ func (x *ReconfigureResponse) String() string {
 func (*ReconfigureResponse) ProtoMessage() {}
 
 func (x *ReconfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[14]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1124,7 @@ func (x *ReconfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconfigureResponse.ProtoReflect.Descriptor instead.
 func (*ReconfigureResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReconfigureResponse) GetServers() []*GroupMember {
@@ -1019,7 +1159,7 @@ type ReofferRequest struct {
 
 func (x *ReofferRequest) Reset() {
 	*x = ReofferRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1171,7 @@ func (x *ReofferRequest) String() string {
 func (*ReofferRequest) ProtoMessage() {}
 
 func (x *ReofferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[15]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1184,7 @@ func (x *ReofferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReofferRequest.ProtoReflect.Descriptor instead.
 func (*ReofferRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReofferRequest) GetPartition() uint32 {
@@ -1069,7 +1209,7 @@ type ReofferResponse struct {
 
 func (x *ReofferResponse) Reset() {
 	*x = ReofferResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1221,7 @@ func (x *ReofferResponse) String() string {
 func (*ReofferResponse) ProtoMessage() {}
 
 func (x *ReofferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[16]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1234,7 @@ func (x *ReofferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReofferResponse.ProtoReflect.Descriptor instead.
 func (*ReofferResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type StatusRequest struct {
@@ -1105,7 +1245,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1257,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[17]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1270,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type StatusResponse struct {
@@ -1160,7 +1300,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1312,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[18]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1325,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1262,7 +1402,7 @@ type PartitionStatus struct {
 
 func (x *PartitionStatus) Reset() {
 	*x = PartitionStatus{}
-	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1414,7 @@ func (x *PartitionStatus) String() string {
 func (*PartitionStatus) ProtoMessage() {}
 
 func (x *PartitionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ringkv_v1_admin_proto_msgTypes[19]
+	mi := &file_ringkv_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1427,7 @@ func (x *PartitionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStatus.ProtoReflect.Descriptor instead.
 func (*PartitionStatus) Descriptor() ([]byte, []int) {
-	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ringkv_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PartitionStatus) GetPartition() uint32 {
@@ -1350,12 +1490,22 @@ var File_ringkv_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15ringkv/v1/admin.proto\x12\tringkv.v1\"\x13\n" +
-	"\x11ClusterMapRequest\"\xb3\x01\n" +
+	"\x15ringkv/v1/admin.proto\x12\tringkv.v1\".\n" +
+	"\fSplitRequest\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x01 \x01(\rR\n" +
+	"partitions\"G\n" +
+	"\rSplitResponse\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x01 \x01(\rR\n" +
+	"partitions\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\rR\x06target\"\x13\n" +
+	"\x11ClusterMapRequest\"\xe2\x01\n" +
 	"\x12ClusterMapResponse\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\x01 \x01(\rR\n" +
-	"partitions\x12\x14\n" +
+	"partitions\x12-\n" +
+	"\x12initial_partitions\x18\x05 \x01(\rR\x11initialPartitions\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12)\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x13.ringkv.v1.NodeInfoR\x05nodes\x12<\n" +
 	"\rpartition_map\x18\x04 \x03(\v2\x17.ringkv.v1.PartitionMapR\fpartitionMap\"r\n" +
@@ -1399,20 +1549,26 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\vGroupMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x93\x02\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xf7\x02\n" +
 	"\x12ReconfigureRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x120\n" +
 	"\x02op\x18\x02 \x01(\x0e2 .ringkv.v1.ReconfigureRequest.OpR\x02op\x12\x0e\n" +
 	"\x02id\x18\x03 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12!\n" +
-	"\fconfig_index\x18\x05 \x01(\x04R\vconfigIndex\"`\n" +
+	"\fconfig_index\x18\x05 \x01(\x04R\vconfigIndex\x12\x14\n" +
+	"\x05child\x18\x06 \x01(\rR\x05child\x12\x1f\n" +
+	"\vrange_first\x18\a \x01(\x04R\n" +
+	"rangeFirst\x12\x1d\n" +
+	"\n" +
+	"range_last\x18\b \x01(\x04R\trangeLast\"n\n" +
 	"\x02Op\x12\v\n" +
 	"\aOP_NONE\x10\x00\x12\x12\n" +
 	"\x0eOP_ADD_LEARNER\x10\x01\x12\x0e\n" +
 	"\n" +
 	"OP_PROMOTE\x10\x02\x12\r\n" +
 	"\tOP_REMOVE\x10\x03\x12\x1a\n" +
-	"\x16OP_TRANSFER_LEADERSHIP\x10\x04\"\x8d\x01\n" +
+	"\x16OP_TRANSFER_LEADERSHIP\x10\x04\x12\f\n" +
+	"\bOP_SPLIT\x10\x05\"\x8d\x01\n" +
 	"\x13ReconfigureResponse\x120\n" +
 	"\aservers\x18\x01 \x03(\v2\x16.ringkv.v1.GroupMemberR\aservers\x12!\n" +
 	"\fconfig_index\x18\x02 \x01(\x04R\vconfigIndex\x12!\n" +
@@ -1449,7 +1605,7 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\x13RAFT_STATE_FOLLOWER\x10\x01\x12\x18\n" +
 	"\x14RAFT_STATE_CANDIDATE\x10\x02\x12\x15\n" +
 	"\x11RAFT_STATE_LEADER\x10\x03\x12\x17\n" +
-	"\x13RAFT_STATE_SHUTDOWN\x10\x042\x9a\x04\n" +
+	"\x13RAFT_STATE_SHUTDOWN\x10\x042\xd6\x04\n" +
 	"\x05Admin\x12=\n" +
 	"\x06Status\x12\x18.ringkv.v1.StatusRequest\x1a\x19.ringkv.v1.StatusResponse\x12I\n" +
 	"\n" +
@@ -1459,7 +1615,8 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\x05Leave\x12\x17.ringkv.v1.LeaveRequest\x1a\x18.ringkv.v1.LeaveResponse\x12F\n" +
 	"\tHeartbeat\x12\x1b.ringkv.v1.HeartbeatRequest\x1a\x1c.ringkv.v1.HeartbeatResponse\x12:\n" +
 	"\x05Adopt\x12\x17.ringkv.v1.AdoptRequest\x1a\x18.ringkv.v1.AdoptResponse\x12L\n" +
-	"\vReconfigure\x12\x1d.ringkv.v1.ReconfigureRequest\x1a\x1e.ringkv.v1.ReconfigureResponseB)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
+	"\vReconfigure\x12\x1d.ringkv.v1.ReconfigureRequest\x1a\x1e.ringkv.v1.ReconfigureResponse\x12:\n" +
+	"\x05Split\x12\x17.ringkv.v1.SplitRequest\x1a\x18.ringkv.v1.SplitResponseB)Z'github.com/ringkv/ringkv/proto/ringkvpbb\x06proto3"
 
 var (
 	file_ringkv_v1_admin_proto_rawDescOnce sync.Once
@@ -1474,56 +1631,60 @@ func file_ringkv_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ringkv_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ringkv_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_ringkv_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ringkv_v1_admin_proto_goTypes = []any{
 	(RaftState)(0),              // 0: ringkv.v1.RaftState
 	(ReconfigureRequest_Op)(0),  // 1: ringkv.v1.ReconfigureRequest.Op
-	(*ClusterMapRequest)(nil),   // 2: ringkv.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),  // 3: ringkv.v1.ClusterMapResponse
-	(*NodeInfo)(nil),            // 4: ringkv.v1.NodeInfo
-	(*PartitionMap)(nil),        // 5: ringkv.v1.PartitionMap
-	(*JoinRequest)(nil),         // 6: ringkv.v1.JoinRequest
-	(*JoinResponse)(nil),        // 7: ringkv.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 8: ringkv.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 9: ringkv.v1.LeaveResponse
-	(*HeartbeatRequest)(nil),    // 10: ringkv.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 11: ringkv.v1.HeartbeatResponse
-	(*AdoptRequest)(nil),        // 12: ringkv.v1.AdoptRequest
-	(*AdoptResponse)(nil),       // 13: ringkv.v1.AdoptResponse
-	(*GroupMember)(nil),         // 14: ringkv.v1.GroupMember
-	(*ReconfigureRequest)(nil),  // 15: ringkv.v1.ReconfigureRequest
-	(*ReconfigureResponse)(nil), // 16: ringkv.v1.ReconfigureResponse
-	(*ReofferRequest)(nil),      // 17: ringkv.v1.ReofferRequest
-	(*ReofferResponse)(nil),     // 18: ringkv.v1.ReofferResponse
-	(*StatusRequest)(nil),       // 19: ringkv.v1.StatusRequest
-	(*StatusResponse)(nil),      // 20: ringkv.v1.StatusResponse
-	(*PartitionStatus)(nil),     // 21: ringkv.v1.PartitionStatus
+	(*SplitRequest)(nil),        // 2: ringkv.v1.SplitRequest
+	(*SplitResponse)(nil),       // 3: ringkv.v1.SplitResponse
+	(*ClusterMapRequest)(nil),   // 4: ringkv.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),  // 5: ringkv.v1.ClusterMapResponse
+	(*NodeInfo)(nil),            // 6: ringkv.v1.NodeInfo
+	(*PartitionMap)(nil),        // 7: ringkv.v1.PartitionMap
+	(*JoinRequest)(nil),         // 8: ringkv.v1.JoinRequest
+	(*JoinResponse)(nil),        // 9: ringkv.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 10: ringkv.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 11: ringkv.v1.LeaveResponse
+	(*HeartbeatRequest)(nil),    // 12: ringkv.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 13: ringkv.v1.HeartbeatResponse
+	(*AdoptRequest)(nil),        // 14: ringkv.v1.AdoptRequest
+	(*AdoptResponse)(nil),       // 15: ringkv.v1.AdoptResponse
+	(*GroupMember)(nil),         // 16: ringkv.v1.GroupMember
+	(*ReconfigureRequest)(nil),  // 17: ringkv.v1.ReconfigureRequest
+	(*ReconfigureResponse)(nil), // 18: ringkv.v1.ReconfigureResponse
+	(*ReofferRequest)(nil),      // 19: ringkv.v1.ReofferRequest
+	(*ReofferResponse)(nil),     // 20: ringkv.v1.ReofferResponse
+	(*StatusRequest)(nil),       // 21: ringkv.v1.StatusRequest
+	(*StatusResponse)(nil),      // 22: ringkv.v1.StatusResponse
+	(*PartitionStatus)(nil),     // 23: ringkv.v1.PartitionStatus
 }
 var file_ringkv_v1_admin_proto_depIdxs = []int32{
-	4,  // 0: ringkv.v1.ClusterMapResponse.nodes:type_name -> ringkv.v1.NodeInfo
-	5,  // 1: ringkv.v1.ClusterMapResponse.partition_map:type_name -> ringkv.v1.PartitionMap
+	6,  // 0: ringkv.v1.ClusterMapResponse.nodes:type_name -> ringkv.v1.NodeInfo
+	7,  // 1: ringkv.v1.ClusterMapResponse.partition_map:type_name -> ringkv.v1.PartitionMap
 	1,  // 2: ringkv.v1.ReconfigureRequest.op:type_name -> ringkv.v1.ReconfigureRequest.Op
-	14, // 3: ringkv.v1.ReconfigureResponse.servers:type_name -> ringkv.v1.GroupMember
-	21, // 4: ringkv.v1.StatusResponse.partitions:type_name -> ringkv.v1.PartitionStatus
+	16, // 3: ringkv.v1.ReconfigureResponse.servers:type_name -> ringkv.v1.GroupMember
+	23, // 4: ringkv.v1.StatusResponse.partitions:type_name -> ringkv.v1.PartitionStatus
 	0,  // 5: ringkv.v1.PartitionStatus.state:type_name -> ringkv.v1.RaftState
-	19, // 6: ringkv.v1.Admin.Status:input_type -> ringkv.v1.StatusRequest
-	2,  // 7: ringkv.v1.Admin.ClusterMap:input_type -> ringkv.v1.ClusterMapRequest
-	17, // 8: ringkv.v1.Admin.Reoffer:input_type -> ringkv.v1.ReofferRequest
-	6,  // 9: ringkv.v1.Admin.Join:input_type -> ringkv.v1.JoinRequest
-	8,  // 10: ringkv.v1.Admin.Leave:input_type -> ringkv.v1.LeaveRequest
-	10, // 11: ringkv.v1.Admin.Heartbeat:input_type -> ringkv.v1.HeartbeatRequest
-	12, // 12: ringkv.v1.Admin.Adopt:input_type -> ringkv.v1.AdoptRequest
-	15, // 13: ringkv.v1.Admin.Reconfigure:input_type -> ringkv.v1.ReconfigureRequest
-	20, // 14: ringkv.v1.Admin.Status:output_type -> ringkv.v1.StatusResponse
-	3,  // 15: ringkv.v1.Admin.ClusterMap:output_type -> ringkv.v1.ClusterMapResponse
-	18, // 16: ringkv.v1.Admin.Reoffer:output_type -> ringkv.v1.ReofferResponse
-	7,  // 17: ringkv.v1.Admin.Join:output_type -> ringkv.v1.JoinResponse
-	9,  // 18: ringkv.v1.Admin.Leave:output_type -> ringkv.v1.LeaveResponse
-	11, // 19: ringkv.v1.Admin.Heartbeat:output_type -> ringkv.v1.HeartbeatResponse
-	13, // 20: ringkv.v1.Admin.Adopt:output_type -> ringkv.v1.AdoptResponse
-	16, // 21: ringkv.v1.Admin.Reconfigure:output_type -> ringkv.v1.ReconfigureResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
+	21, // 6: ringkv.v1.Admin.Status:input_type -> ringkv.v1.StatusRequest
+	4,  // 7: ringkv.v1.Admin.ClusterMap:input_type -> ringkv.v1.ClusterMapRequest
+	19, // 8: ringkv.v1.Admin.Reoffer:input_type -> ringkv.v1.ReofferRequest
+	8,  // 9: ringkv.v1.Admin.Join:input_type -> ringkv.v1.JoinRequest
+	10, // 10: ringkv.v1.Admin.Leave:input_type -> ringkv.v1.LeaveRequest
+	12, // 11: ringkv.v1.Admin.Heartbeat:input_type -> ringkv.v1.HeartbeatRequest
+	14, // 12: ringkv.v1.Admin.Adopt:input_type -> ringkv.v1.AdoptRequest
+	17, // 13: ringkv.v1.Admin.Reconfigure:input_type -> ringkv.v1.ReconfigureRequest
+	2,  // 14: ringkv.v1.Admin.Split:input_type -> ringkv.v1.SplitRequest
+	22, // 15: ringkv.v1.Admin.Status:output_type -> ringkv.v1.StatusResponse
+	5,  // 16: ringkv.v1.Admin.ClusterMap:output_type -> ringkv.v1.ClusterMapResponse
+	20, // 17: ringkv.v1.Admin.Reoffer:output_type -> ringkv.v1.ReofferResponse
+	9,  // 18: ringkv.v1.Admin.Join:output_type -> ringkv.v1.JoinResponse
+	11, // 19: ringkv.v1.Admin.Leave:output_type -> ringkv.v1.LeaveResponse
+	13, // 20: ringkv.v1.Admin.Heartbeat:output_type -> ringkv.v1.HeartbeatResponse
+	15, // 21: ringkv.v1.Admin.Adopt:output_type -> ringkv.v1.AdoptResponse
+	18, // 22: ringkv.v1.Admin.Reconfigure:output_type -> ringkv.v1.ReconfigureResponse
+	3,  // 23: ringkv.v1.Admin.Split:output_type -> ringkv.v1.SplitResponse
+	15, // [15:24] is the sub-list for method output_type
+	6,  // [6:15] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1540,7 +1701,7 @@ func file_ringkv_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringkv_v1_admin_proto_rawDesc), len(file_ringkv_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

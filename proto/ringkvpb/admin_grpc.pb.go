@@ -27,6 +27,7 @@ const (
 	Admin_Heartbeat_FullMethodName   = "/ringkv.v1.Admin/Heartbeat"
 	Admin_Adopt_FullMethodName       = "/ringkv.v1.Admin/Adopt"
 	Admin_Reconfigure_FullMethodName = "/ringkv.v1.Admin/Reconfigure"
+	Admin_Split_FullMethodName       = "/ringkv.v1.Admin/Split"
 )
 
 // AdminClient is the client API for Admin service.
@@ -60,8 +61,14 @@ type AdminClient interface {
 	// the cluster's identity before adding it.
 	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
 	// Reconfigure is node-to-node: the metadata leader asks a partition's
-	// primary to change the Raft configuration one step of a replica move.
+	// primary to change the Raft configuration one step of a replica move,
+	// or to split the partition.
 	Reconfigure(ctx context.Context, in *ReconfigureRequest, opts ...grpc.CallOption) (*ReconfigureResponse, error)
+	// Split grows the cluster to at least the given number of partitions, one
+	// split at a time; it may be sent to any member (forwarded to the
+	// metadata leader) and returns once the target is recorded. Partitions
+	// never merge: a target below the current count is refused.
+	Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error)
 }
 
 type adminClient struct {
@@ -152,6 +159,16 @@ func (c *adminClient) Reconfigure(ctx context.Context, in *ReconfigureRequest, o
 	return out, nil
 }
 
+func (c *adminClient) Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitResponse)
+	err := c.cc.Invoke(ctx, Admin_Split_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -183,8 +200,14 @@ type AdminServer interface {
 	// the cluster's identity before adding it.
 	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
 	// Reconfigure is node-to-node: the metadata leader asks a partition's
-	// primary to change the Raft configuration one step of a replica move.
+	// primary to change the Raft configuration one step of a replica move,
+	// or to split the partition.
 	Reconfigure(context.Context, *ReconfigureRequest) (*ReconfigureResponse, error)
+	// Split grows the cluster to at least the given number of partitions, one
+	// split at a time; it may be sent to any member (forwarded to the
+	// metadata leader) and returns once the target is recorded. Partitions
+	// never merge: a target below the current count is refused.
+	Split(context.Context, *SplitRequest) (*SplitResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -218,6 +241,9 @@ func (UnimplementedAdminServer) Adopt(context.Context, *AdoptRequest) (*AdoptRes
 }
 func (UnimplementedAdminServer) Reconfigure(context.Context, *ReconfigureRequest) (*ReconfigureResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reconfigure not implemented")
+}
+func (UnimplementedAdminServer) Split(context.Context, *SplitRequest) (*SplitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Split not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -384,6 +410,24 @@ func _Admin_Reconfigure_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Split_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Split(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Split_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Split(ctx, req.(*SplitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -422,6 +466,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reconfigure",
 			Handler:    _Admin_Reconfigure_Handler,
+		},
+		{
+			MethodName: "Split",
+			Handler:    _Admin_Split_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
