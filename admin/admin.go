@@ -112,6 +112,7 @@ func (s *Server) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse,
 			LastLogIndex: st.LastIndex,
 			CommitIndex:  st.CommitIndex,
 			AppliedIndex: st.AppliedIndex,
+			DiskBytes:    st.DiskBytes,
 		})
 	}
 	return resp, nil

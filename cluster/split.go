@@ -81,10 +81,11 @@ func (s *State) applySplit(cmd Command) (bool, error) {
 }
 
 // WantsSplit reports the split the manager should begin next, if any: the
-// partition count is below the operator's target and no split is under
-// way.
-func (s *State) WantsSplit() (parent ring.PartitionID, ok bool) {
-	if s.Splitting != nil || s.Partitions >= s.SplitTarget {
+// partition count is below the operator's target, or below floor (the
+// count the cluster's size asks for, FittedPartitions), and no split is
+// under way.
+func (s *State) WantsSplit(floor int) (parent ring.PartitionID, ok bool) {
+	if s.Splitting != nil || s.Partitions >= max(s.SplitTarget, min(floor, ring.MaxPartitions)) {
 		return 0, false
 	}
 	r, err := s.Ring()
@@ -93,4 +94,31 @@ func (s *State) WantsSplit() (parent ring.PartitionID, ok bool) {
 	}
 	parent, _, ok = r.NextSplit()
 	return parent, ok
+}
+
+// FittedPartitions is the partition count a cluster of nodes members wants
+// at perNode partitions per node: nodes·perNode rounded up to a power of
+// two (linear hashing leaves the partitions of a power-of-two count one
+// size), at most ring.MaxPartitions; 0 if perNode is 0 or less.
+func FittedPartitions(nodes, perNode int) int {
+	if perNode <= 0 || nodes <= 0 {
+		return 0
+	}
+	p := 1
+	for p < nodes*perNode && p < ring.MaxPartitions {
+		p *= 2
+	}
+	return p
+}
+
+// Placeable counts the members a placement may use now: neither leaving
+// nor down.
+func (s *State) Placeable() int {
+	n := 0
+	for _, m := range s.Members {
+		if m.State != Leaving && m.State != Down {
+			n++
+		}
+	}
+	return n
 }

@@ -18,7 +18,7 @@ func servers(ids ...ring.NodeID) []Server {
 
 func TestSplitCommands(t *testing.T) {
 	base, _ := newState(t, "n1", "n2", "n3", "n4")
-	if _, ok := base.WantsSplit(); ok {
+	if _, ok := base.WantsSplit(0); ok {
 		t.Fatal("a cluster without a split target wants a split")
 	}
 	targeted := mustApply(t, base, Command{Op: OpSplitTarget, Count: 10})
@@ -54,10 +54,10 @@ func TestSplitCommands(t *testing.T) {
 			}
 		})
 	}
-	if p, ok := targeted.WantsSplit(); !ok || p != 0 {
+	if p, ok := targeted.WantsSplit(0); !ok || p != 0 {
 		t.Fatalf("WantsSplit = %d, %v; want partition 0", p, ok)
 	}
-	if _, ok := begun.WantsSplit(); ok {
+	if _, ok := begun.WantsSplit(0); ok {
 		t.Fatal("a split is wanted while one is under way")
 	}
 
@@ -73,7 +73,7 @@ func TestSplitCommands(t *testing.T) {
 	if err != nil || r.Partitions() != 9 || r.Initial() != 8 {
 		t.Fatalf("Ring() = %v, %v", r, err)
 	}
-	if p, ok := ended.WantsSplit(); !ok || p != 1 {
+	if p, ok := ended.WantsSplit(0); !ok || p != 1 {
 		t.Fatalf("the next split: %d, %v; want partition 1", p, ok)
 	}
 	// The child sits on its parent's nodes until a placement spreads it.
@@ -121,5 +121,23 @@ func TestSplitWaitsForAMove(t *testing.T) {
 	}
 	if _, err := moving.Apply(Command{Op: OpBeginSplit, Partition: 0}); !errors.Is(err, ErrRefused) {
 		t.Fatalf("a split of a moving partition: %v, want refused", err)
+	}
+}
+
+func TestFittedPartitions(t *testing.T) {
+	for _, tc := range []struct{ nodes, perNode, want int }{
+		{3, 0, 0}, {0, 4, 0}, {3, 1, 4}, {3, 2, 8}, {4, 2, 8}, {5, 2, 16}, {9, 2, 32}, {9, 4, 64},
+		{1000, 8, ring.MaxPartitions},
+	} {
+		if got := FittedPartitions(tc.nodes, tc.perNode); got != tc.want {
+			t.Errorf("FittedPartitions(%d, %d) = %d, want %d", tc.nodes, tc.perNode, got, tc.want)
+		}
+	}
+	base, _ := newState(t, "n1", "n2", "n3", "n4")
+	if p, ok := base.WantsSplit(FittedPartitions(base.Placeable(), 4)); !ok || p != 0 {
+		t.Fatalf("4 nodes at 4 per node, 8 partitions: WantsSplit = %d, %v; want partition 0", p, ok)
+	}
+	if _, ok := base.WantsSplit(8); ok {
+		t.Fatal("a split wanted at the count the floor asks for")
 	}
 }

@@ -22,6 +22,9 @@ func (c *Controller) balancePrimaries() {
 	c.repeat(c.cfg.BalanceInterval, nil, func() bool {
 		view := c.cfg.View()
 		for _, p := range c.host.Partitions() {
+			if int(p) >= view.Partitions {
+				continue // a split's child, not in the map yet
+			}
 			pref := string(view.Placement().Primary(p))
 			m := view.Member(pref)
 			if pref == c.cfg.ID || m == nil || m.State != cluster.Up || view.Moving(p) || !c.host.Leads(p) || time.Since(failed[p]) < 10*c.cfg.BalanceInterval {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -11,6 +12,10 @@ import (
 	"github.com/ringkv/ringkv/cluster"
 	"github.com/ringkv/ringkv/ring"
 )
+
+// ErrDeferred is what a Host answers for a step it cannot take yet but
+// will: the next round tries again, with no error logged.
+var ErrDeferred = errors.New("control: deferred")
 
 // Host is what the control loop asks of its node.
 type Host interface {
@@ -59,6 +64,17 @@ type Config struct {
 	// removes it; it sets how often purges are proposed (purgeInterval).
 	// The cutoff is the replicas' own (Host.Purge). 0 or less: never.
 	TombstoneTTL time.Duration
+	// PartitionsPerNode has the metadata leader split until the cluster
+	// has cluster.FittedPartitions(placeable members, PartitionsPerNode)
+	// partitions; 0 or less: no split for the cluster's size.
+	PartitionsPerNode int
+	// SplitSize and SplitWriteRate have the metadata leader split once
+	// more whenever a partition's primary reports more bytes on disk, or
+	// more committed entries a second, than they say, sampled every
+	// SplitCheckInterval (split.go); 0 or less: no such split.
+	SplitSize          uint64
+	SplitWriteRate     float64
+	SplitCheckInterval time.Duration
 }
 
 // Controller runs the control loop of one node.
@@ -88,6 +104,10 @@ func Start(cfg Config, host Host) *Controller {
 	if cfg.TombstoneTTL > 0 {
 		c.wg.Add(1)
 		go c.purgeTombstones()
+	}
+	if (cfg.SplitSize > 0 || cfg.SplitWriteRate > 0) && cfg.SplitCheckInterval > 0 {
+		c.wg.Add(1)
+		go c.watchLoad()
 	}
 	return c
 }

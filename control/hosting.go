@@ -1,6 +1,7 @@
 package control
 
 import (
+	"errors"
 	"time"
 
 	"github.com/ringkv/ringkv/cluster"
@@ -26,7 +27,9 @@ func (c *Controller) reconcile(view *cluster.State) {
 	for p := range ring.PartitionID(view.Partitions) {
 		switch want := view.Hosts(c.cfg.ID, p); {
 		case want && !hosted[p]:
-			if err := c.host.OpenReplica(p); err != nil {
+			if err := c.host.OpenReplica(p); errors.Is(err, ErrDeferred) {
+				c.log.Debug("opening a replica placed on this node", "partition", p, "error", err)
+			} else if err != nil {
 				c.log.Error("opening a replica placed on this node", "partition", p, "error", err)
 			} else {
 				c.log.Info("opened a replica placed on this node", "partition", p, "epoch", view.Epoch)

@@ -296,6 +296,16 @@ func (s *Store) Range(start, end []byte, fn func(Item) bool) error {
 	return snap.Range(start, end, fn)
 }
 
+// DiskBytes estimates the bytes the store takes on disk
+// (storage.Partition.DiskUsage); 0 if the engine cannot tell.
+func (s *Store) DiskBytes() uint64 {
+	n, err := s.part.DiskUsage()
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
 // Len returns the number of live keys.
 func (s *Store) Len() int { return int(s.live.Load()) }
 

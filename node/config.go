@@ -32,6 +32,17 @@ const (
 	// any delay a late write meets while its replica is up and connected
 	// (see Config.TombstoneTTL).
 	DefaultTombstoneTTL = 24 * time.Hour
+	// DefaultPartitionsPerNode: the cluster splits until it has
+	// cluster.FittedPartitions(nodes, 2) partitions, 2 per node rounded up
+	// to a power of two: enough for a joining node to lead its share,
+	// few enough that a node's groups still batch their writes (see
+	// docs/benchmarks.md, "Partitions").
+	DefaultPartitionsPerNode = 2
+	// DefaultSplitSize: a partition splits once it holds 256 MiB on disk.
+	// The split copies the half that moves on the parent's apply
+	// goroutine, so a partition split small is unavailable briefly.
+	DefaultSplitSize          = 256 << 20
+	DefaultSplitCheckInterval = 10 * time.Second
 )
 
 // ErrInvalidConfig marks every error Start returns for a Config it refuses;
@@ -111,6 +122,20 @@ type Config struct {
 	// one knob of the purge: Limits.TombstoneGrace, the cutoff the
 	// replicas compute, is set from it.
 	TombstoneTTL time.Duration
+	// PartitionsPerNode has the cluster split until it has
+	// cluster.FittedPartitions(placeable nodes, PartitionsPerNode)
+	// partitions; negative: never for its size.
+	PartitionsPerNode int
+	// SplitSize splits once more when a partition's primary reports more
+	// bytes on disk; negative: never for size.
+	SplitSize int64
+	// SplitWriteRate splits once more when a partition commits more
+	// entries a second; 0 (the default): never for load, since on the
+	// same nodes more partitions share the same cores.
+	SplitWriteRate float64
+	// SplitCheckInterval is how often the metadata leader samples the
+	// partitions' sizes and write rates.
+	SplitCheckInterval time.Duration
 	// WALSegmentSize overrides the WAL's segment size (tests use small ones).
 	WALSegmentSize int64
 	// Storage sizes the node's storage engine (storage's defaults): its
@@ -168,6 +193,15 @@ func (c Config) withDefaults() (Config, error) {
 	c.ManageInterval = cmp.Or(c.ManageInterval, DefaultManageInterval)
 	c.BalanceInterval = cmp.Or(c.BalanceInterval, DefaultBalanceInterval)
 	c.TombstoneTTL = cmp.Or(c.TombstoneTTL, DefaultTombstoneTTL)
+	c.PartitionsPerNode = cmp.Or(c.PartitionsPerNode, DefaultPartitionsPerNode)
+	c.SplitSize = cmp.Or(c.SplitSize, DefaultSplitSize)
+	c.SplitCheckInterval = cmp.Or(c.SplitCheckInterval, DefaultSplitCheckInterval)
+	switch {
+	case c.SplitWriteRate < 0:
+		return c, invalid("SplitWriteRate is %v, want 0 (never) or more", c.SplitWriteRate)
+	case c.SplitCheckInterval < 0:
+		return c, invalid("SplitCheckInterval is %v, want more than 0", c.SplitCheckInterval)
+	}
 	switch {
 	case c.OpTimeout < 0:
 		return c, invalid("OpTimeout is %v, want more than 0", c.OpTimeout)

@@ -357,6 +357,11 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 		PromoteMaxLag:   n.cfg.PromoteMaxLag,
 		BalanceInterval: n.cfg.BalanceInterval,
 		TombstoneTTL:    n.cfg.TombstoneTTL,
+
+		PartitionsPerNode:  n.cfg.PartitionsPerNode,
+		SplitSize:          uint64(max(n.cfg.SplitSize, 0)),
+		SplitWriteRate:     n.cfg.SplitWriteRate,
+		SplitCheckInterval: n.cfg.SplitCheckInterval,
 	}, host{n}))
 	return nil
 }

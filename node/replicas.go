@@ -143,7 +143,7 @@ func (h host) Purge(p ring.PartitionID) (int, error) {
 
 // errAwaitingSplit defers opening the child of a split until this node's
 // replica of the parent has applied it.
-var errAwaitingSplit = errors.New("node: the parent's replica here has not applied the split yet")
+var errAwaitingSplit = fmt.Errorf("%w: the parent's replica here has not applied the split yet", control.ErrDeferred)
 
 // awaitingSplit refuses to open p while this node's replica of p's parent
 // still owns p's keys: the parent derives p's state in the engine when it

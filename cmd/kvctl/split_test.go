@@ -6,13 +6,17 @@ import (
 	"testing"
 
 	"github.com/ringkv/ringkv/internal/testing/testcluster"
+	"github.com/ringkv/ringkv/node"
 )
 
 // TestSplit grows a cluster from 4 partitions to 8 with kvctl split, which
 // follows the splits until they are placed; every key reads back, and
 // bad targets are refused.
 func TestSplit(t *testing.T) {
-	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: fastMembership})
+	c := testcluster.Start(t, testcluster.Options{Partitions: 4, Tweak: func(cfg *node.Config) {
+		fastMembership(cfg)
+		cfg.PartitionsPerNode = -1 // no split but kvctl's
+	}})
 	addr := c.Addrs()[0]
 	for i := range 40 {
 		if r := kvctl(nil, "--addr", addr, "put", fmt.Sprint("key", i), fmt.Sprint("v", i)); r.code != 0 {

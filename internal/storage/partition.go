@@ -72,6 +72,14 @@ func (p *Partition) Empty() (bool, error) {
 	return empty, errors.Join(it.Error(), it.Close())
 }
 
+// DiskUsage estimates the bytes the partition's span takes in the
+// engine's SSTables (its share of the files it overlaps); what the
+// memtables hold is not counted.
+func (p *Partition) DiskUsage() (uint64, error) {
+	start, end := span(p.id)
+	return p.e.db.EstimateDiskUsage(start, end)
+}
+
 // NewBatch starts a batch of writes to the partition.
 func (p *Partition) NewBatch() *Batch {
 	return &Batch{p: p, b: p.e.db.NewBatch(), buf: p.wbuf}

@@ -1390,12 +1390,14 @@ type PartitionStatus struct {
 	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	State     RaftState              `protobuf:"varint,2,opt,name=state,proto3,enum=ringkv.v1.RaftState" json:"state,omitempty"`
 	// Empty while the replica knows no leader.
-	LeaderId      string `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderAddr    string `protobuf:"bytes,4,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
-	Term          uint64 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
-	LastLogIndex  uint64 `protobuf:"varint,6,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
-	CommitIndex   uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	AppliedIndex  uint64 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	LeaderId     string `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderAddr   string `protobuf:"bytes,4,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	Term         uint64 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	LastLogIndex uint64 `protobuf:"varint,6,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
+	CommitIndex  uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The replica's estimated size on disk (its engine span's SSTables).
+	DiskBytes     uint64 `protobuf:"varint,9,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1482,6 +1484,13 @@ func (x *PartitionStatus) GetCommitIndex() uint64 {
 func (x *PartitionStatus) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *PartitionStatus) GetDiskBytes() uint64 {
+	if x != nil {
+		return x.DiskBytes
 	}
 	return 0
 }
@@ -1589,7 +1598,7 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12'\n" +
 	"\x0fmetadata_leader\x18\x06 \x01(\tR\x0emetadataLeader\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12*\n" +
-	"\x11engine_disk_bytes\x18\b \x01(\x04R\x0fengineDiskBytes\"\x9b\x02\n" +
+	"\x11engine_disk_bytes\x18\b \x01(\x04R\x0fengineDiskBytes\"\xba\x02\n" +
 	"\x0fPartitionStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.ringkv.v1.RaftStateR\x05state\x12\x1b\n" +
@@ -1599,7 +1608,9 @@ const file_ringkv_v1_admin_proto_rawDesc = "" +
 	"\x04term\x18\x05 \x01(\x04R\x04term\x12$\n" +
 	"\x0elast_log_index\x18\x06 \x01(\x04R\flastLogIndex\x12!\n" +
 	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\x12#\n" +
-	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex*\x8a\x01\n" +
+	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\t \x01(\x04R\tdiskBytes*\x8a\x01\n" +
 	"\tRaftState\x12\x1a\n" +
 	"\x16RAFT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13RAFT_STATE_FOLLOWER\x10\x01\x12\x18\n" +

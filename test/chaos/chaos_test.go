@@ -36,7 +36,6 @@ import (
 	"github.com/ringkv/ringkv/internal/testing/kvmodel"
 	"github.com/ringkv/ringkv/internal/testing/proccluster"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
-	"github.com/ringkv/ringkv/ring"
 )
 
 var (
@@ -492,6 +491,15 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 			c.Kill(x)
 			time.Sleep(hold)
 			c.Start(x)
+		case "split a partition":
+			// The split goes on under the faults that follow: a kill or
+			// a cut may land mid-split.
+			if c.Partitions() >= maxChaosPartitions || !c.Split(c.Partitions()+1) {
+				continue
+			}
+			s.Faults[f]++
+			setFault(f)
+			time.Sleep(hold)
 		case "pause node (SIGSTOP)":
 			s.Faults[f]++
 			setFault(f)
@@ -538,7 +546,11 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 }
 
 var nemeses = []string{"kill -9 random node", "kill -9 a primary", "pause node (SIGSTOP)",
-	"isolate a primary", "isolate a node", "split minority|majority", "bridge"}
+	"isolate a primary", "isolate a node", "split minority|majority", "bridge", "split a partition"}
+
+// maxChaosPartitions stops the split nemesis: each split adds a Raft
+// group to every node of a loaded 2-core machine.
+const maxChaosPartitions = 32
 
 // heal restarts and resumes every node and measures how long until every
 // partition accepts a strong write.
@@ -575,10 +587,7 @@ func heal(t *testing.T, c target, s *summary) {
 
 // keyInPartition finds a key of partition p.
 func keyInPartition(c target, p uint32) string {
-	r, err := ring.New(c.Partitions())
-	if err != nil {
-		panic(err)
-	}
+	r := c.Ring()
 	for i := 0; ; i++ {
 		key := fmt.Sprintf("live-%d", i)
 		if uint32(r.Lookup([]byte(key))) == p {

@@ -20,13 +20,19 @@ import (
 	"github.com/ringkv/ringkv/internal/testing/proccluster"
 	"github.com/ringkv/ringkv/internal/testing/wait"
 	pb "github.com/ringkv/ringkv/proto/ringkvpb"
+	"github.com/ringkv/ringkv/ring"
 )
 
 // target is what a campaign runs against, nodes numbered from 0: kvnode
 // processes on loopback, or the docker compose cluster.
 type target interface {
 	Size() int
+	// Ring is the cluster's ring as its latest map has it: splits grow it.
+	Ring() *ring.Ring
 	Partitions() int
+	// Split asks the cluster to split towards n partitions; false if the
+	// target cannot.
+	Split(n int) bool
 	KV(i int) pb.KVClient
 	// Up reports whether node i runs (it may be paused).
 	Up(i int) bool
@@ -46,8 +52,21 @@ type target interface {
 // through the nodes' Chaos service.
 type procTarget struct{ c *proccluster.Cluster }
 
-func (p procTarget) Size() int            { return len(p.c.Procs) }
-func (p procTarget) Partitions() int      { return p.c.Partitions }
+func (p procTarget) Size() int        { return len(p.c.Procs) }
+func (p procTarget) Partitions() int  { return p.Ring().Partitions() }
+func (p procTarget) Split(n int) bool { return p.c.Split(n) == nil }
+
+func (p procTarget) Ring() *ring.Ring {
+	initial, n := p.c.Partitions, p.c.Partitions
+	if m := p.c.Map(); m != nil {
+		initial, n = int(m.GetInitialPartitions()), int(m.GetPartitions())
+	}
+	r, err := ring.Grown(initial, n)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
 func (p procTarget) KV(i int) pb.KVClient { return p.c.Procs[i].KV() }
 func (p procTarget) Up(i int) bool        { return p.c.Procs[i].Running() }
 func (p procTarget) Kill(i int)           { p.c.Kill(p.c.Procs[i]) }
@@ -186,8 +205,19 @@ func (d *dockerTarget) docker(args ...string) {
 	}
 }
 
-func (d *dockerTarget) Size() int            { return len(d.ids) }
-func (d *dockerTarget) Partitions() int      { return d.parts }
+func (d *dockerTarget) Size() int       { return len(d.ids) }
+func (d *dockerTarget) Partitions() int { return d.parts }
+
+// Split is not offered: the docker campaign keeps its partitions.
+func (d *dockerTarget) Split(int) bool { return false }
+
+func (d *dockerTarget) Ring() *ring.Ring {
+	r, err := ring.New(d.parts)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
 func (d *dockerTarget) KV(i int) pb.KVClient { return pb.NewKVClient(d.conns[i]) }
 
 func (d *dockerTarget) Up(i int) bool {

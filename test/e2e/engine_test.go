@@ -402,8 +402,9 @@ func TestEngineKill9DuringSnapshotInstall(t *testing.T) {
 		maxRounds = 12
 	}
 	l := newRaftLog(t)
-	// Two partitions of about 5 MiB each: an ingestion takes a while.
-	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Partitions: 2, Args: churnArgs, Watch: l.watch})
+	// Two partitions of about 5 MiB each: an ingestion takes a while. They
+	// stay two (splitArgs).
+	c := proccluster.Start(t, kvnodeBin, proccluster.Options{Partitions: 2, Args: append(churnArgs[:len(churnArgs):len(churnArgs)], splitArgs...), Watch: l.watch})
 	cl := newClient(t, c)
 	w := ackcheck.StartWith(cl, ackcheck.Options{Writers: 8, Keys: 400, MinValue: 2 << 10, MaxValue: 4 << 10, Seed: seed, CountVersions: true})
 	defer w.Stop()
@@ -574,6 +575,13 @@ func checkReplicasEqual(t *testing.T, c *proccluster.Cluster, w *ackcheck.Writer
 	t.Helper()
 	applied := c.WaitSameApplied(90 * time.Second)
 	t.Logf("replicas at the same applied index: %v", applied)
+	// Splits may have grown the ring since the cluster started.
+	m := c.Map()
+	r, err := ring.Grown(int(m.GetInitialPartitions()), int(m.GetPartitions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	partitions := r.Partitions()
 	for _, p := range c.Procs {
 		c.Stop(p)
 		if code, _ := c.WaitExit(p, 0); code != 0 {
@@ -590,18 +598,18 @@ func checkReplicasEqual(t *testing.T, c *proccluster.Cluster, w *ackcheck.Writer
 		engines[i] = e
 		// Every node of three hosts every partition, and nothing past the
 		// last one (a partition numbered off by one) may have state.
-		for part := range uint32(c.Partitions) + 1 {
+		for part := range uint32(partitions) + 1 {
 			applied, err := e.Partition(part).Applied()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if hosted := part < uint32(c.Partitions); hosted != (applied > 0) {
-				t.Fatalf("%s's engine: partition %d at applied index %d, want it to have state only if below %d", p.ID, part, applied, c.Partitions)
+			if hosted := part < uint32(partitions); hosted != (applied > 0) {
+				t.Fatalf("%s's engine: partition %d at applied index %d, want it to have state only if below %d", p.ID, part, applied, partitions)
 			}
 		}
 	}
 	stores := make([][]*fsm.Store, len(engines))
-	for part := range uint32(c.Partitions) {
+	for part := range uint32(partitions) {
 		var first []byte
 		for i, e := range engines {
 			v := e.Partition(part).View()
@@ -643,10 +651,6 @@ func checkReplicasEqual(t *testing.T, c *proccluster.Cluster, w *ackcheck.Writer
 	}
 
 	// Every key on every replica, read from the engine itself.
-	r, err := ring.New(c.Partitions)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := w.Expected()
 	bad := 0
 	for key, e := range want {

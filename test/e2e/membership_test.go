@@ -22,23 +22,6 @@ func membershipArgs(replaceAfter string) []string {
 	return []string{"--suspect-after", "1s", "--dead-after", "2s", "--replace-after", replaceAfter, "--balance-interval", "500ms"}
 }
 
-// clusterMap asks every running process for the cluster map and returns
-// the newest (a node may lag the metadata by an epoch or two).
-func clusterMap(c *proccluster.Cluster) *pb.ClusterMapResponse {
-	var newest *pb.ClusterMapResponse
-	for _, p := range c.Procs {
-		if !p.Running() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		m, err := pb.NewAdminClient(p.Conn).ClusterMap(ctx, &pb.ClusterMapRequest{})
-		cancel()
-		if err == nil && m.GetEpoch() >= newest.GetEpoch() {
-			newest = m
-		}
-	}
-	return newest
-}
 
 // settled reports whether no partition is moving and every node in want is
 // a member and up (and no other node is a member).
@@ -82,7 +65,7 @@ func waitSettled(t *testing.T, c *proccluster.Cluster, d time.Duration, want ...
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		ok, why := settled(clusterMap(c), want...)
+		ok, why := settled(c.Map(), want...)
 		if ok {
 			return
 		}
@@ -112,7 +95,7 @@ func sampleVoters(c *proccluster.Cluster, mu *sync.Mutex) *voterSampler {
 			case <-time.After(50 * time.Millisecond):
 			}
 			mu.Lock()
-			m := clusterMap(c)
+			m := c.Map()
 			mu.Unlock()
 			for _, pm := range m.GetPartitionMap() {
 				least = min(least, len(pm.GetReplicas()))
@@ -203,7 +186,8 @@ func checkSpread(t *testing.T, c *proccluster.Cluster, nodes ...string) {
 			}
 			return sum == total
 		}
-		return even(replicas, 3*c.Partitions) && even(primaries, c.Partitions)
+		n := c.PartitionCount() // splits may have grown it
+		return even(replicas, 3*n) && even(primaries, n)
 	})
 	t.Logf("spread: %s", detail)
 }
@@ -224,7 +208,7 @@ func TestKill9PastReplaceAfter(t *testing.T) {
 	c.Kill(victim)
 	waitSettled(t, c, 3*time.Minute, "n1", "n2", "n3")
 	t.Logf("n4's replicas re-created on the survivors %v after kill -9 (replace-after 4s)", time.Since(killed).Round(time.Millisecond))
-	m := clusterMap(c)
+	m := c.Map()
 	for _, pm := range m.GetPartitionMap() {
 		if len(pm.GetReplicas()) != 3 {
 			t.Fatalf("partition %d has replicas %v", pm.GetPartition(), pm.GetReplicas())
@@ -235,7 +219,7 @@ func TestKill9PastReplaceAfter(t *testing.T) {
 	if !ok || code != 4 {
 		t.Fatalf("the replaced node came back: exited %v with status %d, want a refusal (exit status 4)", ok, code)
 	}
-	if ok, why := settled(clusterMap(c), "n1", "n2", "n3"); !ok {
+	if ok, why := settled(c.Map(), "n1", "n2", "n3"); !ok {
 		t.Fatalf("after the replaced node's return: %s", why)
 	}
 	w.Finish(t)
@@ -258,7 +242,7 @@ func TestKillMetadataLeaderMidJoin(t *testing.T) {
 		for _, s := range st {
 			leader = s.GetMetadataLeader()
 		}
-		m := clusterMap(c)
+		m := c.Map()
 		for _, pm := range m.GetPartitionMap() {
 			if pm.GetMoving() {
 				return leader != "" && leader != p.ID
@@ -306,7 +290,7 @@ func TestCreateClusterOfEachSize(t *testing.T) {
 				ids = append(ids, p.ID)
 			}
 			waitSettled(t, c, 2*time.Minute, ids...)
-			for _, pm := range clusterMap(c).GetPartitionMap() {
+			for _, pm := range c.Map().GetPartitionMap() {
 				if len(pm.GetReplicas()) != 3 {
 					t.Fatalf("partition %d has replicas %v", pm.GetPartition(), pm.GetReplicas())
 				}
@@ -380,7 +364,7 @@ func TestMetadataVotersReplacedAsTheyDie(t *testing.T) {
 	for i, victim := range []string{"n1", "n2", "n3"} {
 		c.Kill(c.ByID(victim))
 		eventually(t, 2*time.Minute, victim+" recorded down", func() bool {
-			for _, n := range clusterMap(c).GetNodes() {
+			for _, n := range c.Map().GetNodes() {
 				if n.GetId() == victim {
 					return n.GetState() == "down"
 				}

@@ -6,6 +6,7 @@ package proccluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -108,6 +109,10 @@ func Start(t testing.TB, bin string, opts Options) *Cluster {
 // newProc prepares node n<i> on a free port, without starting it.
 func (c *Cluster) newProc(i int) *Proc {
 	p := &Proc{ID: fmt.Sprintf("n%d", i), Addr: freeAddr(c.t), Dir: filepath.Join(c.t.TempDir(), "data")}
+	// Cleanups run last registered first: this one, registered after the
+	// directory's, kills the process before the directory is removed,
+	// which a process still writing to it would make fail.
+	c.t.Cleanup(func() { c.Kill(p) })
 	p.Args = append([]string{"--id", p.ID, "--listen", p.Addr, "--data-dir", p.Dir,
 		"--partitions", fmt.Sprint(c.opts.Partitions), "--log-level", "warn",
 		"--heartbeat-timeout", "300ms", "--election-timeout", "300ms", "--leader-lease", "300ms"}, c.opts.Args...)
@@ -283,6 +288,51 @@ func (c *Cluster) Status(skip *Proc) map[string]*pb.StatusResponse {
 	return out
 }
 
+// Map returns the cluster map of highest epoch among the running nodes
+// that answer within a second, or nil if none does.
+func (c *Cluster) Map() *pb.ClusterMapResponse {
+	var best *pb.ClusterMapResponse
+	for _, p := range c.Procs {
+		if !p.Running() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		m, err := pb.NewAdminClient(p.Conn).ClusterMap(ctx, &pb.ClusterMapRequest{})
+		cancel()
+		if err == nil && (best == nil || m.GetEpoch() > best.GetEpoch()) {
+			best = m
+		}
+	}
+	return best
+}
+
+// PartitionCount is the partition count of the latest map (Map), which
+// splits grow; the count the cluster was created with if no node answers.
+func (c *Cluster) PartitionCount() int {
+	if m := c.Map(); m != nil {
+		return int(m.GetPartitions())
+	}
+	return c.Partitions
+}
+
+// Split asks a running node to have the cluster split towards n
+// partitions (Admin.Split); the splits go on after it returns.
+func (c *Cluster) Split(n int) error {
+	var err error = errors.New("no running node")
+	for _, p := range c.Procs {
+		if !p.Running() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = pb.NewAdminClient(p.Conn).Split(ctx, &pb.SplitRequest{Partitions: uint32(n)})
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
 // Leaders maps each partition to the node that reports leading it.
 func (c *Cluster) Leaders(skip *Proc) map[uint32]string {
 	leaders := map[uint32]string{}
@@ -301,7 +351,7 @@ func (c *Cluster) Leaders(skip *Proc) map[uint32]string {
 func (c *Cluster) WaitPrimaries(skip *Proc) {
 	c.t.Helper()
 	wait.Until(c.t, time.Minute, "a primary for every partition", func() bool {
-		return len(c.Leaders(skip)) == c.Partitions
+		return len(c.Leaders(skip)) >= c.PartitionCount()
 	})
 }
 
@@ -330,7 +380,7 @@ func (c *Cluster) WaitSameApplied(d time.Duration) map[uint32]uint64 {
 			}
 		}
 		applied = map[uint32]uint64{}
-		for part := range uint32(c.Partitions) {
+		for part := range uint32(c.PartitionCount()) {
 			idx := byPart[part]
 			if len(idx) < min(3, running) || slices.Min(idx) != slices.Max(idx) {
 				return false, fmt.Sprintf("partition %d: applied indexes %v", part, idx)
