@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd bench-scaleout fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
+.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd bench-scaleout bench-split fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -63,6 +63,11 @@ bench-vs-etcd:
 
 bench-scaleout:
 	@./scripts/bench-scaleout.sh
+
+# The write unavailability of a splitting partition, on real processes
+# (test/e2e TestBenchSplit: 3 nodes, 4 -> 8 partitions, 64 strong writers).
+bench-split:
+	$(GO) test -count=1 -timeout 20m -run TestBenchSplit -v ./test/e2e -split.bench
 
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:

@@ -22,7 +22,6 @@ func membershipArgs(replaceAfter string) []string {
 	return []string{"--suspect-after", "1s", "--dead-after", "2s", "--replace-after", replaceAfter, "--balance-interval", "500ms"}
 }
 
-
 // settled reports whether no partition is moving and every node in want is
 // a member and up (and no other node is a member).
 func settled(m *pb.ClusterMapResponse, want ...string) (bool, string) {
