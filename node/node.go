@@ -487,7 +487,7 @@ func (n *Node) replicaConfig(p ring.PartitionID, tr raft.Transport) shard.Config
 		Snapshots:      n.gate,
 		Reoffer:        n.reoffer,
 		OnSnapshot:     n.metrics.ObserveSnapshot,
-		OnSplit:        func(child uint32) { go n.openSplitChild(ring.PartitionID(child)) },
+		OnSplit:        func(child uint32, leading bool) { go n.openSplitChild(ring.PartitionID(child), leading) },
 		Rehome:         n.rehome,
 	}
 }

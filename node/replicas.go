@@ -200,11 +200,44 @@ func (n *Node) createdRange(p ring.PartitionID) ring.HashRange {
 }
 
 // openSplitChild opens the replica of child, which a split this node's
-// replica of its parent applied has just derived in the engine.
-func (n *Node) openSplitChild(child ring.PartitionID) {
-	if _, err := n.openReplica(child); err != nil {
+// replica of its parent applied has just derived in the engine. If that
+// replica led the parent (campaign), the child's stands for election at
+// once, and again every campaignEvery while no leader is known (its
+// peers open the child as they apply the split, a moment later), up to
+// campaignFor: the child's keys are unavailable until it has a leader,
+// and raft's own first election waits a heartbeat timeout or two.
+func (n *Node) openSplitChild(child ring.PartitionID, campaign bool) {
+	r, err := n.openReplica(child)
+	if err != nil {
 		n.log.Error("opening the replica of a split's child", "partition", child, "error", err)
 		return
 	}
-	n.log.Info("opened the replica of a split's child", "partition", child)
+	n.log.Info("opened the replica of a split's child", "partition", child, "campaign", campaign)
+	if !campaign {
+		return
+	}
+	tick := time.NewTicker(campaignEvery)
+	defer tick.Stop()
+	for deadline := time.Now().Add(campaignFor); time.Now().Before(deadline); {
+		if id, _ := r.Leader(); id != "" {
+			return
+		}
+		// A candidate already stands: another nudge would only restart
+		// its election in a new term.
+		if r.Raft().State() == raft.Follower {
+			if err := r.Campaign(); err != nil {
+				n.log.Debug("campaign for a split's child", "partition", child, "error", err)
+			}
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		}
+	}
 }
+
+const (
+	campaignEvery = 100 * time.Millisecond
+	campaignFor   = 2 * time.Second
+)

@@ -22,3 +22,13 @@ func (d routerDirectory) Replica(p ring.PartitionID) router.Replica {
 	}
 	return nil
 }
+
+// Owner is the hosted replica whose store owns key (router.Directory).
+func (d routerDirectory) Owner(key []byte) (ring.PartitionID, bool) {
+	for p, r := range *d.replicas.Load() {
+		if r.Store().Owns(key) == nil {
+			return p, true
+		}
+	}
+	return 0, false
+}

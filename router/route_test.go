@@ -34,9 +34,10 @@ type fakeDir struct {
 	addrs   []string
 }
 
-func (fakeDir) Lookup([]byte) ring.PartitionID     { return testPartition }
-func (d fakeDir) Replica(ring.PartitionID) Replica { return d.replica }
-func (d fakeDir) Addrs(ring.PartitionID) []string  { return d.addrs }
+func (fakeDir) Lookup([]byte) ring.PartitionID        { return testPartition }
+func (d fakeDir) Replica(ring.PartitionID) Replica    { return d.replica }
+func (d fakeDir) Addrs(ring.PartitionID) []string     { return d.addrs }
+func (fakeDir) Owner([]byte) (ring.PartitionID, bool) { return 0, false }
 
 // fakeReplica answers every call with err, or serves it when err is nil.
 type fakeReplica struct {
@@ -398,5 +399,47 @@ func TestPrimaryHint(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// splitDir is a node that applied a split of testPartition: its replica
+// of the parent refuses the key, its replica of the child (owner) serves
+// it.
+type splitDir struct {
+	parent, child *fakeReplica
+}
+
+const childPartition = 9
+
+func (splitDir) Lookup([]byte) ring.PartitionID { return testPartition }
+func (d splitDir) Replica(p ring.PartitionID) Replica {
+	if p == childPartition {
+		return d.child
+	}
+	return d.parent
+}
+func (splitDir) Addrs(ring.PartitionID) []string       { return nil }
+func (splitDir) Owner([]byte) (ring.PartitionID, bool) { return childPartition, true }
+
+// A key a split moved, refused by the parent's replica here, is served by
+// the child's replica here before the map shows the child; without a
+// hint, which would name a partition the client does not know.
+func TestMovedKeyServedByTheChild(t *testing.T) {
+	moved := &fsm.RangeError{Field: "key", Hash: 1 << 63, Range: ring.HashRange{Last: 1<<63 - 1}}
+	d := splitDir{parent: &fakeReplica{err: moved}, child: &fakeReplica{}}
+	rt := New(d, nil, Options{})
+	resp, hint, err := rt.put(context.Background(), &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	if err != nil || resp.GetVersion() != servedLocally || hint != "" {
+		t.Fatalf("put = %v, hint %q, %v; want served by the child, no hint", resp, hint, err)
+	}
+	if d.parent.count() != 1 || d.child.count() != 1 {
+		t.Fatalf("calls: parent %d, child %d", d.parent.count(), d.child.count())
+	}
+	// A node whose replicas own the key nowhere passes the refusal on,
+	// as a NotPrimary naming no primary: the client refreshes its map.
+	rt = New(fakeDir{replica: &fakeReplica{err: moved}}, nil, Options{})
+	_, _, err = rt.put(context.Background(), &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	if np := pb.NotPrimaryOf(err); np == nil || np.GetPrimaryAddr() != "" {
+		t.Fatalf("a moved key with no owner here: %v, want a NotPrimary naming no primary", err)
 	}
 }

@@ -56,6 +56,10 @@ type Directory interface {
 	Replica(p ring.PartitionID) Replica
 	// Addrs lists the addresses of p's replicas, preferred primary first.
 	Addrs(p ring.PartitionID) []string
+	// Owner is the partition of this node's replica whose range holds
+	// key, ok false if none does: after a split this node applied, the
+	// child, which its map may not show yet.
+	Owner(key []byte) (p ring.PartitionID, ok bool)
 }
 
 // Replica is what the router calls on this node's replica of a partition.
@@ -220,20 +224,41 @@ func serve[T any](ctx context.Context, rt *Router, req request,
 // (see hintedHandler): set only when a forward from the client's own
 // coordinator (hops 0) succeeded, since only then is the client's map
 // known to be out of date.
+//
+// A key a split moved is answered by the partition that owns it now: the
+// local replica of the parent refuses it (a *fsm.RangeError) once it
+// applied the split, and this node, which hosts the parent's replica, then
+// hosts the child's too (Directory.Owner), so the request goes there at
+// once, before the map records the split; without a hint, since the
+// client's map has no such partition yet.
 func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 	local func(context.Context, Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, string, error) {
-	var zero T
 	p := rt.dir.Lookup(key)
+	resp, hint, err := routeTo(ctx, rt, p, hops, local, remote)
+	if moved := (*fsm.RangeError)(nil); errors.As(err, &moved) {
+		if owner, ok := rt.dir.Owner(key); ok && owner != p {
+			resp, _, err = routeTo(ctx, rt, owner, hops, local, remote)
+			return resp, "", Status(err)
+		}
+	}
+	return resp, hint, Status(err)
+}
+
+// routeTo is route for partition p. Its error is the replica's own when
+// served here, for route to inspect; route converts it (Status).
+func routeTo[T any](ctx context.Context, rt *Router, p ring.PartitionID, hops uint32,
+	local func(context.Context, Replica) (T, error), remote func(context.Context, pb.KVClient) (T, error)) (T, string, error) {
+	var zero T
 	var targets []string
 	if r := rt.dir.Replica(p); r != nil {
 		resp, err := local(ctx, r)
 		var np *shard.NotPrimaryError
 		if !errors.As(err, &np) || hops > 0 || np.LeaderAddr == "" {
-			return resp, "", Status(err)
+			return resp, "", err
 		}
 		targets = []string{np.LeaderAddr}
 	} else if hops > 0 {
-		return zero, "", Status(&shard.NotPrimaryError{Partition: uint32(p)})
+		return zero, "", &shard.NotPrimaryError{Partition: uint32(p)}
 	} else {
 		targets = rt.dir.Addrs(p)
 	}
@@ -263,7 +288,7 @@ func route[T any](ctx context.Context, rt *Router, key []byte, hops uint32,
 		}
 	}
 	if last == nil {
-		last = Status(&shard.NotPrimaryError{Partition: uint32(p)})
+		last = &shard.NotPrimaryError{Partition: uint32(p)}
 	}
 	return zero, "", last
 }

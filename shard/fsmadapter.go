@@ -39,7 +39,7 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	}
 	res, replayed, aerr := r.applyEntry(l.Index, cmd)
 	if sp, ok := cmd.(fsm.Split); ok && (aerr == nil || replayed) && r.cfg.OnSplit != nil {
-		r.cfg.OnSplit(sp.Child)
+		r.cfg.OnSplit(sp.Child, !replayed && r.IsPrimary())
 	}
 	if replayed {
 		return applyResult{err: aerr}

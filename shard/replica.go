@@ -86,9 +86,10 @@ type Config struct {
 	OnSnapshot func(SnapshotInfo)
 	// OnSplit, if set, is called when this replica applies a split (or
 	// meets one again in the log it replays): the child's state is in the
-	// engine, and the node opens the child's replica (split.go). It runs on
-	// raft's FSM goroutine and must not block.
-	OnSplit func(child uint32)
+	// engine, and the node opens the child's replica (split.go); leading
+	// says this replica led the parent then, so the child's should
+	// Campaign. It runs on raft's FSM goroutine and must not block.
+	OnSplit func(child uint32, leading bool)
 	// Rehome delivers a re-offered fast write whose key a split has handed
 	// to another partition to the primary of that partition (see
 	// Replica.Reoffer); without it such a write waits in the queue.

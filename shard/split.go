@@ -195,3 +195,18 @@ func (r *Replica) startFromGenesis(snaps raft.SnapshotStore) error {
 	}
 	return sink.Close()
 }
+
+// Campaign has this replica stand for election at once, as the target of
+// a leadership transfer does: raft's TimeoutNow, which the replica sends
+// itself through its transport. The node whose replica led a split's
+// parent uses it on the child's, which otherwise waits out a heartbeat
+// timeout for its first leader while its keys are unavailable. It is only
+// a nudge: a vote that fails (a peer has not opened the child yet) leaves
+// the election to raft's timers.
+func (r *Replica) Campaign() error {
+	tr := r.cfg.Transport
+	req := &raft.TimeoutNowRequest{RPCHeader: raft.RPCHeader{
+		ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(r.cfg.NodeID), Addr: []byte(tr.LocalAddr()),
+	}}
+	return tr.TimeoutNow(r.cfg.NodeID, tr.LocalAddr(), req, &raft.TimeoutNowResponse{})
+}

@@ -47,6 +47,10 @@ func childGroup(g *group) *group {
 		c.closed[id] = true
 	}
 	c.connectAll()
+	for _, id := range c.ids {
+		// Campaign sends the replica's own raft a TimeoutNow.
+		c.trans[id].Connect(raft.ServerAddress(id), c.trans[id])
+	}
 	g.t.Cleanup(func() {
 		for _, id := range c.ids {
 			c.stop(id)
@@ -300,5 +304,30 @@ func TestChildReplicaWithoutGenesisCatchesUpBySnapshot(t *testing.T) {
 	}
 	if got, want := c.reps[downID].Store().Len(), c.leader().Store().Len(); got != want || got == 0 {
 		t.Fatalf("the child's late replica holds %d keys, its leader %d", got, want)
+	}
+}
+
+// The replica that led the parent stands for election in the child at
+// once (Campaign) and wins it, where raft's own first election waits a
+// heartbeat timeout or two.
+func TestCampaignWinsTheChildsFirstElection(t *testing.T) {
+	g := newGroup(t, nil)
+	p := g.leader()
+	if err := p.Split(context.Background(), fsm.FullRange, childPart, voters(g)); err != nil {
+		t.Fatal(err)
+	}
+	c := childGroup(g)
+	for _, id := range g.ids {
+		r := g.reps[id]
+		eventually(t, string(id)+" to apply the split", func() bool { return r.Store().HashRange() == lowerHalf })
+	}
+	for _, id := range g.ids {
+		c.start(id)
+	}
+	if err := c.reps[p.cfg.NodeID].Campaign(); err != nil {
+		t.Fatal(err)
+	}
+	if l := c.leader(); l.cfg.NodeID != p.cfg.NodeID {
+		t.Fatalf("the child's first leader is %s, not %s, which campaigned", l.cfg.NodeID, p.cfg.NodeID)
 	}
 }

@@ -164,6 +164,12 @@ func TestBenchSplit(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
+	q := func(d []time.Duration, f float64) time.Duration {
+		if len(d) == 0 {
+			return 0
+		}
+		return d[min(len(d)-1, int(f*float64(len(d))))].Round(time.Millisecond)
+	}
 	fmt.Printf("\n%-10s %-9s %9s %9s %9s %9s %9s %7s\n", "split", "window", "requests", "p50", "p99", "max", "all p99", "errors")
 	for _, win := range windows {
 		// The parent's keys before this split: those of its range on the
@@ -189,13 +195,21 @@ func TestBenchSplit(t *testing.T) {
 		}
 		slices.Sort(lat)
 		slices.Sort(all)
-		q := func(d []time.Duration, f float64) time.Duration {
-			if len(d) == 0 {
-				return 0
-			}
-			return d[min(len(d)-1, int(f*float64(len(d))))].Round(time.Millisecond)
-		}
 		fmt.Printf("%-10s %-9s %9d %9v %9v %9v %9v %7d\n", fmt.Sprintf("%d->%d", win.parent, win.partitions-1), (win.to - win.from).Round(time.Millisecond),
 			len(lat), q(lat, 0.5), q(lat, 0.99), q(lat, 1), q(all, 0.99), errs)
 	}
+	// The same writers away from every split: what the machine gives
+	// without one.
+	var base []time.Duration
+	errs := 0
+	for _, s := range samples {
+		if !slices.ContainsFunc(windows, func(w window) bool { return s.at+s.took >= w.from && s.at <= w.to+time.Second }) {
+			base = append(base, s.took)
+			if s.err {
+				errs++
+			}
+		}
+	}
+	slices.Sort(base)
+	fmt.Printf("%-10s %-9s %9d %9v %9v %9v %9v %7d\n", "no split", "", len(base), q(base, 0.5), q(base, 0.99), q(base, 1), q(base, 0.99), errs)
 }
