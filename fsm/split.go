@@ -1,11 +1,12 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
-	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/ring"
 )
 
@@ -125,6 +126,13 @@ func (sp Split) apply(tx *txn) Result { return Result{Moved: tx.split(sp)} }
 
 // split moves the keys of sp.Right to the child (see Split) and returns how
 // many it moved. owned has checked that sp.Right is the upper half.
+//
+// The child is written first, whole, as SSTables ingested into its empty
+// span (storage.Partition.Build: durable once it returns, and no memtable
+// insert per key); the parent's half goes in the entry's batch as point
+// deletes. A crash between the two leaves the child complete and the
+// parent before the split: Raft replays the entry, which finds the child
+// there, the state it would write, and only gives up the half.
 func (tx *txn) split(sp Split) int {
 	lower, _, _ := halves(tx.s.HashRange())
 	child := tx.s.part.Engine().Partition(sp.Child)
@@ -133,52 +141,64 @@ func (tx *txn) split(sp Split) int {
 		tx.set(err)
 		return 0
 	}
-	var cb *storage.Batch // nil: the child exists already
-	if empty {
-		cb = tx.b.With(child)
-	}
-	it, err := tx.s.part.NewIter(dataSpace, nil, nil)
-	if err != nil {
-		tx.set(err)
-		return 0
-	}
 	var live, dead int64
-	for ok := it.First(); ok && tx.err == nil; ok = it.Next() {
-		key := it.Key()
-		if !sp.Right.Contains(ring.Hash(key)) {
-			continue
-		}
-		st, err := decodeState(key, it.Value())
+	moved := func(set func(space byte, key, value []byte) error) error {
+		it, err := tx.s.part.NewIter(dataSpace, nil, nil)
 		if err != nil {
-			tx.set(err)
-			break
+			return err
 		}
-		tx.set(tx.b.Delete(dataSpace, key))
-		if st.tombstone {
-			tx.buf = tombKey(tx.buf[:0], st.stamp.Timestamp, key)
-			tx.set(tx.b.Delete(tombSpace, tx.buf))
-			if cb != nil {
-				tx.set(cb.Set(tombSpace, tx.buf, nil))
+		var tombs [][]byte // the child's tombSpace keys, sorted below
+		for ok := it.First(); ok && tx.err == nil; ok = it.Next() {
+			key := it.Key()
+			if !sp.Right.Contains(ring.Hash(key)) {
+				continue
 			}
-			dead++
-		} else {
-			live++
+			st, err := decodeState(key, it.Value())
+			if err != nil {
+				it.Close()
+				return err
+			}
+			tx.set(tx.b.Delete(dataSpace, key))
+			if st.tombstone {
+				tk := tombKey(nil, st.stamp.Timestamp, key)
+				tx.set(tx.b.Delete(tombSpace, tk))
+				tombs = append(tombs, tk)
+				dead++
+			} else {
+				live++
+			}
+			if set != nil {
+				if err := set(dataSpace, key, it.Value()); err != nil {
+					it.Close()
+					return err
+				}
+			}
 		}
-		if cb != nil {
-			tx.set(cb.Set(dataSpace, key, it.Value()))
+		if err := it.Close(); err != nil || set == nil {
+			return err
 		}
+		slices.SortFunc(tombs, bytes.Compare)
+		for _, tk := range tombs {
+			if err := set(tombSpace, tk, nil); err != nil {
+				return err
+			}
+		}
+		// partSpace's keys in order: counts, genesis, range.
+		return errors.Join(
+			set(partSpace, countsKey, encodeCounts(nil, live, dead)),
+			set(partSpace, genesisKey, sp.Genesis),
+			set(partSpace, rangeKey, encodeRange(nil, ownership{rng: sp.Right, since: SplitChildIndex})))
 	}
-	tx.set(it.Close())
+	if empty {
+		err = child.Build(SplitChildIndex, moved)
+	} else {
+		err = moved(nil)
+	}
+	tx.set(err)
 	tx.live -= live
 	tx.dead -= dead
 	tx.rng = &ownership{rng: lower, since: tx.index}
 	tx.set(tx.b.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], *tx.rng)))
-	if cb != nil {
-		tx.set(cb.Set(partSpace, countsKey, encodeCounts(tx.buf[:0], live, dead)))
-		tx.set(cb.Set(partSpace, rangeKey, encodeRange(tx.buf[:0], ownership{rng: sp.Right, since: SplitChildIndex})))
-		tx.set(cb.Set(partSpace, genesisKey, sp.Genesis))
-		tx.set(cb.SetApplied(SplitChildIndex))
-	}
 	return int(live + dead)
 }
 

@@ -167,9 +167,9 @@ func decodeGenesis(b []byte) (raft.Configuration, error) {
 // startFromGenesis gives the replica of a partition a split created here
 // its first Raft state (see the comment at the top): a snapshot at
 // fsm.SplitChildIndex, term 1, whose configuration is the genesis. It does
-// nothing for a replica with Raft state or without a genesis. The split's
-// batch is not synced (the engine writes without a WAL), and a marker may
-// name only durable state, so the engine is flushed first.
+// nothing for a replica with Raft state or without a genesis. A marker may
+// name only durable state: the split wrote the child's by an ingestion,
+// durable before the split's entry was applied (fsm's split).
 func (r *Replica) startFromGenesis(snaps raft.SnapshotStore) error {
 	genesis, ok, err := r.store.Genesis()
 	if err != nil || !ok {
@@ -181,9 +181,6 @@ func (r *Replica) startFromGenesis(snaps raft.SnapshotStore) error {
 	conf, err := decodeGenesis(genesis)
 	if err != nil {
 		return fmt.Errorf("partition %d: %w", r.cfg.Partition, err)
-	}
-	if err := r.cfg.Engine.Flush(); err != nil {
-		return fmt.Errorf("partition %d: flush before the first snapshot: %w", r.cfg.Partition, err)
 	}
 	sink, err := snaps.Create(raft.SnapshotVersionMax, fsm.SplitChildIndex, 1, conf, fsm.SplitChildIndex, r.cfg.Transport)
 	if err != nil {

@@ -101,26 +101,6 @@ type Batch struct {
 	p   *Partition
 	b   *pebble.Batch
 	buf []byte
-	// joined is set on a batch made by With: it writes into b but neither
-	// commits nor closes it.
-	joined bool
-}
-
-// With returns a batch that writes to other's span as part of b: its
-// writes, and the applied index it records (SetApplied), commit with b's
-// in the same atomic write, or not at all. Only b commits or closes; the
-// returned batch is not used after that. A split writes its child this way,
-// so that the parent's change and the child's creation survive a crash
-// together or not at all.
-func (b *Batch) With(other *Partition) *Batch {
-	return &Batch{p: other, b: b.b, joined: true}
-}
-
-// SetApplied records applied as the partition's applied index. Commit does
-// it for the batch's own partition; a batch made by With uses it.
-func (b *Batch) SetApplied(applied uint64) error {
-	b.buf = engineKey(b.buf[:0], b.p.id, metaSpace, appliedKey)
-	return b.b.Set(b.buf, binary.BigEndian.AppendUint64(nil, applied), nil)
 }
 
 // Set writes key in space.
@@ -138,24 +118,16 @@ func (b *Batch) Delete(space byte, key []byte) error {
 // Commit applies the batch with applied as the partition's applied index,
 // in one atomic write, and releases it. It does not sync (doc.go).
 func (b *Batch) Commit(applied uint64) error {
-	if b.joined {
-		return errJoined
-	}
 	defer b.Close()
-	if err := b.SetApplied(applied); err != nil {
+	b.buf = engineKey(b.buf[:0], b.p.id, metaSpace, appliedKey)
+	if err := b.b.Set(b.buf, binary.BigEndian.AppendUint64(nil, applied), nil); err != nil {
 		return err
 	}
 	return b.b.Commit(pebble.NoSync)
 }
 
-var errJoined = errors.New("storage: a batch made by With commits with the batch it joined")
-
-// Close releases a batch that is not committed; on a batch made by With it
-// does nothing.
+// Close releases a batch that is not committed.
 func (b *Batch) Close() {
-	if b.joined {
-		return
-	}
 	b.p.wbuf = b.buf[:0]
 	b.b.Close()
 }

@@ -275,63 +275,56 @@ func TestSnapshotSizeIsTheStreamsLength(t *testing.T) {
 	}
 }
 
-// A batch joined to another partition's (With) commits both spans in one
-// atomic write: after any crash either both changes are there, with both
-// applied indexes, or neither.
-func TestJoinedBatchCommitsBothSpansOrNeither(t *testing.T) {
-	for seed := range uint64(8) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			fs := vfs.NewCrashableMem()
-			e := open(t, fs)
-			parent, child := e.Partition(3), e.Partition(9)
-			fill(t, parent, 1, 40)
-			if empty, err := child.Empty(); err != nil || !empty {
-				t.Fatalf("a new partition: Empty = %v, %v", empty, err)
-			}
-			if rand.New(rand.NewPCG(seed, 2)).IntN(2) == 0 {
-				if err := e.Flush(); err != nil {
-					t.Fatal(err)
+// Build swaps in the records it is handed, applied index included, in
+// place of the partition's span, durably: after a crash, even with no
+// flush, the partition holds them; out-of-order records, or a fill that
+// fails, leave the span as it was.
+func TestBuildReplacesTheSpan(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	e := open(t, fs)
+	p := e.Partition(4)
+	fill(t, p, 1, 10)
+	records := func(n int) func(set func(byte, []byte, []byte) error) error {
+		return func(set func(byte, []byte, []byte) error) error {
+			for i := 1; i <= n; i++ {
+				if err := set(1, fmt.Appendf(nil, "new%06d", i), fmt.Appendf(nil, "n%d", i)); err != nil {
+					return err
 				}
 			}
-			b := parent.NewBatch()
-			c := b.With(child)
-			for i := 21; i <= 40; i++ {
-				k := fmt.Appendf(nil, "key%06d", i)
-				if err := errors.Join(b.Delete(1, k), c.Set(1, k, fmt.Appendf(nil, "v%d", i))); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := c.SetApplied(1); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Commit(41); err == nil {
-				t.Fatal("a joined batch committed on its own")
-			}
-			c.Close() // a no-op: b still commits
-			if err := b.Commit(41); err != nil {
-				t.Fatal(err)
-			}
-			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 50, RNG: rand.New(rand.NewPCG(seed, 1))})
-			e.Close()
-			e2 := open(t, crashed)
-			defer e2.Close()
-			pgot, papplied := dump(t, e2.Partition(3))
-			cgot, capplied := dump(t, e2.Partition(9))
-			prefix := func(n int) string {
-				var b bytes.Buffer
-				for i := 1; i <= n; i++ {
-					fmt.Fprintf(&b, "key%06d=v%d;", i, i)
-				}
-				return b.String()
-			}
-			lower, all := prefix(20), prefix(40)
-			upper := all[len(lower):]
-			switch {
-			case papplied == 41 && capplied == 1 && pgot == lower && cgot == upper:
-			case papplied <= 40 && capplied == 0 && cgot == "" && pgot == prefix(int(papplied)):
-			default:
-				t.Fatalf("after the crash: parent applied %d %q, child applied %d %q", papplied, pgot, capplied, cgot)
-			}
-		})
+			return nil
+		}
+	}
+	before, _ := dump(t, p)
+	for name, fill := range map[string]func(set func(byte, []byte, []byte) error) error{
+		"out of order": func(set func(byte, []byte, []byte) error) error {
+			return errors.Join(set(1, []byte("b"), nil), set(1, []byte("a"), nil))
+		},
+		"the package's space": func(set func(byte, []byte, []byte) error) error { return set(0, []byte("x"), nil) },
+		"a failing fill":      func(func(byte, []byte, []byte) error) error { return errors.New("no") },
+	} {
+		if err := p.Build(99, fill); err == nil {
+			t.Fatalf("%s: built", name)
+		}
+		if got, applied := dump(t, p); got != before || applied != 10 {
+			t.Fatalf("%s changed the span: applied %d", name, applied)
+		}
+	}
+	if err := p.Build(77, records(500)); err != nil {
+		t.Fatal(err)
+	}
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 100, RNG: rand.New(rand.NewPCG(1, 2))})
+	e.Close()
+	e2 := open(t, crashed)
+	defer e2.Close()
+	got, applied := dump(t, e2.Partition(4))
+	var want bytes.Buffer
+	for i := 1; i <= 500; i++ {
+		fmt.Fprintf(&want, "new%06d=n%d;", i, i)
+	}
+	if applied != 77 || got != want.String() {
+		t.Fatalf("after a crash: applied %d, %d bytes of records; want the built state at 77", applied, len(got))
+	}
+	if entries, err := crashed.List("/data/staging"); err == nil && len(entries) > 0 {
+		t.Fatalf("staging files left behind: %v", entries)
 	}
 }

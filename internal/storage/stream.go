@@ -166,21 +166,6 @@ func (cw *countingWriter) write(b []byte) {
 // was (errors.Is ErrCorruptSnapshot or ErrSnapshotFormat for a bad
 // stream).
 func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
-	e := p.e
-	e.ingestMu.Lock()
-	defer e.ingestMu.Unlock()
-	fs := e.opts.FS
-	if err := fs.MkdirAll(e.staging, 0o755); err != nil {
-		return 0, err
-	}
-	var paths []string
-	defer func() {
-		// Ingestion moves the files into the engine; what is left is
-		// garbage, all of it on error.
-		for _, path := range paths {
-			fs.Remove(path)
-		}
-	}()
 	br := bufio.NewReaderSize(r, 64<<10)
 	hdr := make([]byte, headerLen)
 	if _, err := io.ReadFull(br, hdr); err != nil {
@@ -194,43 +179,16 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 	}
 	applied = binary.BigEndian.Uint64(hdr[5:13])
 
-	var w *sstable.Writer
-	closeSST := func() error {
-		if w == nil {
-			return nil
-		}
-		err := w.Close()
-		w = nil
-		return err
-	}
-	defer closeSST()
-	newSST := func() error {
-		if err := closeSST(); err != nil {
-			return err
-		}
-		path := fs.PathJoin(e.staging, fmt.Sprintf("p%d-%d.sst", p.id, len(paths)))
-		f, err := fs.Create(path, "")
-		if err != nil {
-			return err
-		}
-		paths = append(paths, path)
-		w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), e.popts.MakeWriterOptions(0, e.db.TableFormat()))
-		return nil
-	}
-	if err := newSST(); err != nil {
-		return 0, err
-	}
-	if err := w.Set(engineKey(nil, p.id, metaSpace, appliedKey), binary.BigEndian.AppendUint64(nil, applied)); err != nil {
+	b := p.newBuilder()
+	defer b.abort()
+	if err := b.set(metaSpace, appliedKey, binary.BigEndian.AppendUint64(nil, applied)); err != nil {
 		return 0, err
 	}
 	var (
 		records uint64
 		all     uint32
-		prev    []byte
-		key     []byte
 		word    [4]byte
 		chunk   []byte // the chunk being read, reused
-		written uint64
 	)
 	for {
 		if _, err := io.ReadFull(br, word[:]); err != nil {
@@ -262,7 +220,7 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 			if uint64(len(rest)) < kl {
 				return 0, fmt.Errorf("%w: record key", ErrCorruptSnapshot)
 			}
-			key = engineKey(key[:0], p.id, space, rest[:kl])
+			key := rest[:kl]
 			rest = rest[kl:]
 			vl, v1 := binary.Uvarint(rest)
 			if v1 <= 0 || vl > uint64(len(rest)-v1) {
@@ -270,20 +228,14 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 			}
 			val := rest[v1 : v1+int(vl)]
 			body = rest[v1+int(vl):]
-			if space == metaSpace || (prev != nil && bytes.Compare(key, prev) <= 0) {
+			if space == metaSpace {
 				return 0, fmt.Errorf("%w: records out of order", ErrCorruptSnapshot)
 			}
-			if written >= sstTargetSize {
-				if err := newSST(); err != nil {
-					return 0, err
-				}
-				written = 0
-			}
-			if err := w.Set(key, val); err != nil {
+			if err := b.set(space, key, val); errors.Is(err, errOutOfOrder) {
+				return 0, fmt.Errorf("%w: records out of order", ErrCorruptSnapshot)
+			} else if err != nil {
 				return 0, err
 			}
-			written += uint64(len(key) + len(val))
-			prev = append(prev[:0], key...)
 			records++
 		}
 	}
@@ -300,13 +252,133 @@ func (p *Partition) Ingest(r io.Reader) (applied uint64, err error) {
 	case binary.BigEndian.Uint32(tr[8:12]) != all:
 		return 0, fmt.Errorf("%w: checksum over all records", ErrCorruptSnapshot)
 	}
-	if err := closeSST(); err != nil {
+	// A snapshot received is kept until the engine is durable past it
+	// (shard's recover restores it after a crash), so no flush here.
+	if err := b.ingest(false); err != nil {
 		return 0, err
 	}
-	start, end := span(p.id)
-	if _, err := e.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: start, End: end}); err != nil {
-		return 0, fmt.Errorf("storage: partition %d: ingest: %w", p.id, err)
-	}
-	paths = nil
 	return applied, nil
+}
+
+// Build replaces the partition's whole state with the records fill hands
+// to set, in strictly ascending order of (space, key), and applied as its
+// applied index: written into SSTables beside the engine and swapped in
+// atomically and durably (an ingestion syncs), so that after a crash the
+// partition holds all of it or its state before. It is how a split writes
+// its child: cheaper than a batch of every key through the memtable, and
+// bounded in memory by the SSTable writer's buffers, not the data. On any
+// error, fill's included, the partition is left as it was.
+func (p *Partition) Build(applied uint64, fill func(set func(space byte, key, value []byte) error) error) error {
+	b := p.newBuilder()
+	defer b.abort()
+	if err := b.set(metaSpace, appliedKey, binary.BigEndian.AppendUint64(nil, applied)); err != nil {
+		return err
+	}
+	if err := fill(func(space byte, key, value []byte) error {
+		if space == metaSpace {
+			return fmt.Errorf("storage: partition %d: build: space %d is the package's own", p.id, metaSpace)
+		}
+		return b.set(space, key, value)
+	}); err != nil {
+		return err
+	}
+	return b.ingest(true)
+}
+
+var errOutOfOrder = errors.New("storage: records out of order")
+
+// builder writes a partition's records into SSTables in the engine's
+// staging directory, a new one past sstTargetSize, for one ingestion that
+// replaces the partition's span. It holds ingestMu from newBuilder until
+// ingest or abort: ingestions share the staging directory.
+type builder struct {
+	p       *Partition
+	paths   []string
+	w       *sstable.Writer
+	prev    []byte
+	key     []byte
+	written uint64
+}
+
+func (p *Partition) newBuilder() *builder {
+	p.e.ingestMu.Lock()
+	return &builder{p: p}
+}
+
+func (b *builder) set(space byte, key, value []byte) error {
+	b.key = engineKey(b.key[:0], b.p.id, space, key)
+	if b.prev != nil && bytes.Compare(b.key, b.prev) <= 0 {
+		return errOutOfOrder
+	}
+	if b.w == nil || b.written >= sstTargetSize {
+		if err := b.newSST(); err != nil {
+			return err
+		}
+	}
+	if err := b.w.Set(b.key, value); err != nil {
+		return err
+	}
+	b.written += uint64(len(b.key) + len(value))
+	b.prev = append(b.prev[:0], b.key...)
+	return nil
+}
+
+func (b *builder) newSST() error {
+	if err := b.closeSST(); err != nil {
+		return err
+	}
+	e := b.p.e
+	fs := e.opts.FS
+	if err := fs.MkdirAll(e.staging, 0o755); err != nil {
+		return err
+	}
+	path := fs.PathJoin(e.staging, fmt.Sprintf("p%d-%d.sst", b.p.id, len(b.paths)))
+	f, err := fs.Create(path, "")
+	if err != nil {
+		return err
+	}
+	b.paths = append(b.paths, path)
+	b.w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), e.popts.MakeWriterOptions(0, e.db.TableFormat()))
+	b.written = 0
+	return nil
+}
+
+func (b *builder) closeSST() error {
+	if b.w == nil {
+		return nil
+	}
+	err := b.w.Close()
+	b.w = nil
+	return err
+}
+
+// ingest swaps the written SSTables in, in place of the partition's span.
+// With durable, it also makes them survive a crash: an ingestion that
+// overlaps the memtables enters the memtable queue (a flushable ingest)
+// and, with no engine WAL, is only durable once flushed.
+func (b *builder) ingest(durable bool) error {
+	if err := b.closeSST(); err != nil {
+		return err
+	}
+	start, end := span(b.p.id)
+	stats, err := b.p.e.db.IngestAndExcise(context.Background(), b.paths, nil, nil, pebble.KeyRange{Start: start, End: end})
+	if err != nil {
+		return fmt.Errorf("storage: partition %d: ingest: %w", b.p.id, err)
+	}
+	b.paths = nil
+	if durable && stats.MemtableOverlappingFiles > 0 {
+		return b.p.e.db.Flush()
+	}
+	return nil
+}
+
+// abort deletes what ingest did not take (all of it after an error) and
+// lets the next ingestion go.
+func (b *builder) abort() {
+	b.closeSST()
+	for _, path := range b.paths {
+		b.p.e.opts.FS.Remove(path)
+	}
+	b.paths = nil
+	b.p.e.ingestMu.Unlock()
 }
