@@ -76,10 +76,13 @@ type Config struct {
 	// same Peers under another token is another cluster, and its nodes
 	// refuse the old one's stale nodes. Ignored once DataDir is initialized.
 	ClusterToken string
-	Partitions   int // of a new cluster; default ring.DefaultPartitions
-	RaftLog      shard.LogBackend
-	Limits       fsm.Options
-	Logger       hclog.Logger
+	// Partitions of a new cluster, a power of two; default: the count
+	// PartitionsPerNode fits to len(Peers) (cluster.FittedPartitions),
+	// else ring.DefaultPartitions.
+	Partitions int
+	RaftLog    shard.LogBackend
+	Limits     fsm.Options
+	Logger     hclog.Logger
 	// Listener, if set, is used instead of listening on Listen (tests pass
 	// a :0 listener and its address as Listen).
 	Listener net.Listener
@@ -170,10 +173,6 @@ func (c Config) withDefaults() (Config, error) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return c, invalid("Listen %q: %v", c.Listen, err)
 	}
-	c.Partitions = cmp.Or(c.Partitions, ring.DefaultPartitions)
-	if _, err := ring.New(c.Partitions); err != nil {
-		return c, invalid("Partitions: %v", err)
-	}
 	c.RaftLog = cmp.Or(c.RaftLog, shard.LogWAL)
 	if c.RaftLog != shard.LogWAL && c.RaftLog != shard.LogBoltDB {
 		return c, invalid("RaftLog %q: want %q or %q", c.RaftLog, shard.LogWAL, shard.LogBoltDB)
@@ -194,6 +193,12 @@ func (c Config) withDefaults() (Config, error) {
 	c.BalanceInterval = cmp.Or(c.BalanceInterval, DefaultBalanceInterval)
 	c.TombstoneTTL = cmp.Or(c.TombstoneTTL, DefaultTombstoneTTL)
 	c.PartitionsPerNode = cmp.Or(c.PartitionsPerNode, DefaultPartitionsPerNode)
+	// A new cluster starts with the partitions it would split to at its
+	// size, so that it does not split at once.
+	c.Partitions = cmp.Or(c.Partitions, cluster.FittedPartitions(len(c.Peers), c.PartitionsPerNode), ring.DefaultPartitions)
+	if _, err := ring.New(c.Partitions); err != nil {
+		return c, invalid("Partitions: %v", err)
+	}
 	c.SplitSize = cmp.Or(c.SplitSize, DefaultSplitSize)
 	c.SplitCheckInterval = cmp.Or(c.SplitCheckInterval, DefaultSplitCheckInterval)
 	switch {

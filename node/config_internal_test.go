@@ -152,3 +152,36 @@ func TestStartRefusesPartsOptions(t *testing.T) {
 		})
 	}
 }
+
+// A new cluster's partition count is fitted to its initial nodes, as the
+// cluster would split to at that size, unless given.
+func TestPartitionsFittedToThePeers(t *testing.T) {
+	peers := func(n int) []Peer {
+		var out []Peer
+		for i := range n {
+			out = append(out, Peer{ID: string(rune('a' + i)), Addr: "h:1"})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name             string
+		peers, perNode   int
+		partitions, want int
+	}{
+		{"3 nodes", 3, 0, 0, 8},
+		{"6 nodes", 6, 0, 0, 16},
+		{"9 nodes", 9, 0, 0, 32},
+		{"3 nodes at 1 per node", 3, 1, 0, 4},
+		{"given", 3, 0, 2, 2},
+		{"no split for size", 3, -1, 0, 16},
+		{"joining (no peers)", 0, 0, 0, 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Config{ID: "n1", Listen: "127.0.0.1:7001", DataDir: "/tmp/x", Peers: peers(tc.peers), PartitionsPerNode: tc.perNode, Partitions: tc.partitions}
+			got, err := c.withDefaults()
+			if err != nil || got.Partitions != tc.want {
+				t.Fatalf("Partitions = %d, %v; want %d", got.Partitions, err, tc.want)
+			}
+		})
+	}
+}

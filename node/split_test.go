@@ -29,6 +29,22 @@ func TestSplitUnderWrites(t *testing.T) {
 	}
 	defer cl.Close()
 	w := ackcheck.Start(cl, 4)
+	// Every partition, each child from its first configuration on, keeps
+	// three voters, sampled throughout.
+	least := make(chan int, 1)
+	stopSampling := make(chan struct{})
+	go func() {
+		m := 99
+		for {
+			select {
+			case <-stopSampling:
+				least <- m
+				return
+			case <-time.After(20 * time.Millisecond):
+				m = min(m, minVoters(c.Nodes[:3]))
+			}
+		}
+	}()
 	admin := pb.NewAdminClient(c.Conn(1))
 	ctx := context.Background()
 	var resp *pb.SplitResponse
@@ -65,6 +81,10 @@ func TestSplitUnderWrites(t *testing.T) {
 	}
 	if hosted != 3*8 {
 		t.Fatalf("the nodes host %d replicas, want %d", hosted, 3*8)
+	}
+	close(stopSampling)
+	if m := <-least; m < 3 {
+		t.Errorf("a partition had %d voters at a sampled instant", m)
 	}
 
 	// The split partitions move like any other: a node joins and takes

@@ -93,11 +93,7 @@ func newView(cfg Config) (*cluster.State, error) {
 	if len(cfg.Peers) < ring.ReplicationFactor {
 		return nil, fmt.Errorf("--peers: a new cluster needs at least %d nodes, got %d", ring.ReplicationFactor, len(cfg.Peers))
 	}
-	p := cfg.Partitions
-	if p == 0 {
-		p = ring.DefaultPartitions
-	}
-	r, err := ring.New(p)
+	r, err := ring.New(cfg.Partitions)
 	if err != nil {
 		return nil, fmt.Errorf("--partitions: %w", err)
 	}
@@ -116,5 +112,5 @@ func newView(cfg Config) (*cluster.State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cluster.New(clusterID(cfg.Peers, p, cfg.ClusterToken), members, asg, time.Unix(0, 0))
+	return cluster.New(clusterID(cfg.Peers, cfg.Partitions, cfg.ClusterToken), members, asg, time.Unix(0, 0))
 }

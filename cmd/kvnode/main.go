@@ -51,7 +51,6 @@ import (
 	"github.com/ringkv/ringkv/internal/storage"
 	"github.com/ringkv/ringkv/node"
 	"github.com/ringkv/ringkv/raftgroup"
-	"github.com/ringkv/ringkv/ring"
 	"github.com/ringkv/ringkv/shard"
 )
 
@@ -81,7 +80,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (required)")
 	fs.StringVar(&peers, "peers", "", "initial cluster: ID=HOST:PORT,... (ignored once the data dir is initialized)")
 	fs.StringVar(&cfg.ClusterToken, "cluster-token", "", "mixed into a new cluster's id with --peers: bootstrap each cluster with its own token, so that nodes of another cluster at the same addresses are refused (ignored once the data dir is initialized)")
-	fs.IntVar(&cfg.Partitions, "partitions", ring.DefaultPartitions, "partitions of a new cluster (power of two)")
+	fs.IntVar(&cfg.Partitions, "partitions", 0, "partitions of a new cluster, a power of two (0: --partitions-per-node times the --peers, rounded up to a power of two)")
 	fs.StringVar(&raftLog, "raft-log", string(shard.LogWAL), "where Raft logs live: wal (the node's shared WAL) or boltdb (baseline)")
 	fs.Int64Var(&cfg.Storage.CacheSize, "cache-size", storage.DefaultCacheSize, "bytes of the storage engine's block cache, most of what the engine keeps in memory")
 	fs.Uint64Var(&cfg.Storage.MemTableSize, "memtable-size", storage.DefaultMemTableSize, "bytes of one storage engine memtable (up to two are in memory, counted against --cache-size)")

@@ -39,12 +39,18 @@
 // partition's span, applied index included; a corrupt or truncated stream
 // leaves the current state untouched and its files deleted.
 //
+// # Building a span
+//
+// Partition.Build swaps in a whole span written as SSTables (a split's
+// child), durably: an ingestion that overlaps the memtables becomes a
+// flushable ingest, durable only once flushed, so Build flushes then.
+//
 // # Goroutines and locks
 //
 // The package starts no goroutine; pebble runs its flushes and compactions
 // on its own. An Engine, its Partitions and Views are safe for concurrent
 // use. A Partition has one writer at a time (the state machine's apply
 // goroutine: Commit and Ingest are not called concurrently for one
-// partition), any number of readers. ingestMu serializes ingestions, which
-// share the engine's staging directory.
+// partition), any number of readers. ingestMu serializes ingestions
+// (Ingest, Build), which share the engine's staging directory.
 package storage
