@@ -53,26 +53,14 @@ func memberCmd(cmd string, global, fs *flag.FlagSet, args []string, opts *option
 	if len(pos) != nargs {
 		return usagef("%s takes %d argument(s), got %d", cmd, nargs, len(pos))
 	}
-	if wait && !isSet(global, "timeout") && !isSet(fs, "timeout") {
-		opts.timeout = waitTimeout
-	}
-	if opts.timeout <= 0 {
-		return usagef("--timeout = %v, want > 0", opts.timeout)
-	}
-	pool := connpool.New(grpc.WithTransportCredentials(insecure.NewCredentials()))
-	defer pool.Close()
-	conn, err := pool.Dial(opts.addr)
+	sess, err := openSession(global, fs, opts, wait)
 	if err != nil {
-		return usagef("--addr %q: %v", opts.addr, err)
+		return err
 	}
-	// Ctrl-C ends the wait, not the move: the metadata leader carries on.
-	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(sigCtx, opts.timeout)
-	defer cancel()
+	defer sess.close()
+	ctx, admin := sess.ctx, sess.admin
 
 	id := pos[0]
-	admin := pb.NewAdminClient(conn)
 	var epoch uint64
 	err = send(ctx, func() error {
 		var resp interface{ GetEpoch() uint64 }
@@ -100,13 +88,54 @@ func memberCmd(cmd string, global, fs *flag.FlagSet, args []string, opts *option
 	if _, err := fmt.Fprintf(stdout, "%s %s at epoch %d\n", id, verb, epoch); err != nil || !wait {
 		return err
 	}
-	w := &waiter{pool: pool, id: id, leaving: cmd == "leave", since: epoch, addrs: []string{opts.addr}}
-	if err := w.run(ctx, newProgress(stdout)); err != nil {
-		why := fmt.Sprintf("no settled state within --timeout %v", opts.timeout)
-		if sigCtx.Err() != nil {
+	return sess.follow(&waiter{id: id, leaving: cmd == "leave", since: epoch}, stdout, "no settled state", "moving replicas")
+}
+
+// session is what join, leave and split share: a connection to --addr and
+// a context bounded by --timeout that Ctrl-C ends. Ctrl-C ends the wait,
+// not the cluster's work: the metadata leader carries on.
+type session struct {
+	pool   *connpool.Pool
+	addr   string
+	admin  pb.AdminClient
+	sigCtx context.Context
+	ctx    context.Context
+	close  func()
+	// timeout is --timeout, for messages.
+	timeout time.Duration
+}
+
+// openSession checks --timeout, which a command that waits raises to
+// waitTimeout unless it is given, and dials --addr.
+func openSession(global, fs *flag.FlagSet, opts *options, wait bool) (*session, error) {
+	if wait && !isSet(global, "timeout") && !isSet(fs, "timeout") {
+		opts.timeout = waitTimeout
+	}
+	if opts.timeout <= 0 {
+		return nil, usagef("--timeout = %v, want > 0", opts.timeout)
+	}
+	pool := connpool.New(grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := pool.Dial(opts.addr)
+	if err != nil {
+		pool.Close()
+		return nil, usagef("--addr %q: %v", opts.addr, err)
+	}
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(sigCtx, opts.timeout)
+	return &session{pool: pool, addr: opts.addr, admin: pb.NewAdminClient(conn), sigCtx: sigCtx, ctx: ctx, timeout: opts.timeout,
+		close: func() { cancel(); stop(); pool.Close() }}, nil
+}
+
+// follow runs w until the change it waits for is done; missed says what
+// the timeout missed, and work what the cluster goes on doing.
+func (s *session) follow(w *waiter, stdout io.Writer, missed, work string) error {
+	w.pool, w.addrs = s.pool, []string{s.addr}
+	if err := w.run(s.ctx, newProgress(stdout)); err != nil {
+		why := fmt.Sprintf("%s within --timeout %v", missed, s.timeout)
+		if s.sigCtx.Err() != nil {
 			why = "interrupted"
 		}
-		return fmt.Errorf("stopped waiting (%s); the cluster goes on moving replicas, follow it with kvctl status; last seen: %v", why, err)
+		return fmt.Errorf("stopped waiting (%s); the cluster goes on %s, follow it with kvctl status; last seen: %v", why, work, err)
 	}
 	return nil
 }
@@ -395,25 +424,14 @@ func splitCmd(global, fs *flag.FlagSet, args []string, opts *options, stdout io.
 	case n <= 0:
 		return usagef("--partitions = %d, want the partition count to grow to", n)
 	}
-	if !noWait && !isSet(global, "timeout") && !isSet(fs, "timeout") {
-		opts.timeout = waitTimeout
-	}
-	if opts.timeout <= 0 {
-		return usagef("--timeout = %v, want > 0", opts.timeout)
-	}
-	pool := connpool.New(grpc.WithTransportCredentials(insecure.NewCredentials()))
-	defer pool.Close()
-	conn, err := pool.Dial(opts.addr)
+	sess, err := openSession(global, fs, opts, !noWait)
 	if err != nil {
-		return usagef("--addr %q: %v", opts.addr, err)
+		return err
 	}
-	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(sigCtx, opts.timeout)
-	defer cancel()
+	defer sess.close()
 	var resp *pb.SplitResponse
-	err = send(ctx, func() (err error) {
-		resp, err = pb.NewAdminClient(conn).Split(ctx, &pb.SplitRequest{Partitions: uint32(n)})
+	err = send(sess.ctx, func() (err error) {
+		resp, err = sess.admin.Split(sess.ctx, &pb.SplitRequest{Partitions: uint32(n)})
 		return err
 	})
 	if err != nil {
@@ -425,13 +443,5 @@ func splitCmd(global, fs *flag.FlagSet, args []string, opts *options, stdout io.
 	if _, err := fmt.Fprintf(stdout, "splitting towards %d partitions (now %d)\n", resp.GetTarget(), resp.GetPartitions()); err != nil || noWait {
 		return err
 	}
-	w := &waiter{pool: pool, addrs: []string{opts.addr}, partitions: n}
-	if err := w.run(ctx, newProgress(stdout)); err != nil {
-		why := fmt.Sprintf("not done within --timeout %v", opts.timeout)
-		if sigCtx.Err() != nil {
-			why = "interrupted"
-		}
-		return fmt.Errorf("stopped waiting (%s); the cluster goes on splitting, follow it with kvctl status; last seen: %v", why, err)
-	}
-	return nil
+	return sess.follow(&waiter{partitions: n}, stdout, "not done", "splitting")
 }
