@@ -58,24 +58,8 @@ const waitFor = 20 * time.Second // generous: a loaded 2-core CI machine
 
 func newGroup(t *testing.T, tweak func(*Config)) *group {
 	t.Helper()
-	g := &group{
-		t: t, dir: t.TempDir(), tweak: tweak, part: 7,
-		ids:    []raft.ServerID{"n1", "n2", "n3"},
-		trans:  map[raft.ServerID]*raft.InmemTransport{},
-		wals:   map[raft.ServerID]*wal.WAL{},
-		engs:   map[raft.ServerID]*storage.Engine{},
-		reps:   map[raft.ServerID]*Replica{},
-		closed: map[raft.ServerID]bool{},
-		cut:    map[raft.ServerID]bool{},
-
-		reofferedVia: map[raft.ServerID]*atomic.Uint64{},
-	}
-	for _, id := range g.ids {
-		_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
-		g.trans[id] = tr
-		g.reofferedVia[id] = new(atomic.Uint64)
-	}
-	g.connectAll()
+	g := unstartedGroup(t, t.TempDir(), 7, tweak)
+	g.wals, g.engs = map[raft.ServerID]*wal.WAL{}, map[raft.ServerID]*storage.Engine{}
 	var servers []raft.Server
 	for _, id := range g.ids {
 		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: id, Address: raft.ServerAddress(id)})
@@ -86,6 +70,30 @@ func newGroup(t *testing.T, tweak func(*Config)) *group {
 			t.Fatal(err)
 		}
 	}
+	return g
+}
+
+// unstartedGroup is a group of partition part with its transports
+// connected and no replica running, stopped when the test ends; the
+// caller gives it WALs and engines.
+func unstartedGroup(t *testing.T, dir string, part uint32, tweak func(*Config)) *group {
+	g := &group{
+		t: t, dir: dir, tweak: tweak, part: part,
+		ids:    []raft.ServerID{"n1", "n2", "n3"},
+		trans:  map[raft.ServerID]*raft.InmemTransport{},
+		reps:   map[raft.ServerID]*Replica{},
+		closed: map[raft.ServerID]bool{},
+		cut:    map[raft.ServerID]bool{},
+
+		reofferedVia: map[raft.ServerID]*atomic.Uint64{},
+	}
+	for _, id := range g.ids {
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
+		g.trans[id] = tr
+		g.reofferedVia[id] = new(atomic.Uint64)
+		g.closed[id] = true
+	}
+	g.connectAll()
 	t.Cleanup(func() {
 		for _, id := range g.ids {
 			g.stop(id)

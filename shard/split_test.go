@@ -28,34 +28,12 @@ var (
 // nodes, WALs and engines, with a transport of its own, and no bootstrap:
 // its replicas start from the split's genesis, or empty.
 func childGroup(g *group) *group {
-	c := &group{
-		t: g.t, dir: g.dir, tweak: g.tweak, part: childPart, shared: true,
-		ids:    g.ids,
-		trans:  map[raft.ServerID]*raft.InmemTransport{},
-		wals:   g.wals,
-		engs:   g.engs,
-		reps:   map[raft.ServerID]*Replica{},
-		closed: map[raft.ServerID]bool{},
-		cut:    map[raft.ServerID]bool{},
-
-		reofferedVia: map[raft.ServerID]*atomic.Uint64{},
-	}
-	for _, id := range c.ids {
-		_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
-		c.trans[id] = tr
-		c.reofferedVia[id] = new(atomic.Uint64)
-		c.closed[id] = true
-	}
-	c.connectAll()
+	c := unstartedGroup(g.t, g.dir, childPart, g.tweak)
+	c.shared, c.wals, c.engs = true, g.wals, g.engs
 	for _, id := range c.ids {
 		// Campaign sends the replica's own raft a TimeoutNow.
 		c.trans[id].Connect(raft.ServerAddress(id), c.trans[id])
 	}
-	g.t.Cleanup(func() {
-		for _, id := range c.ids {
-			c.stop(id)
-		}
-	})
 	return c
 }
 
