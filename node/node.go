@@ -329,6 +329,12 @@ func (n *Node) startCluster(view *cluster.State, create bool) error {
 			continue
 		}
 		r, err := n.openReplica(p)
+		if errors.Is(err, control.ErrDeferred) {
+			// A split's child whose parent here replays the split: the
+			// replay opens it (OnSplit), or the control loop does later.
+			n.log.Info("opening a replica later", "partition", p, "why", err)
+			continue
+		}
 		if err != nil {
 			return err
 		}
