@@ -21,11 +21,15 @@
 //   - A node hosts a replica of exactly the partitions its view places on it
 //     (target or recorded configuration); Host.DropReplica deletes data, so
 //     it is called only once the recorded configuration excludes this node.
+//   - Partitions split one at a time, in the ring's order, each recorded
+//     before (begin_split) and after (end_split) the parent's primary
+//     splits (split.go, cluster/split.go); a parent does not move while it
+//     splits, and a split does not begin while the parent moves.
 //   - A metadata leader never removes itself: once removed, every peer
 //     refuses it, so it hands leadership over first (node
 //     TestMetadataLeaderLeaves).
 //
-// Goroutines: Start runs up to five loops, each until Stop —
+// Goroutines: Start runs up to six loops, each until Stop —
 //   - host: reconciles the hosted replicas with the view, every second and
 //     whenever Config.ViewChanged fires;
 //   - heartbeat: reports this node to the metadata leader every
@@ -33,7 +37,11 @@
 //     (this node was removed) calls Config.OnRemoved and ends the loop;
 //   - manage: every ManageInterval, acts while this node leads the metadata
 //     group; a round's replica moves run in parallel goroutines that the
-//     round waits for;
+//     round waits for, then the next step of a split;
+//   - load (if SplitSize or SplitWriteRate is set): every
+//     SplitCheckInterval, while this node leads the metadata group, reads
+//     every member's Status and records one more split when a primary
+//     reports its partition over a threshold;
 //   - balance (if BalanceInterval > 0): hands partitions this node leads to
 //     their preferred primaries;
 //   - purge (if TombstoneTTL > 0): every purgeInterval(TombstoneTTL) (a

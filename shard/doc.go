@@ -287,6 +287,14 @@
 // and queue behind transfers too. A receiver waits for its slot inside raft's
 // InstallSnapshot handling, on raft's main goroutine for that group.
 //
+// # Splits
+//
+// A split is one entry in the parent's log; each replica derives the child
+// from its own state, and the child's Raft group starts from the split's
+// genesis. How writes in flight are kept from being acknowledged and then
+// refused, and how a replica of the child starts where the split was not
+// applied, is written down in split.go.
+//
 // # Goroutines and locks
 //
 // Open starts three goroutines, counted by Replica.wg; Close closes closeCh,
@@ -316,10 +324,11 @@
 //   - markTerm, one per leadership gained, also counted by wg. It ends once
 //     its marker is applied, when raft shuts down or refuses it, when
 //     closeCh is closed, or once leadership or the term changed.
-//   - futureDone, one per write, per re-offer, per marker and per purge,
-//     turns a raft future into a channel the caller can select on with its
-//     context or closeCh. It is not counted: it may outlive the call and
-//     ends when raft answers the future.
+//   - futureDone, one per write, per re-offer, per marker, per purge and
+//     per split, turns a raft future into a channel the caller can select
+//     on with its context or closeCh. It is not counted: it may outlive
+//     the call and ends when raft answers the future. A split adds one
+//     more, which clears handingOver once raft answers (split.go).
 //
 // Raft answers every entry it took (applied, ErrLeadershipLost when its
 // leader steps down, ErrRaftShutdown), except one already queued for its FSM
@@ -339,7 +348,8 @@
 // Locks, outermost first; fsm.Store's and the HLC's own locks come below all
 // of them:
 //
-//   - A proposeMu stripe. A write holds exactly one, and under it takes
+//   - A proposeMu stripe. A write holds exactly one (a split, proposing,
+//     holds all of them, in order), and under it takes
 //     pendingMu twice (to read the overlay's version, then to record it and
 //     register a fast write in pending), the HLC, the store's point index
 //     (Stamp), and last calls raft.Apply, which waits until raft's leader
