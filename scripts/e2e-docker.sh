@@ -168,21 +168,33 @@ healthy() {
 
 # partition_of NODE KEY: writes KEY strong through NODE on an idle cluster and
 # prints "PARTITION PRIMARY" of the one partition whose applied index moved.
+# Another partition may move meanwhile (a restarted node's primaries handed
+# back to it commit a term marker each): then it writes again, up to 5
+# times, a second apart.
 partition_of() {
-	local before after
-	before=$(cluster "$1" applied) || return 1
-	kv "$1" put "$2" probe
-	((code == 0)) || { echo "put $2: exit $code: $err"; return 1; }
-	after=$(cluster "$1" applied) || return 1
-	python3 -c '
+	local before after attempt why
+	for attempt in 1 2 3 4 5; do
+		before=$(cluster "$1" applied) || return 1
+		kv "$1" put "$2" "probe-$attempt"
+		((code == 0)) || { echo "put $2: exit $code: $err"; return 1; }
+		after=$(cluster "$1" applied) || return 1
+		if why=$(python3 -c '
 import sys
 b = dict(x.split("=", 1) for x in sys.argv[1].split())
 a = dict(x.split("=", 1) for x in sys.argv[2].split())
 moved = [(p, a[p].split(":")[0]) for p in a if a[p] != b.get(p)]
 if len(moved) != 1:
-    sys.exit("want one partition to move, got %s" % moved)
+    print("want one partition to move, got %s" % moved)
+    sys.exit(1)
 print(*moved[0])
-' "$before" "$after"
+' "$before" "$after"); then
+			echo "$why"
+			return 0
+		fi
+		sleep 1
+	done
+	echo "$why"
+	return 1
 }
 
 # --- image and cluster -------------------------------------------------------
