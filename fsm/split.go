@@ -85,12 +85,9 @@ func halves(r ring.HashRange) (lower, upper ring.HashRange, ok bool) {
 	return ring.HashRange{First: r.First, Last: mid - 1}, ring.HashRange{First: mid, Last: r.Last}, true
 }
 
-// UpperHalf is the range a Split of r hands to its child; ok is false for a
-// range of one hash.
-func UpperHalf(r ring.HashRange) (ring.HashRange, bool) {
-	_, upper, ok := halves(r)
-	return upper, ok
-}
+// Halves cuts r as a Split does: the parent keeps lower, the child gets
+// upper; ok is false for a range of one hash.
+func Halves(r ring.HashRange) (lower, upper ring.HashRange, ok bool) { return halves(r) }
 
 // ownership is the partition's range and the index of the entry that set
 // it (0: the range it was created with).

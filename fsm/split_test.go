@@ -86,8 +86,8 @@ func TestSplitHandsTheUpperHalfToTheChild(t *testing.T) {
 	f := newSplitFixture(t, vfs.NewMem())
 	lower := ring.HashRange{First: 0, Last: 1<<63 - 1}
 	upper := ring.HashRange{First: 1 << 63, Last: ^uint64(0)}
-	if got, ok := UpperHalf(f.s.HashRange()); !ok || got != upper {
-		t.Fatalf("UpperHalf(full) = %v, %v", got, ok)
+	if lo, got, ok := Halves(f.s.HashRange()); !ok || got != upper || lo != lower {
+		t.Fatalf("Halves(full) = %v, %v, %v", lo, got, ok)
 	}
 	before := f.s.AppliedIndex()
 	res := apply(t, f.s, Split{Child: 2, Right: upper, Genesis: []byte("genesis")})

@@ -373,8 +373,6 @@ type Status struct {
 	// LastContact is when a follower last heard from its leader (zero on
 	// the leader itself and before any contact).
 	LastContact time.Time
-	// DiskBytes estimates the store's size on disk (fsm.Store.DiskBytes).
-	DiskBytes uint64
 }
 
 // Status reads the replica's Raft state; every field is read without
@@ -389,7 +387,6 @@ func (r *Replica) Status() Status {
 		LastIndex:    r.raft.LastIndex(),
 		CommitIndex:  r.raft.CommitIndex(),
 		AppliedIndex: r.store.AppliedIndex(),
-		DiskBytes:    r.store.DiskBytes(),
 	}
 	if st.State != raft.Leader {
 		st.LastContact = r.raft.LastContact()

@@ -56,11 +56,11 @@ func (r *Replica) Split(ctx context.Context, parent ring.HashRange, child uint32
 	if err := r.readyFor(ctx, "split"); err != nil {
 		return err
 	}
-	upper, ok := fsm.UpperHalf(parent)
+	lower, upper, ok := fsm.Halves(parent)
 	switch cur := r.store.HashRange(); {
 	case !ok:
 		return fmt.Errorf("%w: partition %d: range %#x-%#x is one hash", fsm.ErrSplitMismatch, r.cfg.Partition, parent.First, parent.Last)
-	case cur == (ring.HashRange{First: parent.First, Last: upper.First - 1}):
+	case cur == lower:
 		return nil
 	case cur != parent:
 		return fmt.Errorf("%w: partition %d owns %#x-%#x, not %#x-%#x", fsm.ErrSplitMismatch, r.cfg.Partition, cur.First, cur.Last, parent.First, parent.Last)
