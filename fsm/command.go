@@ -411,3 +411,19 @@ func (d *decoder) bytes(field string) []byte {
 	}
 	return d.take(int(n), field)
 }
+
+// JoinWrites appends to b the encoding of a Batch of the given writes, each
+// encoded as MarshalBinary or AppendWrite encodes a Put or Delete, without
+// decoding them: a proposer that keeps its writes encoded batches them at
+// the cost of a copy. It checks only that each begins as an encoded write
+// does; what it builds is decoded, hence checked, when it is applied.
+func JoinWrites(b []byte, writes ...[]byte) ([]byte, error) {
+	b = binary.AppendUvarint(append(b, commandFormat, opBatch), uint64(len(writes)))
+	for i, w := range writes {
+		if len(w) < 2 || w[0] != commandFormat || (w[1] != opPut && w[1] != opDelete) {
+			return nil, fmt.Errorf("%w: writes[%d] is not an encoded Put or Delete", ErrMalformedCommand, i)
+		}
+		b = append(b, w[1:]...)
+	}
+	return b, nil
+}

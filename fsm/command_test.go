@@ -248,3 +248,38 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 	})
 }
+
+// TestJoinWrites: joining encoded writes gives Batch's own encoding, and
+// anything but an encoded Put or Delete is refused.
+func TestJoinWrites(t *testing.T) {
+	for _, n := range []int{0, 1, 3, 200} {
+		var writes []Write
+		var encoded [][]byte
+		for i := range n {
+			var w Write = Put{RequestID: uint64(i), Key: []byte{byte(i)}, Value: bytes.Repeat([]byte("v"), i), Stamp: stamp(uint64(i), int64(i))}
+			if i%3 == 1 {
+				w = Delete{RequestID: uint64(i), Key: []byte{byte(i)}, Stamp: maxStamp}
+			}
+			b, err := w.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			writes, encoded = append(writes, w), append(encoded, b)
+		}
+		want, err := Batch{Writes: writes}.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := JoinWrites([]byte{0xaa}, encoded...)
+		if err != nil || got[0] != 0xaa || !bytes.Equal(got[1:], want) {
+			t.Fatalf("%d writes: JoinWrites = %x, %v; want %x after the prefix", n, got, err, want)
+		}
+	}
+	purge, _ := PurgeTombstones{}.MarshalBinary()
+	batch, _ := Batch{}.MarshalBinary()
+	for name, bad := range map[string][]byte{"empty": {}, "purge": purge, "batch": batch, "format": {commandFormat + 1, opPut}} {
+		if _, err := JoinWrites(nil, bad); !errors.Is(err, ErrMalformedCommand) {
+			t.Errorf("%s: JoinWrites = %v, want ErrMalformedCommand", name, err)
+		}
+	}
+}

@@ -92,6 +92,7 @@ type Metrics struct {
 	walBatch    prometheus.Histogram
 	snapDur     prometheus.Histogram
 	snapSize    prometheus.Histogram
+	fastLag     prometheus.Histogram
 
 	mu      sync.Mutex
 	matches map[follower]uint64 // last log a follower acknowledged to this node as primary
@@ -156,6 +157,12 @@ func New(opts Options) *Metrics {
 			Help:    "Size of each persisted replica snapshot.",
 			Buckets: prometheus.ExponentialBuckets(1<<10, 4, 12), // 1 KiB to 4 GiB
 		}),
+		fastLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "ringkv_fast_write_replication_seconds",
+			Help: "Per fast write, from its append to the primary's journal (its acknowledgement follows the sync) to its application " +
+				"by a primary: the replication lag of fast writes.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 17), // 100µs to 6.6s
+		}),
 		matches: make(map[follower]uint64),
 		contact: make(map[raft.ServerID]time.Time),
 	}
@@ -168,7 +175,7 @@ func New(opts Options) *Metrics {
 		}
 		return float64(opts.MovesInFlight())
 	})
-	m.reg.MustRegister(m.reqDuration, m.requests, m.walSync, m.walBatch, m.snapDur, m.snapSize, moves,
+	m.reg.MustRegister(m.reqDuration, m.requests, m.walSync, m.walBatch, m.snapDur, m.snapSize, m.fastLag, moves,
 		collector{m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -256,6 +263,12 @@ func (m *Metrics) ObserveSnapshot(s shard.SnapshotInfo) {
 	m.snapSize.Observe(float64(s.Bytes))
 }
 
+// ObserveFastReplication records the replication lag of one fast write;
+// it is shard.Config.OnReplicated.
+func (m *Metrics) ObserveFastReplication(lag time.Duration) {
+	m.fastLag.Observe(lag.Seconds())
+}
+
 // ObserveAppendResponse records a follower's answer to this node as a
 // primary; it is transport.Options.OnAppendResponse. Any answer is contact;
 // a successful one also gives the follower's last log index.
@@ -285,7 +298,11 @@ var (
 	descFastUncommitted = prometheus.NewDesc("ringkv_fast_writes_uncommitted",
 		"Keys whose acknowledged fast write is not yet applied on this primary.", []string{"partition"}, nil)
 	descReoffered = prometheus.NewDesc("ringkv_fast_writes_reoffered_total",
-		"Acknowledged fast writes cut from this replica's log and re-offered to the primary.", []string{"partition"}, nil)
+		"Acknowledged fast writes this replica's journal re-offered to a primary after it lost leadership, restarted, or saw their entry refused.", []string{"partition"}, nil)
+	descJournalRecords = prometheus.NewDesc("ringkv_fast_write_journal_records",
+		"Fast writes in this replica's journal that no primary has applied yet (bounded by --fast-journal-records).", []string{"partition"}, nil)
+	descJournalBytes = prometheus.NewDesc("ringkv_fast_write_journal_bytes",
+		"Bytes of the fast writes in this replica's journal that no primary has applied yet (bounded by --fast-journal-bytes).", []string{"partition"}, nil)
 	descReofferLost = prometheus.NewDesc("ringkv_fast_writes_reoffer_lost_total",
 		"Re-offered fast writes this primary applied that lost to a newer write of the key.", []string{"partition"}, nil)
 	descReofferDropped = prometheus.NewDesc("ringkv_fast_writes_reoffer_dropped_total",
@@ -340,7 +357,7 @@ type collector struct{ m *Metrics }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descIsPrimary, descTerm, descCommit, descApplied, descLeaderChanges,
-		descReplicas, descFastUncommitted, descReoffered, descReofferLost, descReofferDropped, descSnapshotsInstalled, descTombstones, descLagEntries, descLagSeconds,
+		descReplicas, descFastUncommitted, descJournalRecords, descJournalBytes, descReoffered, descReofferLost, descReofferDropped, descSnapshotsInstalled, descTombstones, descLagEntries, descLagSeconds,
 		descNodeUp, descWALSize, descEngineDisk, descEngineL0Files, descEngineL0Sublevels, descEngineReadAmp, descEngineDebt,
 		descEngineCompacting, descEngineCompactions, descEngineMemTable, descEngineCacheSize, descEngineCacheHits, descEngineCacheMisses} {
 		ch <- d
@@ -376,6 +393,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descApplied, float64(st.AppliedIndex))
 		gauge(descReplicas, float64(len(st.Voters)))
 		gauge(descFastUncommitted, float64(stats.FastUncommitted.Load()))
+		gauge(descJournalRecords, float64(stats.JournalRecords.Load()))
+		gauge(descJournalBytes, float64(stats.JournalBytes.Load()))
 		counter(descLeaderChanges, stats.LeaderChanges.Load())
 		counter(descReoffered, stats.Reoffered.Load())
 		counter(descReofferLost, stats.ReofferLost.Load())

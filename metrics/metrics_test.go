@@ -174,6 +174,8 @@ func TestStateSeries(t *testing.T) {
 		Voters: []raft.ServerID{"n1", "n2", "n3"},
 	}, tombs: 6}
 	r.stats.FastUncommitted.Store(2)
+	r.stats.JournalRecords.Store(9)
+	r.stats.JournalBytes.Store(900)
 	r.stats.Reoffered.Store(5)
 	r.stats.ReofferLost.Store(1)
 	r.stats.ReofferDropped.Store(2)
@@ -189,6 +191,8 @@ func TestStateSeries(t *testing.T) {
 		"ringkv_raft_leader_changes_total":         3,
 		"ringkv_partition_replicas":                3,
 		"ringkv_fast_writes_uncommitted":           2,
+		"ringkv_fast_write_journal_records":        9,
+		"ringkv_fast_write_journal_bytes":          900,
 		"ringkv_fast_writes_reoffered_total":       5,
 		"ringkv_fast_writes_reoffer_lost_total":    1,
 		"ringkv_fast_writes_reoffer_dropped_total": 2,
@@ -207,7 +211,8 @@ func TestStateSeries(t *testing.T) {
 	}
 	m.ObserveWALSync(2*time.Millisecond, 7, 100)
 	m.ObserveSnapshot(shard.SnapshotInfo{Partition: 2, Duration: time.Second, Bytes: 1 << 20})
-	for _, name := range []string{"ringkv_wal_sync_duration_seconds", "ringkv_wal_batch_records", "ringkv_snapshot_duration_seconds", "ringkv_snapshot_size_bytes"} {
+	m.ObserveFastReplication(3 * time.Millisecond)
+	for _, name := range []string{"ringkv_wal_sync_duration_seconds", "ringkv_wal_batch_records", "ringkv_snapshot_duration_seconds", "ringkv_snapshot_size_bytes", "ringkv_fast_write_replication_seconds"} {
 		if got, _ := sample(t, m.Registry(), name, nil); got != 1 {
 			t.Errorf("%s has %v observations, want 1", name, got)
 		}

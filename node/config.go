@@ -125,6 +125,12 @@ type Config struct {
 	// one knob of the purge: Limits.TombstoneGrace, the cutoff the
 	// replicas compute, is set from it.
 	TombstoneTTL time.Duration
+	// FastJournalRecords and FastJournalBytes bound, per partition, the
+	// fast writes a primary has acknowledged and not yet applied; a fast
+	// write that finds no room within its op timeout fails Unavailable
+	// (shard.DefaultJournalEntries and DefaultJournalBytes).
+	FastJournalRecords int
+	FastJournalBytes   int64
 	// PartitionsPerNode has the cluster split until it has
 	// cluster.FittedPartitions(placeable nodes, PartitionsPerNode)
 	// partitions; negative: never for its size.
@@ -193,6 +199,11 @@ func (c Config) withDefaults() (Config, error) {
 	c.BalanceInterval = cmp.Or(c.BalanceInterval, DefaultBalanceInterval)
 	c.TombstoneTTL = cmp.Or(c.TombstoneTTL, DefaultTombstoneTTL)
 	c.PartitionsPerNode = cmp.Or(c.PartitionsPerNode, DefaultPartitionsPerNode)
+	c.FastJournalRecords = cmp.Or(c.FastJournalRecords, shard.DefaultJournalEntries)
+	c.FastJournalBytes = cmp.Or(c.FastJournalBytes, shard.DefaultJournalBytes)
+	if c.FastJournalRecords < 0 || c.FastJournalBytes < 0 {
+		return c, invalid("FastJournalRecords is %d and FastJournalBytes %d: want more than 0", c.FastJournalRecords, c.FastJournalBytes)
+	}
 	// A new cluster starts with the partitions it would split to at its
 	// size, so that it does not split at once.
 	c.Partitions = cmp.Or(c.Partitions, cluster.FittedPartitions(len(c.Peers), c.PartitionsPerNode), ring.DefaultPartitions)

@@ -69,6 +69,11 @@ func (n *Node) deleteReplicaData(p ring.PartitionID) error {
 	if err := n.wal.DeleteStream(ctx, shard.StreamOf(uint32(p))); err != nil {
 		return fmt.Errorf("partition %d: delete log: %w", p, err)
 	}
+	// A replica removed from its group no longer re-offers what its
+	// journal kept: the group went on without this copy.
+	if err := n.wal.DeleteStream(ctx, shard.JournalStreamOf(uint32(p))); err != nil {
+		return fmt.Errorf("partition %d: delete fast-write journal: %w", p, err)
+	}
 	if err := n.engine.Partition(uint32(p)).Drop(); err != nil {
 		return err
 	}

@@ -356,7 +356,7 @@ func Status(err error) error {
 		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, shard.ErrNotFound):
 		return status.Error(codes.NotFound, "key not found")
-	case errors.Is(err, shard.ErrNoQuorum), errors.Is(err, shard.ErrClosed):
+	case errors.Is(err, shard.ErrNoQuorum), errors.Is(err, shard.ErrClosed), errors.Is(err, shard.ErrJournalFull):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())

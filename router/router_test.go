@@ -28,6 +28,7 @@ func TestStatus(t *testing.T) {
 		{"not found", shard.ErrNotFound, codes.NotFound, "not found"},
 		{"no quorum", &shard.NoQuorumError{Partition: 3, Op: "strong write", Timeout: 3 * time.Second, Cause: context.DeadlineExceeded}, codes.Unavailable, "partition 3"},
 		{"closed", shard.ErrClosed, codes.Unavailable, "closed"},
+		{"journal full", &shard.JournalFullError{Partition: 5, Records: 8192, Bytes: 1 << 20, Cause: context.DeadlineExceeded}, codes.Unavailable, "partition 5: fast-write journal full"},
 		{"superseded", &shard.SupersededError{Partition: 3}, codes.Aborted, "lost to"},
 		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, "deadline"},
 		{"canceled", context.Canceled, codes.Canceled, "canceled"},

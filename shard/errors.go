@@ -25,7 +25,27 @@ var (
 	// a write with a greater (version, timestamp), so it had no effect. The
 	// error is a *SupersededError naming both stamps.
 	ErrSuperseded = errors.New("write superseded")
+	// ErrJournalFull: a fast write found its partition's journal full for
+	// as long as it could wait, because replication is behind; nothing was
+	// written. The error is a *JournalFullError.
+	ErrJournalFull = errors.New("fast-write journal full")
 )
+
+// JournalFullError is ErrJournalFull with the partition, the journal's
+// depth and what ended the wait.
+type JournalFullError struct {
+	Partition uint32
+	Records   int
+	Bytes     int64
+	Cause     error
+}
+
+func (e *JournalFullError) Error() string {
+	return fmt.Sprintf("partition %d: fast-write journal full (%d records, %d bytes) while replication catches up: %v",
+		e.Partition, e.Records, e.Bytes, e.Cause)
+}
+
+func (e *JournalFullError) Unwrap() []error { return []error{ErrJournalFull, e.Cause} }
 
 // SupersededError is ErrSuperseded with the stamps involved.
 type SupersededError struct {

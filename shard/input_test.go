@@ -81,10 +81,10 @@ func TestBadInputNeverReachesTheLog(t *testing.T) {
 		t.Errorf("bad input reached the log: last index %d → %d", last, got)
 	}
 	l.pendingMu.Lock()
-	overlay, pending := len(l.overlay), len(l.pending)
+	overlay := len(l.overlay)
 	l.pendingMu.Unlock()
-	if overlay != 0 || pending != 0 || l.Stats().FastUncommitted.Load() != 0 {
-		t.Errorf("bad input left %d overlay keys, %d pending writes, %d uncommitted fast writes", overlay, pending, l.Stats().FastUncommitted.Load())
+	if records, _ := l.journal.depth(); overlay != 0 || records != 0 || l.Stats().FastUncommitted.Load() != 0 {
+		t.Errorf("bad input left %d overlay keys, %d journal records, %d uncommitted fast writes", overlay, records, l.Stats().FastUncommitted.Load())
 	}
 	if after := dumpItems(l.Store()); !bytes.Equal(after, before) {
 		t.Errorf("bad input changed the store:\n%s\nwas\n%s", after, before)
@@ -106,11 +106,10 @@ func memStore(t *testing.T) *fsm.Store {
 	return store
 }
 
-// bareReplica is a Replica without raft: its store, overlay and pending
-// writes, for tests that drive the apply and log-store callbacks directly.
+// bareReplica is a Replica without raft: its store and overlay, for tests that drive the apply and log-store callbacks directly.
 func bareReplica(t *testing.T) *Replica {
 	t.Helper()
-	return &Replica{store: memStore(t), log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{},
+	return &Replica{store: memStore(t), log: hclog.NewNullLogger(), overlay: map[string]*pendingKey{},
 		proposeSeed: maphash.MakeSeed()}
 }
 
@@ -200,7 +199,7 @@ func TestEngineFailureStopsTheReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Replica{store: store, log: hclog.NewNullLogger(), pending: map[uint64]*proposal{}, overlay: map[string]*pendingKey{}}
+	r := &Replica{store: store, log: hclog.NewNullLogger(), overlay: map[string]*pendingKey{}}
 	put := func(index uint64) fsm.Command {
 		return fsm.Put{Key: []byte("k"), Value: []byte("v"), Stamp: fsm.Stamp{Version: index}}
 	}

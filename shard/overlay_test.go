@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -137,56 +136,15 @@ func TestOverlayEmptiesOnceApplied(t *testing.T) {
 			r := g.reps[id]
 			primary := r.IsPrimary()
 			r.pendingMu.Lock()
-			overlay, pending := len(r.overlay), len(r.pending)
+			overlay := len(r.overlay)
 			r.pendingMu.Unlock()
 			uncommitted := r.stats.FastUncommitted.Load()
-			if pending != 0 || primary && (overlay != 0 || uncommitted != 0) {
-				return false, fmt.Sprintf("%s (primary %v): %d keys in the overlay, %d proposals pending, FastUncommitted %d",
-					id, primary, overlay, pending, uncommitted)
+			records, _ := r.journal.depth()
+			if records != 0 || primary && (overlay != 0 || uncommitted != 0) {
+				return false, fmt.Sprintf("%s (primary %v): %d keys in the overlay, %d journal records, FastUncommitted %d",
+					id, primary, overlay, records, uncommitted)
 			}
 		}
 		return g.primary() != nil, "no primary"
 	})
-}
-
-// TestStoredReleasesFastWrites: once the log store reports a batch durable,
-// the writer of each fast write in it is released — found by the request id
-// its entry carries — and nothing else is: a strong write waits for its
-// commit, and an entry that is no proposal of this replica's (a re-offer, a
-// follower's copy) or not a write is passed over.
-func TestStoredReleasesFastWrites(t *testing.T) {
-	r := bareReplica(t)
-	st := fsm.Stamp{Version: 1, Timestamp: hlc.Timestamp{WallTime: 1}}
-	entry := func(flags byte, w fsm.Write) *raft.Log {
-		data, _ := fsm.AppendWrite([]byte{flags}, w)
-		return &raft.Log{Type: raft.LogCommand, Data: data}
-	}
-	for _, id := range []uint64{1, 2, 3} {
-		r.pending[id] = &proposal{durable: make(chan struct{})}
-	}
-	props := map[uint64]*proposal{1: r.pending[1], 2: r.pending[2], 3: r.pending[3]}
-	r.onStored([]*raft.Log{
-		{Type: raft.LogNoop},
-		entry(flagFast, fsm.Put{RequestID: 1, Key: []byte("a"), Value: []byte("1"), Stamp: st}),
-		entry(0, fsm.Put{RequestID: 3, Key: []byte("c"), Value: []byte("3"), Stamp: st}),
-		entry(flagFast, fsm.Put{RequestID: 99, Key: []byte("re-offered"), Stamp: st}),
-		{Type: raft.LogCommand, Data: []byte{flagFast}},
-		{Type: raft.LogCommand, Data: encodeEntry(flagFast, fsm.Batch{})},
-		entry(flagFast, fsm.Delete{RequestID: 2, Key: []byte("b"), Stamp: st}),
-	}, time.Now())
-	for id, released := range map[uint64]bool{1: true, 2: true, 3: false} {
-		select {
-		case <-props[id].durable:
-			if !released {
-				t.Errorf("write %d released", id)
-			}
-		default:
-			if released {
-				t.Errorf("write %d not released", id)
-			}
-		}
-		if _, still := r.pending[id]; still == released {
-			t.Errorf("write %d: still pending %v after the batch was stored", id, still)
-		}
-	}
 }

@@ -1,56 +1,25 @@
 package shard
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-
 	"github.com/ringkv/ringkv/fsm"
-	"github.com/ringkv/ringkv/internal/lenprefix"
+	"github.com/ringkv/ringkv/wal"
 )
 
 // Re-offering fast writes.
 //
-// A fast write is acknowledged once it is durable in the primary's log. If
-// that primary loses leadership before the entry commits, the next leader may
-// overwrite it. Before the entry is cut from any replica's log (a suffix
-// truncation, or the wipe after a snapshot install), it is saved under
-// reofferKey in the replica's stable store, in the same log-store call, and
-// handed to the current primary, which proposes it again with its original
-// (version, timestamp): the conflict rule decides whether it still wins, and
-// replaying it twice is harmless because an equal stamp is "already applied".
-
-var reofferKey = []byte("ringkv.reoffer")
-
-// onTruncated keeps the fast writes among logs about to be cut.
-func (r *Replica) onTruncated(logs []*raft.Log) error {
-	var keep [][]byte
-	for _, l := range logs {
-		if l.Type == raft.LogCommand && len(l.Data) > 0 && l.Data[0]&flagFast != 0 {
-			keep = append(keep, bytes.Clone(l.Data))
-		}
-	}
-	if len(keep) == 0 {
-		return nil
-	}
-	r.reofferMu.Lock()
-	defer r.reofferMu.Unlock()
-	all := append(append([][]byte(nil), r.reoffers...), keep...)
-	if err := r.stable.Set(reofferKey, encodeReoffers(all)); err != nil {
-		return fmt.Errorf("save %d fast writes before truncation: %w", len(keep), err)
-	}
-	r.reoffers = all
-	r.stats.Reoffered.Add(uint64(len(keep)))
-	r.log.Warn("fast writes cut from the log; re-offering them to the primary", "count", len(keep))
-	r.signalReoffers()
-	return nil
-}
+// The records of an ended epoch of the journal (journal.go) are fast writes
+// acknowledged by this replica as primary that it may not have applied: it
+// lost leadership, raft refused or did not commit their entries, or the
+// process restarted. runReoffers hands them, oldest first and many per
+// entry, to whichever replica leads, itself included, which proposes them
+// again with their original (version, timestamp): the conflict rule decides
+// whether each still wins, and one that did commit is "already applied".
+// Records leave the journal once delivered.
 
 func (r *Replica) signalReoffers() {
 	select {
@@ -59,17 +28,20 @@ func (r *Replica) signalReoffers() {
 	}
 }
 
-// runReoffers delivers saved fast writes to the primary until none is left,
-// or until the replica closes: a round stops between deliveries then, and
-// leaves the rest saved for the next start.
+// runReoffers owns the removal of records from the journal: it truncates
+// the released ones (coalescing the releases that came in while it wrote
+// the last truncation), and delivers the re-offer path's records until none
+// is left, or until the replica closes: a round stops between deliveries
+// then, and leaves the rest in the journal for the next start.
 func (r *Replica) runReoffers() {
 	defer r.wg.Done()
-	// A round that leaves entries behind (no primary known yet, no quorum)
-	// comes back an election timeout later; with the queue empty only a
-	// signal wakes it, so that an idle replica costs no wake-ups. The timer
-	// starts armed for the entries Open loaded.
+	// A round that leaves records behind (no primary known yet, no quorum)
+	// comes back an election timeout later; with none left only a signal
+	// wakes it, so that an idle replica costs no wake-ups. The timer starts
+	// armed for the records Open found.
 	retry := time.NewTimer(r.cfg.Raft.ElectionTimeout)
 	defer retry.Stop()
+	truncated := r.journal.released()
 	for {
 		select {
 		case <-r.closeCh:
@@ -77,8 +49,13 @@ func (r *Replica) runReoffers() {
 		case <-r.reofferCh:
 		case <-retry.C:
 		}
-		for !r.closing() && r.deliverReoffer() {
+		for !r.closing() {
+			truncated = r.truncateJournal(truncated)
+			if !r.deliverReoffer() {
+				break
+			}
 		}
+		truncated = r.truncateJournal(truncated)
 		if r.reoffersLeft() {
 			retry.Reset(r.cfg.Raft.ElectionTimeout)
 		} else {
@@ -87,10 +64,26 @@ func (r *Replica) runReoffers() {
 	}
 }
 
+// truncateJournal removes the records released since done from the WAL and
+// returns how far the journal is truncated.
+func (r *Replica) truncateJournal(done uint64) uint64 {
+	upTo := r.journal.released()
+	if upTo <= done {
+		return done
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+	defer cancel()
+	if err := r.cfg.WAL.TruncatePrefix(ctx, r.journal.stream, upTo); err != nil {
+		// Kept records are delivered again after a restart: harmless.
+		r.log.Warn("truncating the fast-write journal", "error", err)
+		return done
+	}
+	return upTo
+}
+
 func (r *Replica) reoffersLeft() bool {
-	r.reofferMu.Lock()
-	defer r.reofferMu.Unlock()
-	return len(r.reoffers) > 0
+	lo, hi := r.journal.reofferRange(1)
+	return lo <= hi
 }
 
 // closing reports whether Close has begun.
@@ -103,57 +96,106 @@ func (r *Replica) closing() bool {
 	}
 }
 
-// deliverReoffer hands the oldest saved write to the primary and reports
-// whether it should be called again at once. An entry refused for good (it
-// does not decode, or breaks the limits) is dropped, with an error logged
-// and counted, so that it cannot hold up the entries behind it; after any
-// other failure (no primary known, no quorum, unreachable) it stays first in
-// the queue and is offered again in the next round.
+// deliverReoffer hands the oldest records of the re-offer path to the
+// primary and reports whether it should be called again at once. It
+// delivers as one Batch entry the longest run of records that this
+// replica's partition still owns and that pass the primary's own check; a
+// record whose key a split handed to another partition goes alone to that
+// partition's primary (Config.Rehome). A record refused for good (it does
+// not decode, or breaks the limits) is dropped, with an error logged and
+// counted, so that it cannot hold up the records behind it; after any other
+// failure (no primary known, no quorum, unreachable) the records stay first
+// and are offered again in the next round.
 func (r *Replica) deliverReoffer() bool {
-	r.reofferMu.Lock()
-	if len(r.reoffers) == 0 {
-		r.reofferMu.Unlock()
+	lo, hi := r.journal.reofferRange(maxRunWrites)
+	// Past the WAL's last index: appends not durable yet, for a later round.
+	if hi = min(hi, r.cfg.WAL.LastIndex(r.journal.stream)); lo > hi {
 		return false
 	}
-	entry := r.reoffers[0]
-	r.reofferMu.Unlock()
-
+	var recs [][]byte
+	size := 0
+	err := r.cfg.WAL.Range(r.journal.stream, lo, hi, func(_ uint64, data []byte) bool {
+		if len(recs) > 0 && size+len(data) > maxRunBytes {
+			return false
+		}
+		recs, size = append(recs, data), size+len(data)
+		return true
+	})
+	switch {
+	case errors.Is(err, wal.ErrNotFound) && len(recs) == 0:
+		// The append of the first record is not durable yet: the next
+		// round finds it.
+		return false
+	case err != nil && len(recs) == 0:
+		r.log.Warn("reading the fast-write journal to re-offer it", "error", err)
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+	defer cancel()
 	// The primary's own check, done here first: what it refuses for good
 	// need not reach it, whatever error its answer would come back as.
-	err := checkReoffer(r.cfg.Limits, entry)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
-		defer cancel()
-		if key := r.handedOver(entry); key != nil {
+	n := 0
+	if err = checkReoffer(r.cfg.Limits, recs[0]); err == nil {
+		if key := r.handedOver(recs[0]); key != nil {
 			// A split gave the key to another partition, whose primary
 			// takes it now; this group's would refuse it.
 			if r.cfg.Rehome == nil {
 				return false
 			}
-			err = r.cfg.Rehome(ctx, key, entry)
-		} else if r.IsPrimary() {
-			err = r.Reoffer(ctx, entry)
-		} else if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
-			err = r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
+			n, err = 1, r.cfg.Rehome(ctx, key, recs[0])
 		} else {
-			return false
+			n = 1
+			for n < len(recs) && checkReoffer(r.cfg.Limits, recs[n]) == nil && r.handedOver(recs[n]) == nil {
+				n++
+			}
+			err = r.offer(ctx, recs[:n])
+			if n > 1 && refusedForGood(err) {
+				// One of them is refused: find it one record at a time.
+				n, err = 1, r.offer(ctx, recs[:1])
+			}
 		}
 	}
 	switch {
 	case err == nil:
-		return r.popReoffer()
+		r.stats.Reoffered.Add(uint64(n))
+		r.journal.reoffered(lo+uint64(n)-1, r.cfg.OnReplicated)
+		return true
 	case refusedForGood(err):
-		if !r.popReoffer() {
-			return false
-		}
 		r.stats.ReofferDropped.Add(1)
-		r.log.Error("dropped a re-offered fast write the primary refuses for good", "error", err, "bytes", len(entry))
+		r.log.Error("dropped a re-offered fast write the primary refuses for good", "error", err, "bytes", len(recs[0]))
+		r.journal.reoffered(lo, nil)
 		return true
 	default:
 		r.log.Debug("re-offer not delivered yet", "error", err)
 		return false
 	}
 }
+
+// offer proposes records, as one entry, through the primary: this replica
+// if it leads, else the one it knows through Config.Reoffer.
+func (r *Replica) offer(ctx context.Context, recs [][]byte) error {
+	entry := recs[0]
+	if len(recs) > 1 {
+		writes := make([][]byte, len(recs))
+		for i, rec := range recs {
+			writes[i] = rec[1:]
+		}
+		var err error
+		if entry, err = fsm.JoinWrites([]byte{flagFast}, writes...); err != nil {
+			return err
+		}
+	}
+	if r.IsPrimary() {
+		return r.Reoffer(ctx, entry)
+	}
+	if _, addr := r.Leader(); addr != "" && r.cfg.Reoffer != nil {
+		return r.cfg.Reoffer(ctx, addr, r.cfg.Partition, entry)
+	}
+	return errNoPrimaryKnown
+}
+
+// errNoPrimaryKnown: a re-offer waits for a primary.
+var errNoPrimaryKnown = errors.New("no primary known")
 
 // handedOver returns the key entry writes if this replica's store no
 // longer owns it (a split applied here handed it to another partition),
@@ -167,19 +209,6 @@ func (r *Replica) handedOver(entry []byte) []byte {
 		return key
 	}
 	return nil
-}
-
-// popReoffer removes the oldest entry from the queue, saved copy first.
-func (r *Replica) popReoffer() bool {
-	r.reofferMu.Lock()
-	defer r.reofferMu.Unlock()
-	rest := r.reoffers[1:]
-	if err := r.stable.Set(reofferKey, encodeReoffers(rest)); err != nil {
-		r.log.Error("saving re-offer queue", "error", err)
-		return false
-	}
-	r.reoffers = rest
-	return true
 }
 
 // checkReoffer decodes a re-offered entry and checks its command against
@@ -200,7 +229,8 @@ func refusedForGood(err error) bool {
 	return errors.Is(err, fsm.ErrMalformedCommand) || errors.As(err, &le)
 }
 
-// Reoffer proposes a fast write cut from some replica's log again, with its
+// Reoffer proposes fast writes a primary acknowledged and may not have
+// applied (one write, or a Batch of them) again, with its
 // original stamp, and waits until it is applied. Only the primary accepts
 // it. An entry that does not decode or breaks the limits is refused before
 // it reaches the log. The answer is what applying the entry did: nil once it
@@ -248,38 +278,4 @@ func reofferResult(partition uint32, response interface{}) (lost int, err error)
 		}
 	}
 	return lost, nil
-}
-
-func encodeReoffers(entries [][]byte) []byte {
-	var b []byte
-	b = binary.AppendUvarint(b, uint64(len(entries)))
-	for _, e := range entries {
-		b = lenprefix.Append(b, e)
-	}
-	return b
-}
-
-func loadReoffers(s raft.StableStore) ([][]byte, error) {
-	b, err := s.Get(reofferKey)
-	if errors.Is(err, raftboltdb.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil || len(b) == 0 {
-		return nil, err
-	}
-	n, k := binary.Uvarint(b)
-	if k <= 0 {
-		return nil, fmt.Errorf("re-offer queue: bad count")
-	}
-	b = b[k:]
-	out := make([][]byte, 0, min(n, uint64(len(b))))
-	for range n {
-		e, rest, ok := lenprefix.Cut(b)
-		if !ok {
-			return nil, fmt.Errorf("re-offer queue: truncated after %d of %d entries", len(out), n)
-		}
-		out = append(out, e)
-		b = rest
-	}
-	return out, nil
 }

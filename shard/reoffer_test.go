@@ -20,8 +20,8 @@ import (
 // end. A primary cut off from its group acknowledges fast writes until its
 // lease runs out; the new leader overwrites them in the log, and writes one
 // of their keys (fast0) again with a newer strong write. Once healed, the
-// old primary's log is cut, it saves the fast writes and re-offers them to
-// the new primary through Config.Reoffer: every acknowledged fast write is
+// old primary re-offers them from its journal to the new primary through
+// Config.Reoffer: every acknowledged fast write is
 // readable with its original stamp, except fast0's, which loses to the
 // newer write by the conflict rule. The strong writes before the cut and
 // on the new primary are sent again if they meet an election (group.put);
@@ -79,10 +79,13 @@ func TestIsolatedPrimaryReoffersFastWrites(t *testing.T) {
 	}
 
 	g.connectAll()
-	eventually(t, "the old primary to cut and save its fast writes", func() bool {
+	eventually(t, "the old primary to re-offer its fast writes", func() bool {
 		return old.Stats().Reoffered.Load() >= uint64(len(acked))
 	})
-	eventually(t, "the re-offer queue to empty", func() bool { return len(queued(old)) == 0 })
+	eventually(t, "the old primary's journal to empty", func() bool {
+		n, _ := old.journal.depth()
+		return n == 0
+	})
 	for key, st := range acked {
 		want := st
 		if key == "fast0" {
@@ -96,44 +99,43 @@ func TestIsolatedPrimaryReoffersFastWrites(t *testing.T) {
 	g.converged()
 }
 
-// TestReofferQueueSurvivesRestart: the queue is saved in the stable store
-// before the entries are cut, so a replica restarted before delivering it
-// loads it again and delivers it then.
-func TestReofferQueueSurvivesRestart(t *testing.T) {
+// TestJournalSurvivesRestart: the journal is in the WAL, so a replica
+// restarted before delivering its records finds them again, as records of
+// an ended epoch, and delivers them then.
+func TestJournalSurvivesRestart(t *testing.T) {
 	g := newGroup(t, nil)
 	l := g.leader()
 	id := g.followers(l)[0].cfg.NodeID
 	g.holdReoffers.Store(true)
 	entries, stamps := fastEntries("restart", 3)
-	cutFrom(t, g.reps[id], entries)
+	journalAs(t, g.reps[id], entries)
 
 	g.stop(id)
 	g.start(id)
-	if got := queued(g.reps[id]); !equalEntries(got, entries) {
-		t.Fatalf("restarted replica queues %d entries, want the %d saved", len(got), len(entries))
+	if got := reofferRecords(t, g.reps[id]); !equalEntries(got, entries) {
+		t.Fatalf("restarted replica re-offers %d records, want the %d journaled", len(got), len(entries))
 	}
 	g.holdReoffers.Store(false)
 	for i, st := range stamps {
 		g.waitStamp(fmt.Sprintf("restart%d", i), st)
 	}
-	eventually(t, "the restarted replica's queue to empty", func() bool { return len(queued(g.reps[id])) == 0 })
-	if saved, err := loadReoffers(g.reps[id].stable); err != nil || len(saved) != 0 {
-		t.Fatalf("saved queue after delivery: %d entries, %v; want none", len(saved), err)
-	}
+	eventually(t, "the restarted replica's journal to empty in the WAL", func() bool {
+		return g.wals[id].LastIndex(JournalStreamOf(g.part)) == 0
+	})
 }
 
 // TestReofferDeliveredToRemotePrimary: a replica that does not lead hands
-// its queue to the primary through Config.Reoffer.
+// its journal's records to the primary through Config.Reoffer.
 func TestReofferDeliveredToRemotePrimary(t *testing.T) {
 	g := newGroup(t, nil)
 	l := g.leader()
 	f := g.follower(l)
 	entries, stamps := fastEntries("remote", 3)
-	cutFrom(t, f, entries)
+	journalAs(t, f, entries)
 	for i, st := range stamps {
 		g.waitStamp(fmt.Sprintf("remote%d", i), st)
 	}
-	eventually(t, "the follower's queue to empty", func() bool { return len(queued(f)) == 0 })
+	eventually(t, "the follower's re-offers to end", func() bool { return len(reofferRecords(t, f)) == 0 })
 	if n := g.reofferedVia[f.cfg.NodeID].Load(); n != uint64(len(entries)) {
 		t.Fatalf("the follower delivered %d re-offers through Config.Reoffer, want %d", n, len(entries))
 	}
@@ -163,24 +165,47 @@ func fastEntries(prefix string, n int) (entries [][]byte, stamps []fsm.Stamp) {
 	return entries, stamps
 }
 
-// cutFrom hands entries to r as raft's conflict path does before removing
-// them from r's log.
-func cutFrom(t *testing.T, r *Replica, entries [][]byte) {
+// journalAs puts entries in r's journal as the records of an ended epoch,
+// as a primary that lost leadership before applying them leaves them, and
+// wakes the re-offer path.
+func journalAs(t *testing.T, r *Replica, entries [][]byte) {
 	t.Helper()
-	logs := make([]*raft.Log, len(entries))
-	for i, e := range entries {
-		logs[i] = &raft.Log{Index: uint64(1000 + i), Term: 1, Type: raft.LogCommand, Data: e}
+	j := r.journal
+	j.mu.Lock()
+	var dones []<-chan error
+	for _, e := range entries {
+		_, done := j.appendLocked(e)
+		dones = append(dones, done)
 	}
-	if err := r.onTruncated(logs); err != nil {
-		t.Fatal(err)
+	j.epoch++
+	j.reofferTo = j.next - 1
+	j.mu.Unlock()
+	for _, done := range dones {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
+	r.signalReoffers()
 }
 
-// queued is a copy of r's re-offer queue.
-func queued(r *Replica) [][]byte {
-	r.reofferMu.Lock()
-	defer r.reofferMu.Unlock()
-	return append([][]byte(nil), r.reoffers...)
+// reofferRecords are the records r's re-offer path has yet to deliver.
+func reofferRecords(t *testing.T, r *Replica) [][]byte {
+	t.Helper()
+	j := r.journal
+	j.mu.Lock()
+	lo, hi := j.first, j.reofferTo
+	j.mu.Unlock()
+	var recs [][]byte
+	if lo > hi {
+		return nil
+	}
+	if err := j.w.Range(j.stream, lo, hi, func(_ uint64, data []byte) bool {
+		recs = append(recs, data)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }
 
 func equalEntries(a, b [][]byte) bool {
@@ -224,8 +249,8 @@ func (g *group) sumStats(counter func(*Stats) uint64) uint64 {
 	return n
 }
 
-// TestReofferDropsRefusedEntries: an entry no primary can take is dropped,
-// counted, and does not hold up the queue behind it, whether this replica
+// TestReofferDropsRefusedEntries: a record no primary can take is dropped,
+// counted, and does not hold up the records behind it, whether this replica
 // finds it out itself (it does not decode, or breaks the limits) or the
 // remote primary answers so; an entry whose delivery fails for a while is
 // offered again until it is delivered.
@@ -241,7 +266,7 @@ func TestReofferDropsRefusedEntries(t *testing.T) {
 			switch n := calls.Add(1); {
 			case n <= 2:
 				return &NoQuorumError{Partition: partition, Op: "re-offer", Cause: context.DeadlineExceeded}
-			case string(cmd.(fsm.Put).Key) == "refused":
+			case writesKey(cmd, "refused"):
 				// What a primary with smaller limits would answer.
 				return fmt.Errorf("primary says: %w", &fsm.LimitError{Field: "key", Size: 7, Limit: 6, Err: fsm.ErrKeyTooLarge})
 			}
@@ -255,27 +280,30 @@ func TestReofferDropsRefusedEntries(t *testing.T) {
 	malformed := []byte{flagFast, 0xde, 0xad}
 
 	// On the primary itself, which finds both bad entries out.
-	cutFrom(t, l, [][]byte{malformed, good[0], tooLong, good[1]})
+	journalAs(t, l, [][]byte{malformed, good[0], tooLong, good[1]})
 	g.waitStamp("good0", stamps[0])
 	g.waitStamp("good1", stamps[1])
-	eventually(t, "the primary's queue to empty", func() bool { return len(queued(l)) == 0 })
+	eventually(t, "the primary's re-offers to end", func() bool { return len(reofferRecords(t, l)) == 0 })
 	if n := l.Stats().ReofferDropped.Load(); n != 2 {
 		t.Errorf("the primary dropped %d re-offers, want 2", n)
 	}
 
-	// Through Config.Reoffer: good2's first two deliveries fail and are
-	// retried; the primary refuses "refused" for good.
+	// Through Config.Reoffer: the first two deliveries of good2 and
+	// "refused", as one entry, fail and are retried; the primary refuses
+	// the third for good, and the follower offers good2 alone, then
+	// "refused" alone, which is dropped; tooLong is dropped before it is
+	// offered.
 	f := g.follower(l)
 	refused := encodeEntry(flagFast, fsm.Put{Key: []byte("refused"), Value: []byte("v"), Stamp: stamps[0]})
-	cutFrom(t, f, [][]byte{good[2], refused, tooLong, good[3]})
+	journalAs(t, f, [][]byte{good[2], refused, tooLong, good[3]})
 	g.waitStamp("good2", stamps[2])
 	g.waitStamp("good3", stamps[3])
-	eventually(t, "the follower's queue to empty", func() bool { return len(queued(f)) == 0 })
+	eventually(t, "the follower's re-offers to end", func() bool { return len(reofferRecords(t, f)) == 0 })
 	if n := f.Stats().ReofferDropped.Load(); n != 2 {
 		t.Errorf("the follower dropped %d re-offers, want 2", n)
 	}
-	if n := calls.Load(); n != 5 {
-		t.Errorf("Config.Reoffer called %d times, want 5: good2 three times, refused and good3 once", n)
+	if n := calls.Load(); n != 6 {
+		t.Errorf("Config.Reoffer called %d times, want 6: good2 with refused three times, good2, refused and good3 once", n)
 	}
 	if _, err := l.Get(context.Background(), []byte("refused"), Quorum); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the refused entry: %v, want ErrNotFound", err)
@@ -358,8 +386,9 @@ func TestReofferReportsItsOutcome(t *testing.T) {
 }
 
 // TestCloseStopsReofferRound: closing the replica does not wait for its
-// queue to empty. The round in progress stops after the delivery in flight,
-// and the entries left stay saved for the next start. The test closes
+// re-offers to end. The round in progress stops after the delivery in
+// flight (the first maxRunWrites records), and the records left stay in
+// the journal for the next start. The test closes
 // closeCh alone, as Close does first, and shuts raft down itself after: a
 // raft shut down forgets the leader, which ends a round too, and would hide
 // a round that does not look at closeCh.
@@ -379,8 +408,8 @@ func TestCloseStopsReofferRound(t *testing.T) {
 	})
 	l := g.leader()
 	f := g.follower(l)
-	entries, _ := fastEntries("close", 5)
-	cutFrom(t, f, entries)
+	entries, _ := fastEntries("close", maxRunWrites+5)
+	journalAs(t, f, entries)
 	within(t, started, "the first delivery to start")
 
 	close(f.closeCh)
@@ -398,11 +427,12 @@ func TestCloseStopsReofferRound(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Errorf("%d deliveries, want the one in flight when the replica closed", n)
 	}
-	if got := queued(f); !equalEntries(got, entries[1:]) {
-		t.Errorf("%d entries queued after closing, want the %d not delivered", len(got), len(entries)-1)
+	if got := reofferRecords(t, f); !equalEntries(got, entries[maxRunWrites:]) {
+		t.Errorf("%d records left after closing, want the %d not delivered", len(got), len(entries)-maxRunWrites)
 	}
-	if saved, err := loadReoffers(f.stable); err != nil || !equalEntries(saved, entries[1:]) {
-		t.Errorf("%d entries saved after closing (%v), want the %d not delivered", len(saved), err, len(entries)-1)
+	w, stream := g.wals[f.cfg.NodeID], JournalStreamOf(g.part)
+	if first, last := w.FirstIndex(stream), w.LastIndex(stream); last-first+1 < 5 {
+		t.Errorf("the WAL keeps records %d-%d of the journal, want at least the 5 not delivered", first, last)
 	}
 }
 
@@ -414,4 +444,21 @@ func within(t *testing.T, ch <-chan struct{}, what string) {
 	case <-time.After(waitFor):
 		t.Fatalf("timed out after %v waiting for %s", waitFor, what)
 	}
+}
+
+// writesKey reports whether cmd, a write or a Batch, writes key.
+func writesKey(cmd fsm.Command, key string) bool {
+	writes := []fsm.Write{}
+	switch c := cmd.(type) {
+	case fsm.Batch:
+		writes = c.Writes
+	case fsm.Write:
+		writes = append(writes, c)
+	}
+	for _, w := range writes {
+		if k, _ := writeOf(w); string(k) == key {
+			return true
+		}
+	}
+	return false
 }

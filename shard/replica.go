@@ -57,7 +57,9 @@ type Config struct {
 	// Dir holds the replica's snapshots (and its bolt file with LogBoltDB).
 	Dir     string
 	Backend LogBackend
-	WAL     *wal.WAL // required with LogWAL
+	// WAL holds the fast-write journal, and the Raft log with LogWAL;
+	// required.
+	WAL *wal.WAL
 	// Engine holds the replica's state machine, in the partition's span;
 	// required.
 	Engine    *storage.Engine
@@ -81,6 +83,16 @@ type Config struct {
 	// the primary refused the entry for good, and the entry is dropped;
 	// after any other error it is offered again.
 	Reoffer func(ctx context.Context, primary raft.ServerAddress, partition uint32, entry []byte) error
+	// JournalEntries and JournalBytes bound the fast writes a primary holds
+	// acknowledged and not yet applied (journal.go); 0 takes
+	// DefaultJournalEntries and DefaultJournalBytes.
+	JournalEntries int
+	JournalBytes   int64
+	// OnReplicated, if set, is called with the replication lag of each
+	// fast write once its primary applied it: the time from its journal
+	// append. It runs on the replica's releaser or re-offer goroutine and
+	// must not block.
+	OnReplicated func(lag time.Duration)
 	// OnSnapshot, if set, is called after each snapshot of the store is
 	// persisted. It must not block.
 	OnSnapshot func(SnapshotInfo)
@@ -106,8 +118,17 @@ type SnapshotInfo struct {
 // withDefaults fills zero fields and checks the rest.
 func (c Config) withDefaults() (Config, error) {
 	var err error
-	if c.Transport == nil || c.Engine == nil {
-		return c, fmt.Errorf("shard: %w: Transport and Engine are required", raftgroup.ErrInvalid)
+	if c.Transport == nil || c.Engine == nil || c.WAL == nil {
+		return c, fmt.Errorf("shard: %w: Transport, Engine and WAL are required", raftgroup.ErrInvalid)
+	}
+	if c.JournalEntries == 0 {
+		c.JournalEntries = DefaultJournalEntries
+	}
+	if c.JournalBytes == 0 {
+		c.JournalBytes = DefaultJournalBytes
+	}
+	if c.JournalEntries < 0 || c.JournalBytes < 0 {
+		return c, fmt.Errorf("shard: %w: JournalEntries is %d and JournalBytes %d, want more than 0", raftgroup.ErrInvalid, c.JournalEntries, c.JournalBytes)
 	}
 	if c.Raft, err = c.Raft.WithDefaults(); err != nil {
 		return c, fmt.Errorf("shard: Raft: %w", err)
@@ -134,11 +155,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Backend = LogWAL
 	}
 	switch c.Backend {
-	case LogWAL:
-		if c.WAL == nil {
-			return c, fmt.Errorf("shard: %w: Backend %q needs WAL", raftgroup.ErrInvalid, LogWAL)
-		}
-	case LogBoltDB:
+	case LogWAL, LogBoltDB:
 	default:
 		return c, fmt.Errorf("shard: %w: Backend %q, want %q or %q", raftgroup.ErrInvalid, c.Backend, LogWAL, LogBoltDB)
 	}
@@ -180,8 +197,13 @@ type Replica struct {
 	nextReqID   atomic.Uint64
 
 	pendingMu sync.Mutex
-	pending   map[uint64]*proposal // fast writes awaiting their WAL sync, by request id
 	overlay   map[string]*pendingKey
+
+	// journal holds the fast writes acknowledged and not yet applied, and
+	// the proposal queue; proposed carries the proposer's runs to the
+	// releaser (journal.go).
+	journal  *journal
+	proposed chan proposedRun
 
 	// traced holds the contexts of writes being traced, by request id, so
 	// the log store's sync can be recorded as a span of each; tracedN lets
@@ -203,8 +225,6 @@ type Replica struct {
 	// from its proposal until raft answers it (split.go).
 	handingOver atomic.Pointer[ring.HashRange]
 
-	reofferMu sync.Mutex
-	reoffers  [][]byte // acknowledged fast writes cut from the log, to hand to the primary
 	reofferCh chan struct{}
 
 	stats Stats
@@ -217,7 +237,9 @@ type Replica struct {
 // Stats counts events a metrics layer exports.
 type Stats struct {
 	FastUncommitted atomic.Int64  // keys whose acknowledged fast write is not yet applied
-	Reoffered       atomic.Uint64 // fast writes cut from the log and re-offered
+	JournalRecords  atomic.Int64  // fast writes in the journal, not yet released (journal.go)
+	JournalBytes    atomic.Int64  // their bytes
+	Reoffered       atomic.Uint64 // fast writes of ended journal epochs delivered to a primary
 	ReofferLost     atomic.Uint64 // re-offered writes that lost to a newer write
 	ReofferDropped  atomic.Uint64 // re-offered writes refused for good (malformed, or breaking the limits) and dropped
 	LeaderChanges   atomic.Uint64 // times this replica learned of a new leader
@@ -226,13 +248,12 @@ type Stats struct {
 	SnapshotsInstalled atomic.Uint64
 }
 
-type proposal struct {
-	durable chan struct{}
-}
-
 // pendingKey is the primary's view of a key with writes in flight.
 type pendingKey struct {
 	version uint64 // highest version proposed
+	// queued counts the key's writes in the proposal queue, not yet taken
+	// by raft: a strong write of the key queues behind them (journal.go).
+	queued int
 	// visible is the newest acknowledged fast write, served by local reads
 	// until the store catches up with it.
 	visible *fsm.Item
@@ -253,7 +274,7 @@ func Open(cfg Config) (*Replica, error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("partition", cfg.Partition),
 		store:     store,
-		pending:   make(map[uint64]*proposal),
+		proposed:  make(chan proposedRun, 256),
 		overlay:   make(map[string]*pendingKey),
 		traced:    make(map[uint64]context.Context),
 		reofferCh: make(chan struct{}, 1),
@@ -273,9 +294,9 @@ func Open(cfg Config) (*Replica, error) {
 		r.closeLog()
 		return nil, err
 	}
-	if r.reoffers, err = loadReoffers(r.stable); err != nil {
+	if r.journal, err = openJournal(cfg.WAL, JournalStreamOf(cfg.Partition), cfg.JournalEntries, cfg.JournalBytes, &r.stats); err != nil {
 		r.closeLog()
-		return nil, err
+		return nil, fmt.Errorf("partition %d: %w", cfg.Partition, err)
 	}
 	engineSnaps := &engineSnapshots{SnapshotStore: snaps, store: store, dir: filepath.Join(cfg.Dir, "snapshots")}
 	if err := engineSnaps.recover(); err != nil {
@@ -307,9 +328,11 @@ func Open(cfg Config) (*Replica, error) {
 		}
 		return false
 	}))
-	r.wg.Add(3)
+	r.wg.Add(5)
 	go r.watchLeadership()
 	go r.runReoffers()
+	go r.runProposer()
+	go r.runReleaser()
 	go func() {
 		defer r.wg.Done()
 		r.verify.run(r.raft.Raft, cfg.Transport, r.closeCh)
@@ -330,7 +353,7 @@ func (r *Replica) openLog() error {
 		}
 		base, r.stable, r.closer = b, b, b
 	}
-	r.logs = &observedLogStore{LogStore: base, stored: r.onStored, truncated: r.onTruncated}
+	r.logs = &observedLogStore{LogStore: base, stored: r.onStored}
 	return nil
 }
 
@@ -472,6 +495,8 @@ func (r *Replica) watchLeadership() {
 			} else {
 				r.dropOverlay()
 				r.setReady(0)
+				r.journal.endEpoch()
+				r.signalReoffers()
 			}
 		}
 	}

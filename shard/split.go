@@ -33,8 +33,10 @@ import (
 // split hands over and whose entry follows the split in the log is refused
 // by Apply (fsm.RangeError), so the primary refuses such writes from the
 // moment it proposes the split until raft answers it (handingOver), with
-// every propose stripe held while it proposes, so no write is between its
-// check and its proposal. A later primary serves nothing before its term
+// every propose stripe held while it queues the split for the proposer
+// (journal.go), so no write is between its check and its proposal or its
+// place in the queue, and every fast write queued before the split reaches
+// the log before it. A later primary serves nothing before its term
 // marker is applied (waitReady), by which time it has applied the split if
 // its log holds it; and from then on the store's range refuses them. Reads
 // check the range after they read: ranges only shrink, so a key owned
@@ -70,20 +72,30 @@ func (r *Replica) Split(ctx context.Context, parent ring.HashRange, child uint32
 		r.proposeMu[i].Lock()
 	}
 	r.handingOver.Store(&upper)
-	future := r.raft.Apply(entry, r.cfg.OpTimeout)
+	// Through the proposal queue: every write queued before the split
+	// reaches the log before it.
+	queued := r.journal.enqueue(entry, nil)
 	for i := range r.proposeMu {
 		r.proposeMu[i].Unlock()
 	}
-	done := futureDone(future)
+	answered := make(chan raft.ApplyFuture, 1)
 	go func() {
-		// Until raft answers, the entry may still reach the log.
-		<-done
-		r.handingOver.CompareAndSwap(&upper, nil)
+		select {
+		case f := <-queued:
+			// Until raft answers, the entry may still reach the log.
+			<-futureDone(f)
+			r.handingOver.CompareAndSwap(&upper, nil)
+			answered <- f
+		case <-r.closeCh:
+		}
 	}()
+	var future raft.ApplyFuture
 	select {
-	case <-done:
+	case future = <-answered:
 	case <-ctx.Done():
 		return r.noQuorum("split", ctx.Err())
+	case <-r.closeCh:
+		return ErrClosed
 	}
 	if err := future.Error(); err != nil {
 		return r.proposeError("split", err)

@@ -179,7 +179,10 @@ func TestSplitUnderWriters(t *testing.T) {
 		})
 		for _, id := range gr.ids {
 			r := gr.reps[id]
-			eventually(t, "the re-offer queues to empty", func() bool { return len(queued(r)) == 0 })
+			eventually(t, "the journals to empty", func() bool {
+				n, _ := r.journal.depth()
+				return n == 0
+			})
 			reoffered += r.Stats().Reoffered.Load()
 		}
 	}

@@ -52,8 +52,12 @@ func (r *Replica) traceStored(reqID uint64, batch int, start time.Time) {
 	if ctx == nil {
 		return
 	}
-	_, span := trace.SpanFromContext(ctx).TracerProvider().Tracer(tracerName).Start(ctx, "wal.append",
-		trace.WithTimestamp(start),
-		trace.WithAttributes(attribute.Int64("ringkv.partition", int64(r.cfg.Partition)), attribute.Int("ringkv.batch_entries", batch)))
+	childSpan(ctx, "wal.append", start, attribute.Int64("ringkv.partition", int64(r.cfg.Partition)), attribute.Int("ringkv.batch_entries", batch))
+}
+
+// childSpan records a span of ctx's trace named name, from start to now.
+func childSpan(ctx context.Context, name string, start time.Time, attrs ...attribute.KeyValue) {
+	_, span := trace.SpanFromContext(ctx).TracerProvider().Tracer(tracerName).Start(ctx, name,
+		trace.WithTimestamp(start), trace.WithAttributes(attrs...))
 	span.End()
 }

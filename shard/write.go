@@ -112,22 +112,28 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		return fsm.Stamp{}, err
 	}
 
+	if mode == Fast {
+		// Before the stripe: a writer waiting for room must not hold up
+		// the other writes of its stripe, nor the proposer's queue.
+		if err := r.waitRoom(ctx); err != nil {
+			return fsm.Stamp{}, err
+		}
+	}
 	reqID := r.nextReqID.Add(1)
 	if span.IsRecording() {
 		defer r.trackTrace(ctx, reqID)()
 	}
 	var flags byte
-	var prop *proposal
 	if mode == Fast {
 		flags = flagFast
-		prop = &proposal{durable: make(chan struct{})}
 	}
 	// Room for the whole entry, allocated before the stripe is taken:
 	// appending to a smaller buffer reallocates it several times per write.
 	buf := append(make([]byte, 0, entryOverhead+len(key)+len(value)), flags)
 
-	// Versions are assigned and proposed in one critical section so that two
-	// writes to a key get consecutive versions in log order.
+	// Versions are assigned and proposed (or queued) in one critical
+	// section so that two writes to a key get consecutive versions in log
+	// order.
 	mu := r.stripe(key)
 	mu.Lock()
 	if err := r.owns(key); err != nil {
@@ -141,6 +147,9 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 	} else {
 		cmd = fsm.Put{RequestID: reqID, Key: key, Value: value, Stamp: stamp}
 	}
+	// item aliases the entry, not the caller's key and value, which the
+	// overlay may keep after this call returns.
+	entry, item := fsm.AppendWrite(buf, cmd)
 	r.pendingMu.Lock()
 	pk := r.overlay[string(key)]
 	if pk == nil {
@@ -148,28 +157,50 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		r.overlay[string(key)] = pk
 	}
 	pk.version = stamp.Version
-	if prop != nil {
-		r.pending[reqID] = prop
+	queue := mode == Fast || pk.queued > 0
+	if queue {
+		pk.queued++
 	}
 	r.pendingMu.Unlock()
-	// item aliases the entry, not the caller's key and value, which the
-	// overlay may keep after this call returns.
-	entry, item := fsm.AppendWrite(buf, cmd)
-	future := r.raft.Apply(entry, r.cfg.OpTimeout)
-	mu.Unlock()
 
-	if prop != nil {
-		defer r.forget(reqID)
+	if mode == Fast {
+		start := time.Now()
+		durable := r.journal.add(entry, pk)
+		mu.Unlock()
+		select {
+		case err := <-durable:
+			if err != nil {
+				// The WAL failed: it refuses every write from now on.
+				return fsm.Stamp{}, r.noQuorum(mode.op(), err)
+			}
+		case <-ctx.Done():
+			return fsm.Stamp{}, r.noQuorum(mode.op(), ctx.Err())
+		}
+		if span.IsRecording() {
+			childSpan(ctx, "wal.append", start, attribute.Int64("ringkv.partition", int64(r.cfg.Partition)))
+		}
+		r.showFast(item)
+		return stamp, nil
 	}
-	var durable <-chan struct{} // nil, never ready, for a strong write
-	if prop != nil {
-		durable = prop.durable
+
+	var future raft.ApplyFuture
+	if queue {
+		// A fast write of the key waits in the queue: this one follows it.
+		queued := r.journal.enqueue(entry, pk)
+		mu.Unlock()
+		select {
+		case future = <-queued:
+		case <-ctx.Done():
+			return fsm.Stamp{}, r.noQuorum(mode.op(), ctx.Err())
+		case <-r.closeCh:
+			return fsm.Stamp{}, ErrClosed
+		}
+	} else {
+		future = r.raft.Apply(entry, r.cfg.OpTimeout)
+		mu.Unlock()
 	}
 	done := futureDone(future)
 	select {
-	case <-durable:
-		r.showFast(item)
-		return stamp, nil
 	case <-done:
 	case <-ctx.Done():
 		select {
@@ -409,12 +440,6 @@ func (r *Replica) giveBack(key []byte, pk *pendingKey, version uint64) {
 	}
 }
 
-func (r *Replica) forget(reqID uint64) {
-	r.pendingMu.Lock()
-	delete(r.pending, reqID)
-	r.pendingMu.Unlock()
-}
-
 // currentVersion is the key's newest version: proposed on this primary, or
 // applied (a tombstone counts). The overlay is read before the store: a
 // write is retired from the overlay only after the store applied it, so
@@ -434,35 +459,19 @@ func (r *Replica) currentVersion(key []byte) uint64 {
 	return v
 }
 
-// onStored releases the writers of the fast writes among logs now durable,
-// and traces the traced writes' log-store write (which began at start). It
-// runs on raft's main loop for every stored batch, so it decodes nothing: a
-// proposal is found by the request id at the end of its entry (Apply is the
-// one decoder of an entry), and the writer makes its write visible itself.
+// onStored traces the traced writes' log-store write (which began at
+// start). It runs on raft's main loop for every stored batch, so it decodes
+// nothing: a write is found by the request id at the end of its entry.
 func (r *Replica) onStored(logs []*raft.Log, start time.Time) {
-	traced := r.tracedN.Load() > 0
+	if r.tracedN.Load() == 0 {
+		return
+	}
 	for _, l := range logs {
 		if l.Type != raft.LogCommand || len(l.Data) == 0 {
 			continue
 		}
-		fast := l.Data[0]&flagFast != 0
-		if !fast && !traced {
-			continue
-		}
-		reqID, ok := fsm.WriteRequestID(l.Data[1:])
-		if !ok {
-			continue
-		}
-		if traced {
+		if reqID, ok := fsm.WriteRequestID(l.Data[1:]); ok {
 			r.traceStored(reqID, len(logs), start)
-		}
-		if fast {
-			r.pendingMu.Lock()
-			if prop := r.pending[reqID]; prop != nil {
-				delete(r.pending, reqID)
-				close(prop.durable)
-			}
-			r.pendingMu.Unlock()
 		}
 	}
 }
@@ -489,30 +498,39 @@ func (r *Replica) showFast(it fsm.Item) {
 	pk.visible = &it
 }
 
-// retireOverlay retires overlay entries the store has caught up with.
+// retireOverlay retires overlay entries the store has caught up with, for
+// each write cmd holds.
 func (r *Replica) retireOverlay(cmd fsm.Command) {
-	var key []byte
-	var stamp fsm.Stamp
+	var writes []fsm.Write
 	switch c := cmd.(type) {
-	case fsm.Put:
-		key, stamp = c.Key, c.Stamp
-	case fsm.Delete:
-		key, stamp = c.Key, c.Stamp
-	default:
+	case fsm.Put, fsm.Delete:
+		writes = []fsm.Write{c.(fsm.Write)}
+	case fsm.Batch:
+		writes = c.Writes
+	}
+	if len(writes) == 0 {
 		return
 	}
 	r.pendingMu.Lock()
 	defer r.pendingMu.Unlock()
-	pk := r.overlay[string(key)]
-	if pk == nil {
-		return
-	}
-	if pk.visible != nil && pk.visible.Stamp.Compare(stamp) <= 0 {
-		pk.visible = nil
-		r.stats.FastUncommitted.Add(-1)
-	}
-	if pk.idle(stamp.Version) {
-		delete(r.overlay, string(key))
+	for _, w := range writes {
+		key, stamp := writeOf(w)
+		pk := r.overlay[string(key)]
+		if pk == nil {
+			continue
+		}
+		if pk.visible != nil && pk.visible.Stamp.Compare(stamp) <= 0 {
+			pk.visible = nil
+			r.stats.FastUncommitted.Add(-1)
+		}
+		if pk.idle(stamp.Version) {
+			// Writes of the key may still be counted in pk.queued: raft
+			// took their entries already (unqueue runs after raft.Apply
+			// returns), or the store holds a version at least as great as
+			// theirs, so no later write of the key can pass them in the
+			// log in a way that matters.
+			delete(r.overlay, string(key))
+		}
 	}
 }
 

@@ -392,6 +392,39 @@ func (w *WAL) Append(ctx context.Context, entries ...Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	if err := w.checkAppend(entries); err != nil {
+		return err
+	}
+	return w.submit(ctx, &request{op: opAppend, entries: entries})
+}
+
+// AppendAsync is Append without the wait: the request is queued for the
+// writer before AppendAsync returns, so the appends of one caller reach the
+// log in the order of its calls, and the channel receives the result once
+// the write is durable (or has failed). It cannot be cancelled: once
+// queued, the entries are written. Data is copied before the channel
+// receives the result; the caller must not change it before then.
+func (w *WAL) AppendAsync(entries ...Entry) <-chan error {
+	r := &request{op: opAppend, entries: entries}
+	if len(entries) == 0 {
+		done := make(chan error, 1)
+		done <- nil
+		return done
+	}
+	err := w.checkAppend(entries)
+	if err == nil {
+		err = w.enqueue(r)
+	}
+	if err != nil {
+		done := make(chan error, 1)
+		done <- err
+		return done
+	}
+	return r.done
+}
+
+// checkAppend checks what Append and AppendAsync check before queueing.
+func (w *WAL) checkAppend(entries []Entry) error {
 	total := 0
 	for _, e := range entries {
 		if e.Index == 0 {
@@ -405,7 +438,7 @@ func (w *WAL) Append(ctx context.Context, entries ...Entry) error {
 	if total > maxRequestBytes {
 		return &ArgError{"entries", fmt.Sprintf("of %d encoded bytes", total), fmt.Sprintf("at most %d bytes per call", maxRequestBytes)}
 	}
-	return w.submit(ctx, &request{op: opAppend, entries: entries})
+	return nil
 }
 
 // TruncateSuffix durably removes the stream's entries with index ≥ from;

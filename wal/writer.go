@@ -44,21 +44,9 @@ func (w *WAL) submit(ctx context.Context, r *request) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.done = make(chan error, 1)
-	w.qmu.Lock()
-	switch {
-	case w.failed != nil:
-		w.qmu.Unlock()
-		return w.failed
-	case w.closing:
-		w.qmu.Unlock()
-		return ErrClosed
+	if err := w.enqueue(r); err != nil {
+		return err
 	}
-	w.queue = append(w.queue, r)
-	if len(w.queue) >= w.wakeAt {
-		w.qcond.Signal()
-	}
-	w.qmu.Unlock()
 	select {
 	case err := <-r.done:
 		return err
@@ -68,6 +56,24 @@ func (w *WAL) submit(ctx context.Context, r *request) error {
 		}
 		return <-r.done
 	}
+}
+
+// enqueue hands r to the writer; r.done receives its result.
+func (w *WAL) enqueue(r *request) error {
+	r.done = make(chan error, 1)
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	switch {
+	case w.failed != nil:
+		return w.failed
+	case w.closing:
+		return ErrClosed
+	}
+	w.queue = append(w.queue, r)
+	if len(w.queue) >= w.wakeAt {
+		w.qcond.Signal()
+	}
+	return nil
 }
 
 // span is a stream's index range as the writer validates against it;

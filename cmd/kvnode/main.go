@@ -109,6 +109,8 @@ func run(args []string, stderr io.Writer) int {
 	fs.Int64Var(&cfg.SplitSize, "split-size", node.DefaultSplitSize, "split once more when a partition holds more bytes on disk (negative: never for size)")
 	fs.Float64Var(&cfg.SplitWriteRate, "split-write-rate", 0, "split once more when a partition commits more entries a second (0: never for load)")
 	fs.DurationVar(&cfg.SplitCheckInterval, "split-check-interval", node.DefaultSplitCheckInterval, "how often the metadata leader samples partition sizes and write rates")
+	fs.IntVar(&cfg.FastJournalRecords, "fast-journal-records", shard.DefaultJournalEntries, "fast writes a partition's primary may hold acknowledged and not yet applied; a fast write that finds the journal full for its op timeout fails Unavailable")
+	fs.Int64Var(&cfg.FastJournalBytes, "fast-journal-bytes", shard.DefaultJournalBytes, "bytes of fast writes a partition's primary may hold acknowledged and not yet applied")
 	fs.DurationVar(&cfg.TombstoneTTL, "tombstone-ttl", node.DefaultTombstoneTTL, "how long a delete's tombstone is kept before primaries purge it; a write older than the delete that arrives later (a fast write re-offered by a replica away that long) brings the key back (negative: never purge)")
 	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", node.DefaultReadyMaxLag, "entries a replica's applied index may trail its commit index while the node is ready")
 	fs.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
