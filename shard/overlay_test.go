@@ -76,9 +76,10 @@ func TestShowFastAfterApply(t *testing.T) {
 	}
 
 	// Shown before its apply: visible until the apply retires it.
-	r.overlay[string(key)] = &pendingKey{version: 1}
+	pk := &pendingKey{version: 1}
+	r.overlay[string(key)] = pk
 	entry, it := write(1)
-	r.showFast(it)
+	r.showFast(pk, it)
 	if vis, _, n := state(); vis == nil || vis.Stamp != it.Stamp || n != 1 {
 		t.Fatalf("before the apply: visible %v, %d uncommitted; want the write, 1", vis, n)
 	}
@@ -88,12 +89,25 @@ func TestShowFastAfterApply(t *testing.T) {
 	}
 
 	// Shown after its apply, with a newer write proposed: nothing to show.
-	r.overlay[string(key)] = &pendingKey{version: 3}
+	pk = &pendingKey{version: 3}
+	r.overlay[string(key)] = pk
 	entry, it = write(2)
 	(*fsmAdapter)(r).Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: entry})
-	r.showFast(it)
+	r.showFast(pk, it)
 	if vis, in, n := state(); vis != nil || !in || n != 0 {
 		t.Fatalf("shown after its apply: visible %v, in overlay %v, %d uncommitted; want nothing visible, the key kept for version 3", vis, in, n)
+	}
+
+	// Shown after its apply retired the key: the writer's entry is gone,
+	// and a later write's entry does not take the shown write.
+	pk = &pendingKey{version: 4}
+	r.overlay[string(key)] = pk
+	entry, it = write(4)
+	(*fsmAdapter)(r).Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: entry})
+	r.overlay[string(key)] = &pendingKey{version: 5}
+	r.showFast(pk, it)
+	if vis, _, n := state(); vis != nil || n != 0 {
+		t.Fatalf("shown after its key retired: visible %v, %d uncommitted; want nothing", vis, n)
 	}
 }
 

@@ -257,6 +257,9 @@ type pendingKey struct {
 	// visible is the newest acknowledged fast write, served by local reads
 	// until the store catches up with it.
 	visible *fsm.Item
+	// applied is the greatest stamp of the key's writes applied since pk
+	// entered the overlay: the store holds it or a greater one.
+	applied fsm.Stamp
 }
 
 // Open starts the replica. A new replica must then be bootstrapped (by every

@@ -179,7 +179,7 @@ func (r *Replica) write(ctx context.Context, key, value []byte, del bool, mode W
 		if span.IsRecording() {
 			childSpan(ctx, "wal.append", start, attribute.Int64("ringkv.partition", int64(r.cfg.Partition)))
 		}
-		r.showFast(item)
+		r.showFast(pk, item)
 		return stamp, nil
 	}
 
@@ -433,7 +433,7 @@ func (r *Replica) giveBack(key []byte, pk *pendingKey, version uint64) {
 	pk.version--
 	// The write below may be applied already, and its retireOverlay kept
 	// the entry for this reservation; reading the store under pendingMu
-	// orders this check against the next retireOverlay as in showFast.
+	// orders this check against the next retireOverlay.
 	cur, _ := r.store.Stamp(key)
 	if pk.idle(cur.Version) {
 		delete(r.overlay, string(key))
@@ -476,21 +476,25 @@ func (r *Replica) onStored(logs []*raft.Log, start time.Time) {
 	}
 }
 
-// showFast makes a fast write that is durable in the primary's log visible
-// to local reads until the store applies it; its writer calls it before
-// acknowledging the write. If the store has caught up already, retireOverlay
-// has run for it or will find nothing to retire, so nothing is shown:
-// pendingMu orders this check against retireOverlay, which takes it only
-// after the store published the write.
-func (r *Replica) showFast(it fsm.Item) {
+// showFast makes a fast write that is durable in the primary's journal
+// visible to local reads until the store applies it; its writer, which
+// recorded the write in pk, calls it before acknowledging the write. If
+// the store has caught up already (the proposer may propose a write before
+// its journal append is durable), nothing is shown: either pk left the
+// overlay, which retireOverlay does only once the store holds the key's
+// newest version, or pk.applied, which retireOverlay raises under
+// pendingMu after the store published each write of the key, covers it.
+// So the check reads no store.
+func (r *Replica) showFast(pk *pendingKey, it fsm.Item) {
 	r.pendingMu.Lock()
 	defer r.pendingMu.Unlock()
-	pk := r.overlay[string(it.Key)]
-	if pk == nil || (pk.visible != nil && pk.visible.Stamp.Compare(it.Stamp) >= 0) {
-		return // the overlay was dropped, the key retired, or a newer write is visible
-	}
-	if cur, ok := r.store.Stamp(it.Key); ok && cur.Compare(it.Stamp) >= 0 {
-		return
+	switch {
+	case r.overlay[string(it.Key)] != pk:
+		return // the overlay was dropped, or the key retired
+	case pk.visible != nil && pk.visible.Stamp.Compare(it.Stamp) >= 0:
+		return // a newer write is visible
+	case pk.applied.Compare(it.Stamp) >= 0:
+		return // the store has it
 	}
 	if pk.visible == nil {
 		r.stats.FastUncommitted.Add(1)
@@ -518,6 +522,10 @@ func (r *Replica) retireOverlay(cmd fsm.Command) {
 		pk := r.overlay[string(key)]
 		if pk == nil {
 			continue
+		}
+		if stamp.Compare(pk.applied) > 0 {
+			// The store holds stamp or, if the write lost, a greater one.
+			pk.applied = stamp
 		}
 		if pk.visible != nil && pk.visible.Stamp.Compare(stamp) <= 0 {
 			pk.visible = nil
