@@ -491,6 +491,32 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 			c.Kill(x)
 			time.Sleep(hold)
 			c.Start(x)
+		case "kill -9 a primary with a deep journal":
+			// Cut off, a primary goes on acknowledging fast writes until
+			// its lease runs out, and none of them can commit: its
+			// journal holds them all when it is killed. They come back
+			// from the journal once it restarts (divergence, if any, is
+			// counted like the isolated primary's).
+			var rest []int
+			for i := range c.Size() {
+				if i != x {
+					rest = append(rest, i)
+				}
+			}
+			cut := map[int][]int{x: rest}
+			for _, i := range rest {
+				cut[i] = []int{x}
+			}
+			if !c.Cut(t, cut) {
+				continue
+			}
+			s.Faults[f]++
+			setFault(f)
+			time.Sleep(150 * time.Millisecond) // within the 200 ms lease
+			c.Kill(x)
+			c.Cut(t, nil)
+			time.Sleep(hold)
+			c.Start(x)
 		case "split a partition":
 			// The split goes on under the faults that follow: a kill or
 			// a cut may land mid-split.
@@ -545,7 +571,7 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 	}
 }
 
-var nemeses = []string{"kill -9 random node", "kill -9 a primary", "pause node (SIGSTOP)",
+var nemeses = []string{"kill -9 random node", "kill -9 a primary", "kill -9 a primary with a deep journal", "pause node (SIGSTOP)",
 	"isolate a primary", "isolate a node", "split minority|majority", "bridge", "split a partition"}
 
 // maxChaosPartitions stops the split nemesis: each split adds a Raft
