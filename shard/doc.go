@@ -11,8 +11,9 @@
 //
 // # Log entries and the state machine
 //
-// An entry's data is one flags byte (flagFast marks a fast write) followed by
-// an fsm command in fsm's encoding. Raft hands every committed entry to the
+// An entry's data is one flags byte (flagFast marks fast writes: one, or a
+// Batch of them from the journal) followed by an fsm command in fsm's
+// encoding. Raft hands every committed entry to the
 // replica's state machine (fsmAdapter), which applies commands through
 // fsm.Store.Apply and consumes a configuration entry's index as an empty
 // Batch (raft.ConfigurationStore), so the store's applied index advances past
@@ -26,9 +27,10 @@
 // empty Batch and its proposer gets the decode error (a wrapped
 // fsm.ErrMalformedCommand); a command breaking Config.Limits changes no key
 // and its proposer gets the *fsm.LimitError (TestApplyRefusesInvalidEntries).
-// An entry is decoded once, by Apply: onStored reads only its flags byte and,
-// for a fast or traced write, the request id at its end (fsm.WriteRequestID),
-// and a writer keeps what it needs of its own entry (fsm.AppendWrite). The
+// An entry is decoded once, by Apply: onStored reads only, for a traced
+// write, the request id at its end (fsm.WriteRequestID), a writer keeps
+// what it needs of its own entry (fsm.AppendWrite), and the proposer joins
+// encoded writes into a Batch without decoding them (fsm.JoinWrites). The
 // exceptions are rare: settle reads back an entry of the log, and Reoffer
 // checks the entry it is handed, possibly by another node, before proposing
 // it.
@@ -43,23 +45,28 @@
 // # Writes: strong and fast
 //
 // A write waits until the replica is ready (below), then numbers and proposes
-// its entry and waits for its outcome, under a deadline of Config.OpTimeout
-// (handing the entry to raft has its own bound of the same length):
+// (or queues) its entry and waits for its outcome, under a deadline of
+// Config.OpTimeout (handing the entry to raft has its own bound of the same
+// length):
 //
 //   - A strong write is acknowledged once raft has committed its entry and
 //     the primary applied it. The apply result decides: a write that lost
 //     the conflict rule (only possible against a re-offered fast write with a
 //     greater stamp) took no effect and fails with *SupersededError
-//     (TestWriteResult).
-//   - A fast write is acknowledged once the log-store batch holding its entry
-//     is durable: the log store reports every stored batch (observedLogStore,
-//     onStored), and raft's leader stores its own entries before it
-//     replicates them, so this waits for the primary's own log sync and
-//     nothing more (TestWriteAndReadEveryMode,
-//     TestFastWriteVisibleLocallyAtAck).
+//     (TestWriteResult). Its writer proposes it itself, unless a write of
+//     its key waits in the proposal queue: then it queues behind it.
+//   - A fast write is acknowledged once it is durable in the partition's
+//     journal, a stream of the node's WAL, with no raft goroutine on the
+//     way; one proposer per replica replicates the journal behind it, many
+//     writes per entry, and a write leaves the journal once a primary has
+//     applied it (journal.go: design, bounds, epochs;
+//     TestWriteAndReadEveryMode, TestFastWriteVisibleLocallyAtAck,
+//     TestFastThenStrongKeepOrder, TestJournalBackpressure). A fast write
+//     that finds the journal full for its whole deadline fails with
+//     *JournalFullError and wrote nothing.
 //
-// A proposal raft refuses before it reaches the log (not the leader, a
-// leadership transfer under way) fails with NotPrimary: nothing was written,
+// A strong proposal raft refuses before it reaches the log (not the leader,
+// a leadership transfer under way) fails with NotPrimary: nothing was written,
 // and the write gives back the version it reserved (below).
 // ErrLeadershipLost is settled (below); any other failure, and a timeout,
 // is *NoQuorumError: the entry may still commit. A strong write on a
@@ -90,9 +97,11 @@
 //
 // Numbering, stamping (Config.Clock, the node's HLC) and proposing happen
 // under one of proposeStripes mutexes, chosen by a hash of the key, and the
-// stripe is held until raft has taken the entry (raft.Apply returns), so two
+// stripe is held until raft has taken the entry (raft.Apply returns) or the
+// entry is in the proposal queue, whose order the proposer keeps, so two
 // writes to one key enter the log in version order and get consecutive
-// versions (TestConcurrentWritesGetDistinctVersions). A write whose proposal
+// versions (TestConcurrentWritesGetDistinctVersions,
+// TestFastThenStrongKeepOrder). A write whose proposal
 // raft refuses learns it only after the stripe is released, and then gives
 // its version back (giveBack), under the stripe again, if it is still the
 // key's newest reservation in this term's overlay; the key's next write
@@ -105,23 +114,25 @@
 // # The overlay
 //
 // While it leads, the replica keeps a pendingKey for each key with writes in
-// flight: the highest version proposed for it, and visible, the newest
-// acknowledged fast write of the key that the store has not applied yet. The
-// store itself only ever holds committed entries; the overlay sits beside it.
-// onStored releases the writer of each fast write in a durable batch, found
-// by its request id (TestStoredReleasesFastWrites), and the writer makes its
-// write visible (showFast) before it acknowledges it, so a local read on the
-// primary sees a fast write from its acknowledgement on
+// flight: the highest version proposed for it, how many of its writes wait in
+// the proposal queue, the greatest stamp of its writes applied since, and
+// visible, the newest acknowledged fast write of the key that the store has
+// not applied yet. The store itself only ever holds committed entries; the
+// overlay sits beside it. A fast writer makes its write visible (showFast)
+// once its journal append is durable and before it acknowledges it, so a
+// local read on the primary sees a fast write from its acknowledgement on
 // (TestFastWriteVisibleLocallyAtAck). A local read returns the newer of
-// visible and the store's item. visible aliases the write's log entry, never
-// the caller's buffers (TestFastWriteKeepsNoCallerBuffer).
+// visible and the store's item. visible aliases the write's journal record,
+// never the caller's buffers (TestFastWriteKeepsNoCallerBuffer).
 //
 // Applying a write retires what the store has caught up with (retireOverlay):
 // visible once the store holds a stamp at least as great, the whole entry
 // once nothing newer is proposed or visible. A writer that wakes only after
-// its write was applied shows nothing: showFast checks the store under
-// pendingMu, which retireOverlay takes only after the store published the
-// write (TestShowFastAfterApply). Losing leadership drops the overlay
+// its write was applied shows nothing: showFast checks, under pendingMu,
+// that its pendingKey is still in the overlay and that the stamp
+// retireOverlay recorded there does not cover it; retireOverlay takes
+// pendingMu only after the store published the write
+// (TestShowFastAfterApply). Losing leadership drops the overlay
 // (dropOverlay): the next primary numbers from its own store, and this
 // replica's unanswered proposals fail through their futures.
 // Stats.FastUncommitted counts the keys with a visible write. Once every
@@ -165,41 +176,44 @@
 // # Re-offering fast writes
 //
 // A fast write acknowledged by a primary that loses leadership before the
-// entry commits may be overwritten by the next leader. Every removal of a log
-// suffix (raft's conflict path, and the wipe of the log after a snapshot
-// install) goes through observedLogStore.DeleteRange, which first hands the
-// entries it will remove to onTruncated: the fast-flagged ones are appended
-// to the replica's re-offer queue, saved under reofferKey in its stable store
-// (with LogWAL, the state of its WAL stream) before the removal; if saving
-// fails, the removal fails too (Stats.Reoffered counts the saved entries).
-// runReoffers hands the queue, oldest first, to the primary: to itself
-// (Reoffer) if it leads, else through Config.Reoffer (Admin.Reoffer between
-// nodes; TestReofferDeliveredToRemotePrimary), and drops an entry from the
-// saved queue once the primary has applied it. A replica restarted before
-// delivering its queue loads it again (loadReoffers) and delivers it then
-// (TestReofferQueueSurvivesRestart). The primary proposes the entry again as
-// it was, original stamp and fast flag included, so the conflict rule
-// decides: a newer write wins (Stats.ReofferLost), an equal stamp is already
-// applied, and an entry cut again is re-offered again. Reporting an entry
-// that was in fact committed is therefore harmless. Reoffer answers with
-// what applying the entry did: applied, already applied or lost, it is
-// delivered; refused by Apply, it is not, and the error says why
-// (TestReofferReportsItsOutcome).
+// entry commits may be overwritten by the next leader; one whose entry raft
+// refused never reached the log. Either way it is still in that primary's
+// journal: the journal's epoch ended (lost leadership, a failed or refused
+// entry, a restart), and its records belong to the re-offer path
+// (reoffer.go). runReoffers hands them, oldest first and up to a Batch of
+// maxRunWrites at a time, to the primary: to itself (Reoffer) if it leads,
+// else through Config.Reoffer (Admin.Reoffer between nodes;
+// TestReofferDeliveredToRemotePrimary), and releases them from the journal
+// once the primary has applied them (Stats.Reoffered counts them). A
+// replica restarted before delivering them finds them in the WAL and
+// delivers them then (TestJournalSurvivesRestart,
+// TestPrimaryStoppedWithDeepJournal). The primary proposes the writes
+// again as they were, original stamps and fast flag included, so the
+// conflict rule decides: a newer write wins (Stats.ReofferLost), an equal
+// stamp is already applied. Delivering a write that did commit is
+// therefore harmless. Reoffer answers with what applying the entry did:
+// applied, already applied or lost, it is delivered; refused by Apply, it
+// is not, and the error says why (TestReofferReportsItsOutcome).
 //
-// An entry no primary can take (it does not decode, or its command breaks
-// Config.Limits) is dropped from the queue with an error logged and counted
-// (Stats.ReofferDropped), so it cannot hold up the entries behind it: the
-// replica checks the entry itself before delivering it, as the primary's
-// Reoffer does, and takes such an answer from the primary (an error wrapping
-// fsm.ErrMalformedCommand or an *fsm.LimitError) the same way. Any other
-// failure (no primary known, no quorum, the primary unreachable) leaves the
-// entry first in the queue for the next round (TestReofferDropsRefusedEntries).
+// A record no primary can take (it does not decode, or its command breaks
+// Config.Limits) is dropped with an error logged and counted
+// (Stats.ReofferDropped), so it cannot hold up the records behind it: the
+// replica checks each record itself before delivering it, as the primary's
+// Reoffer does, and takes such an answer from the primary (an error
+// wrapping fsm.ErrMalformedCommand or an *fsm.LimitError) the same way,
+// offering the records of a refused Batch one at a time to find the one at
+// fault. Any other failure (no primary known, no quorum, the primary
+// unreachable) leaves the records first for the next round
+// (TestReofferDropsRefusedEntries). A record whose key a split handed to
+// another partition goes to that partition's primary (Config.Rehome).
 //
 // TestIsolatedPrimaryReoffersFastWrites is the guarantee end to end: a
 // primary cut off from its group acknowledges fast writes until its lease
-// runs out, the new leader overwrites them and writes one of their keys
-// again; once healed, every acknowledged fast write is readable with its
-// original stamp but that one, which lost to the newer write.
+// runs out, the new leader writes one of their keys again; once healed,
+// every acknowledged fast write is readable with its original stamp but
+// that one, which lost to the newer write. test/chaos's
+// TestKill9DuringDeepJournal is the same with the primary killed (SIGKILL)
+// while its journal holds everything it acknowledged.
 //
 // # Tombstone purges
 //
@@ -297,22 +311,31 @@
 //
 // # Goroutines and locks
 //
-// Open starts three goroutines, counted by Replica.wg; Close closes closeCh,
+// Open starts five goroutines, counted by Replica.wg; Close closes closeCh,
 // shuts raft down and waits for them:
 //
 //   - watchLeadership owns raft's leadership notifications (leaderCh, raft's
 //     NotifyCh). It starts a markTerm on each gain and on each loss drops the
-//     overlay and readiness. Raft's main loop blocks on that channel when
-//     its buffer is full, so this goroutine never waits for anything but
-//     pendingMu and the ready broadcast. It ends when closeCh is closed.
-//   - runReoffers owns delivery of the re-offer queue. It wakes on
-//     reofferCh (onTruncated, markTerm), and an election timeout after a
-//     round that left entries behind (never while the queue is empty), and
-//     delivers until the queue is empty or a delivery fails for a reason
-//     other than the entry itself (which drops the entry). It ends when
-//     closeCh is closed, which a round checks before each delivery: Close
-//     waits for the delivery in flight only (bounded by OpTimeout), and the
-//     entries left stay saved for the next start
+//     overlay and readiness and ends the journal's epoch. Raft's main loop
+//     blocks on that channel when its buffer is full, so this goroutine
+//     never waits for anything but pendingMu, the journal's mu and the
+//     ready broadcast. It ends when closeCh is closed.
+//   - runProposer owns proposing the proposal queue (journal.go): it wakes
+//     on the journal's work channel, takes runs in order and calls
+//     raft.Apply, hands each fast run's future to the releaser and each
+//     queued entry's future to its writer. It ends when closeCh is closed.
+//   - runReleaser reads the futures of the fast runs in order (through
+//     futureDone and closeCh) and releases applied records, or ends the
+//     journal's epoch. It ends when closeCh is closed.
+//   - runReoffers owns removing records from the journal's WAL stream
+//     (truncating what was released) and delivering the records of ended
+//     epochs. It wakes on reofferCh (the releaser, leadership changes,
+//     markTerm), and an election timeout after a round that left records
+//     behind (never while none is left), and delivers until none is left
+//     or a delivery fails for a reason other than the records themselves.
+//     It ends when closeCh is closed, which a round checks before each
+//     delivery: Close waits for the delivery in flight only (bounded by
+//     OpTimeout), and the records left stay in the WAL for the next start
 //     (TestCloseStopsReofferRound).
 //   - The verifier's run is the only caller of VerifyLeader: it owns the
 //     rounds. It ends when closeCh is closed, after the round in flight
@@ -338,8 +361,7 @@
 // futureDone and closeCh, so that case cannot keep Close waiting.
 //
 // Raft's own goroutines call in: its main loop stores entries (onStored),
-// removes log suffixes (onTruncated), installs snapshots and sends on
-// leaderCh; its FSM goroutine runs fsmAdapter (Apply, StoreConfiguration,
+// installs snapshots and sends on leaderCh; its FSM goroutine runs fsmAdapter (Apply, StoreConfiguration,
 // Snapshot, Restore); its snapshot goroutine persists snapshots; its
 // replication goroutines open snapshots to send them; an observer filter
 // counts leader changes (Stats.LeaderChanges) on whichever raft goroutine
@@ -348,23 +370,23 @@
 // Locks, outermost first; fsm.Store's and the HLC's own locks come below all
 // of them:
 //
-//   - A proposeMu stripe. A write holds exactly one (a split, proposing,
-//     holds all of them, in order), and under it takes
-//     pendingMu twice (to read the overlay's version, then to record it and
-//     register a fast write in pending), the HLC, the store's point index
-//     (Stamp), and last calls raft.Apply, which waits until raft's leader
-//     loop takes the entry, possibly behind the store and sync of the batch
-//     before it. That wait is safe because nothing raft runs or waits for
-//     (onStored, onTruncated, fsmAdapter, watchLeadership) ever takes a
-//     stripe or waits for a writer, and because pendingMu is released before
-//     raft.Apply.
-//   - reofferMu guards the re-offer queue and is held across the
-//     stable-store write that saves it, so a truncation on raft's main loop
-//     may wait for one such write.
-//   - pendingMu guards the overlay and pending. A local read and
-//     currentVersion release it before they read the store, and Apply takes
-//     it only after the store published the entry; showFast and giveBack
-//     are the holders that read the store's point index under it.
+//   - A proposeMu stripe. A write holds exactly one (a split, queueing,
+//     holds all of them, in order), and under it takes pendingMu twice (to
+//     read the overlay's version, then to record it), the HLC, the store's
+//     point index (Stamp), and last either calls raft.Apply, which waits
+//     until raft's leader loop takes the entry, possibly behind the store
+//     and sync of the batch before it, or takes the journal's mu to append
+//     and queue. That wait is safe because nothing raft runs or waits for
+//     (onStored, fsmAdapter, watchLeadership) ever takes a stripe or waits
+//     for a writer, and because pendingMu is released before raft.Apply.
+//   - The journal's mu guards its records, epoch and proposal queue; under
+//     it the WAL's queue lock (AppendAsync) and the room broadcast's mu are
+//     taken, nothing else. The proposer calls raft.Apply without it.
+//   - pendingMu guards the overlay. A local read and currentVersion release
+//     it before they read the store, and Apply takes it only after the store
+//     published the entry; giveBack is the holder that reads the store's
+//     point index under it. The proposer takes it (unqueue) without the
+//     journal's mu.
 //   - Leaves, each held for a few map or channel operations with no other
 //     lock taken under it: tracedMu (the contexts of traced writes), the
 //     verifier's mu, and broadcast's mu, which guards only the channel to
