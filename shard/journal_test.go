@@ -64,14 +64,7 @@ func TestFastThenStrongKeepOrder(t *testing.T) {
 		if err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
-		writes := []fsm.Write{}
-		switch c := cmd.(type) {
-		case fsm.Batch:
-			writes = c.Writes
-		case fsm.Write:
-			writes = append(writes, c)
-		}
-		for _, w := range writes {
+		for _, w := range writesIn(cmd) {
 			key, st := writeOf(w)
 			if at[string(key)] == nil {
 				at[string(key)] = map[fsm.Stamp]uint64{}
@@ -112,12 +105,8 @@ func TestJournalBackpressure(t *testing.T) {
 		c.Raft.ElectionTimeout = 3 * time.Second
 		c.Raft.LeaderLeaseTimeout = 3 * time.Second
 	})
-	l := g.leader()
+	l := g.cutOffPrimary()
 	ctx := context.Background()
-	if _, err := l.Put(ctx, []byte("warm"), []byte("v"), Strong); err != nil {
-		t.Fatal(err)
-	}
-	g.isolate(l.cfg.NodeID)
 	acked := map[string]fsm.Stamp{}
 	for i := range limit {
 		key := fmt.Sprint("bp", i)
@@ -158,14 +147,7 @@ func TestJournalBackpressure(t *testing.T) {
 // re-offered, so it is applied whichever way the transfer ends (here it
 // fails and the primary stays).
 func TestFastWriteDuringTransfer(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	g := newGroup(t, func(c *Config) {
-		c.Transport = &heldTimeoutNow{InmemTransport: c.Transport.(*raft.InmemTransport), entered: entered, release: release}
-	})
-	var once sync.Once
-	releaseOnce := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(releaseOnce)
+	g, entered, releaseOnce := heldTransferGroup(t)
 	l := g.leader()
 	ctx := context.Background()
 	transfer := make(chan error, 1)
@@ -193,12 +175,8 @@ func TestPrimaryStoppedWithDeepJournal(t *testing.T) {
 		c.Raft.ElectionTimeout = 2 * time.Second
 		c.Raft.LeaderLeaseTimeout = 2 * time.Second
 	})
-	l := g.leader()
+	l := g.cutOffPrimary()
 	ctx := context.Background()
-	if _, err := l.Put(ctx, []byte("warm"), []byte("v"), Strong); err != nil {
-		t.Fatal(err)
-	}
-	g.isolate(l.cfg.NodeID)
 	acked := map[string]fsm.Stamp{}
 	for i := range 200 {
 		key := fmt.Sprint("deep", i)
@@ -224,4 +202,17 @@ func TestPrimaryStoppedWithDeepJournal(t *testing.T) {
 	}
 	eventually(t, "the restarted replica's journal to empty", func() bool { return g.reps[id].Stats().JournalRecords.Load() == 0 })
 	g.converged()
+}
+
+// cutOffPrimary has the group's primary commit a write, so that it is
+// ready, then cuts it off from the others, and returns it: until its lease
+// runs out it acknowledges fast writes that cannot commit.
+func (g *group) cutOffPrimary() *Replica {
+	g.t.Helper()
+	l := g.leader()
+	if _, err := l.Put(context.Background(), []byte("warm"), []byte("v"), Strong); err != nil {
+		g.t.Fatal(err)
+	}
+	g.isolate(l.cfg.NodeID)
+	return l
 }

@@ -448,14 +448,7 @@ func within(t *testing.T, ch <-chan struct{}, what string) {
 
 // writesKey reports whether cmd, a write or a Batch, writes key.
 func writesKey(cmd fsm.Command, key string) bool {
-	writes := []fsm.Write{}
-	switch c := cmd.(type) {
-	case fsm.Batch:
-		writes = c.Writes
-	case fsm.Write:
-		writes = append(writes, c)
-	}
-	for _, w := range writes {
+	for _, w := range writesIn(cmd) {
 		if k, _ := writeOf(w); string(k) == key {
 			return true
 		}

@@ -991,20 +991,29 @@ func (h *heldTimeoutNow) TimeoutNow(id raft.ServerID, target raft.ServerAddress,
 	return errTransferHeld
 }
 
+// heldTransferGroup is a group whose leadership transfers hold in
+// TimeoutNow: entered receives once one is there, and release (idempotent,
+// and called when the test ends, before the group closes raft) lets it
+// fail.
+func heldTransferGroup(t *testing.T) (g *group, entered <-chan struct{}, release func()) {
+	held := make(chan struct{})
+	enteredCh := make(chan struct{}, 1)
+	g = newGroup(t, func(c *Config) {
+		c.Transport = &heldTimeoutNow{InmemTransport: c.Transport.(*raft.InmemTransport), entered: enteredCh, release: held}
+	})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	t.Cleanup(release)
+	return g, enteredCh, release
+}
+
 // TestRefusedWriteGivesItsVersionBack: a strong write that raft refuses
 // before it reaches the log (here during a leadership transfer) gives back
 // the version it reserved, so the key's next write gets the next version: two
 // writes to one key get consecutive versions in log order. It does so only
 // while no later write reserved above it (TestGiveBackOnlyTheNewest).
 func TestRefusedWriteGivesItsVersionBack(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	g := newGroup(t, func(c *Config) {
-		c.Transport = &heldTimeoutNow{InmemTransport: c.Transport.(*raft.InmemTransport), entered: entered, release: release}
-	})
-	var once sync.Once
-	releaseOnce := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(releaseOnce) // before the group's cleanup, which closes raft
+	g, entered, releaseOnce := heldTransferGroup(t)
 	l := g.leader()
 	ctx := context.Background()
 	key := []byte("k")

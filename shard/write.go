@@ -337,6 +337,18 @@ func sameWrite(a, b fsm.Command) bool {
 	return false
 }
 
+// writesIn returns the writes of cmd: itself if a Put or Delete, a
+// Batch's writes, or none.
+func writesIn(cmd fsm.Command) []fsm.Write {
+	switch c := cmd.(type) {
+	case fsm.Write:
+		return []fsm.Write{c}
+	case fsm.Batch:
+		return c.Writes
+	}
+	return nil
+}
+
 // writeOf returns the key and stamp of a Put or Delete.
 func writeOf(cmd fsm.Command) (key []byte, st fsm.Stamp) {
 	switch c := cmd.(type) {
@@ -505,13 +517,7 @@ func (r *Replica) showFast(pk *pendingKey, it fsm.Item) {
 // retireOverlay retires overlay entries the store has caught up with, for
 // each write cmd holds.
 func (r *Replica) retireOverlay(cmd fsm.Command) {
-	var writes []fsm.Write
-	switch c := cmd.(type) {
-	case fsm.Put, fsm.Delete:
-		writes = []fsm.Write{c.(fsm.Write)}
-	case fsm.Batch:
-		writes = c.Writes
-	}
+	writes := writesIn(cmd)
 	if len(writes) == 0 {
 		return
 	}

@@ -497,17 +497,7 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 			// journal holds them all when it is killed. They come back
 			// from the journal once it restarts (divergence, if any, is
 			// counted like the isolated primary's).
-			var rest []int
-			for i := range c.Size() {
-				if i != x {
-					rest = append(rest, i)
-				}
-			}
-			cut := map[int][]int{x: rest}
-			for _, i := range rest {
-				cut[i] = []int{x}
-			}
-			if !c.Cut(t, cut) {
+			if !c.Cut(t, isolating(c, x)) {
 				continue
 			}
 			s.Faults[f]++
@@ -573,6 +563,18 @@ func nemesis(t *testing.T, c target, rng *rand.Rand, s *summary, deadline time.T
 
 var nemeses = []string{"kill -9 random node", "kill -9 a primary", "kill -9 a primary with a deep journal", "pause node (SIGSTOP)",
 	"isolate a primary", "isolate a node", "split minority|majority", "bridge", "split a partition"}
+
+// isolating is the cut that isolates node x from all the others.
+func isolating(c target, x int) map[int][]int {
+	cut := map[int][]int{}
+	for i := range c.Size() {
+		if i != x {
+			cut[x] = append(cut[x], i)
+			cut[i] = []int{x}
+		}
+	}
+	return cut
+}
 
 // maxChaosPartitions stops the split nemesis: each split adds a Raft
 // group to every node of a loaded 2-core machine.

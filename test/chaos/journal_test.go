@@ -32,17 +32,7 @@ func TestKill9DuringDeepJournal(t *testing.T) {
 			keys = append(keys, key)
 		}
 	}
-	var rest []int
-	for i := range c.Size() {
-		if i != x {
-			rest = append(rest, i)
-		}
-	}
-	cut := map[int][]int{x: rest}
-	for _, i := range rest {
-		cut[i] = []int{x}
-	}
-	c.Cut(t, cut)
+	c.Cut(t, isolating(c, x))
 
 	var mu sync.Mutex
 	acked := map[string]uint64{}
