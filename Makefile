@@ -7,7 +7,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 BENCHTIME ?= 2s
 
-.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd bench-scaleout bench-split fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
+.PHONY: all build test vet bench bench-cluster bench-engine bench-vs-etcd bench-scaleout bench-split bench-fast-lag fuzz run clean proto chaos chaos-short check-deploy image e2e-docker
 
 all: build
 
@@ -68,6 +68,10 @@ bench-scaleout:
 # (test/e2e TestBenchSplit: 3 nodes, 4 -> 8 partitions, 64 strong writers).
 bench-split:
 	$(GO) test -count=1 -timeout 20m -run TestBenchSplit -v ./test/e2e -split.bench
+
+# Replication lag of fast writes under a 64-client load (scripts/bench-fast-lag.sh).
+bench-fast-lag:
+	scripts/bench-fast-lag.sh
 
 # Runs every fuzz target in the tree for FUZZTIME each.
 fuzz:

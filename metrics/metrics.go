@@ -161,7 +161,9 @@ func New(opts Options) *Metrics {
 			Name: "ringkv_fast_write_replication_seconds",
 			Help: "Per fast write, from its append to the primary's journal (its acknowledgement follows the sync) to its application " +
 				"by a primary: the replication lag of fast writes.",
-			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 17), // 100µs to 6.6s
+			// 500µs to 8.4s in steps of 1.5×: fine enough to tell a p99
+			// of 40 ms from one of 50.
+			Buckets: prometheus.ExponentialBuckets(500e-6, 1.5, 25),
 		}),
 		matches: make(map[follower]uint64),
 		contact: make(map[raft.ServerID]time.Time),
